@@ -1,0 +1,1 @@
+"""Dataset makers and indexers: the embedded synthetic data and the folder/split indexer."""

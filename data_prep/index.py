@@ -1,0 +1,278 @@
+"""Index a dataset folder into manifest rows: (path relative to root, label, split, group).
+
+Recognised layouts:
+  ucf101           <root>/<Class>/<clip> with classInd.txt, trainlist0N.txt, testlist0N.txt
+                   (in root or root/ucfTrainTestlist), like UCF101.
+  speech_commands  <root>/<word>/<speaker>_nohash_<n>.wav with validation_list.txt / testing_list.txt.
+  folders          <root>/<class>/<clip> with no split files (HMDB51, Kinetics, your own data):
+                   test and validation are drawn by group so no actor/speaker spans splits.
+
+Groups: UCF101's `_gNN_`, Speech Commands' speaker id, else the file's stem (its own group).
+Every file that cannot be used is reported with a reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
+from pipeline.media.probe import probe_media
+
+MANIFEST_COLUMNS = ("path", "label", "split", "group")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: str  # relative to the dataset root, '/'-separated
+    label: str
+    split: str  # train | val | test
+    group: str  # actor (UCF101 gNN) or speaker: never spans splits
+
+
+@dataclass
+class Index:
+    root: Path
+    layout: str
+    classes: list[str]
+    rows: list[ManifestRow] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): files left out
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): kept, but limited
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r.split == s for r in self.rows) for s in SPLITS}
+
+
+# ----------------------------------------------------------------------------- groups and layout
+
+_UCF_GROUP = re.compile(r"_g(\d+)_c\d+", re.IGNORECASE)
+_SPEAKER = re.compile(r"^(.+?)_nohash_")
+
+
+def group_of(relpath: str) -> str:
+    """The actor/speaker a clip belongs to, so splits can keep groups apart."""
+    name = Path(relpath).name
+    if m := _UCF_GROUP.search(name):
+        return f"g{int(m.group(1)):02d}"
+    if m := _SPEAKER.match(name):
+        return m.group(1)
+    return Path(relpath).stem
+
+
+def _split_dir(root: Path) -> Path | None:
+    for d in (root, root / "ucfTrainTestlist"):
+        if (d / "classInd.txt").is_file() or list(d.glob("trainlist0[0-9].txt")):
+            return d
+    return None
+
+
+def detect_layout(root: Path) -> str:
+    if _split_dir(root) is not None:
+        return "ucf101"
+    if (root / "validation_list.txt").is_file() or (root / "testing_list.txt").is_file():
+        return "speech_commands"
+    return "folders"
+
+
+def _media_files(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Relative paths of media files one folder down (<class>/<file>), and files left out with a reason."""
+    found, problems = [], []
+    real_root = root.resolve()
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                rel = full.relative_to(root).as_posix()
+                if full.suffix.lower() not in extensions:
+                    continue
+                if full.is_symlink() and not full.resolve().is_relative_to(real_root):
+                    problems.append((rel, "symlink to a file outside the dataset root"))
+                    continue
+                found.append(rel)
+    return found, problems
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _escapes(rel: str) -> bool:
+    p = Path(rel)
+    return p.is_absolute() or ".." in p.parts
+
+
+# ----------------------------------------------------------------------------- splits per layout
+
+
+def _ucf101_splits(root: Path, split_id: int, files: list[str]) -> tuple[list[str] | None, dict[str, str], list[tuple[str, str]]]:
+    """Class order from classInd.txt and {relpath: 'train'|'test'} from the split files."""
+    d = _split_dir(root)
+    problems = []
+    classes = None
+    if (d / "classInd.txt").is_file():
+        classes = [ln.split(maxsplit=1)[1] for ln in _read_lines(d / "classInd.txt")]
+    split_of: dict[str, str] = {}
+    for split, name in (("train", f"trainlist{split_id:02d}.txt"), ("test", f"testlist{split_id:02d}.txt")):
+        list_file = d / name
+        if not list_file.is_file():
+            raise UserError(f"{list_file}: split file not found (data.split_id={split_id}); expected {name} beside classInd.txt")
+        for ln in _read_lines(list_file):
+            rel = ln.split()[0]
+            if _escapes(rel):
+                problems.append((rel, f"listed in {name} but escapes the dataset root"))
+                continue
+            split_of[rel] = split
+    on_disk = set(files)
+    problems += [(rel, f"listed in split files but missing on disk") for rel in sorted(set(split_of) - on_disk)]
+    return classes, split_of, problems
+
+
+def _speech_commands_splits(root: Path) -> dict[str, str]:
+    split_of = {}
+    for split, name in (("val", "validation_list.txt"), ("test", "testing_list.txt")):
+        if (root / name).is_file():
+            split_of.update({rel: split for rel in _read_lines(root / name) if not _escapes(rel)})
+    return split_of
+
+
+def _draw_groups(groups: list[str], fraction: float, rng: np.random.Generator) -> set[str]:
+    """A seeded random subset of groups, at least one when fraction > 0 and there are 2+ groups."""
+    groups = sorted(set(groups))
+    if fraction <= 0 or len(groups) < 2:
+        return set()
+    n = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+    return set(rng.permutation(groups)[:n].tolist())
+
+
+# ----------------------------------------------------------------------------- main entry
+
+
+def index_dataset(
+    root: str | Path,
+    kind: str = "video",
+    layout: str = "auto",
+    split_id: int = 1,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    probe: bool = True,
+) -> Index:
+    """Walk a dataset folder and return its manifest rows plus every file left out and why.
+
+    With probe=True each file's container is opened (headers only) so empty, truncated and
+    non-media files are reported here rather than failing later.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: dataset folder not found (data.root)")
+    layout = detect_layout(root) if layout == "auto" else layout
+    extensions = AUDIO_EXTENSIONS if kind == "speech" else VIDEO_EXTENSIONS
+    files, problems = _media_files(root, extensions)
+    if not files:
+        raise UserError(f"{root}: no {'audio' if kind == 'speech' else 'video'} files found in <root>/<class>/ folders (extensions {', '.join(extensions)})")
+
+    listed_classes = None
+    split_of: dict[str, str] = {}
+    if layout == "ucf101":
+        listed_classes, split_of, list_problems = _ucf101_splits(root, split_id, files)
+        problems += list_problems
+    elif layout == "speech_commands":
+        split_of = _speech_commands_splits(root)
+
+    folder_classes = sorted({rel.split("/", 1)[0] for rel in files})
+    known = list(classes) if classes else (listed_classes or folder_classes)
+    source = "data.classes" if classes else ("classInd.txt" if listed_classes else "the class folders")
+    kept = []
+    for rel in files:
+        label = rel.split("/", 1)[0]
+        if label not in known:
+            problems.append((rel, f"unknown label '{label}' (not in {source})"))
+        elif layout == "ucf101" and rel not in split_of:
+            problems.append((rel, "not listed in any split file"))
+        else:
+            kept.append(rel)
+
+    warnings: list[tuple[str, str]] = []
+    if probe:
+        kept, probe_problems, warnings = _probe_all(root, kept, kind)
+        problems += probe_problems
+
+    rng = np.random.default_rng(seed)
+    if layout == "folders":
+        test_groups = _draw_groups([group_of(r) for r in kept], test_fraction, rng)
+        split_of = {r: "test" for r in kept if group_of(r) in test_groups}
+    if layout != "speech_commands" or not any(s == "val" for s in split_of.values()):
+        train_groups = [group_of(r) for r in kept if split_of.get(r, "train") == "train"]
+        val_groups = _draw_groups(train_groups, val_fraction, rng)
+        for r in kept:
+            if split_of.get(r, "train") == "train" and group_of(r) in val_groups:
+                split_of[r] = "val"
+
+    rows = [ManifestRow(r, r.split("/", 1)[0], split_of.get(r, "train"), group_of(r)) for r in kept]
+    return Index(root=root, layout=layout, classes=known, rows=rows, problems=problems, warnings=warnings)
+
+
+def _probe_all(root: Path, rels: list[str], kind: str):
+    def check(rel):
+        try:
+            return rel, probe_media(root / rel), None
+        except MediaError as e:
+            return rel, None, str(e)
+
+    kept, problems, warnings = [], [], []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for rel, info, error in pool.map(check, rels):
+            if error:
+                problems.append((rel, error))
+            elif kind == "video" and not info.has_video:
+                problems.append((rel, "no video stream"))
+            else:
+                kept.append(rel)
+                if kind == "video" and not info.has_audio:
+                    warnings.append((rel, "no audio track (skipped by models that need audio)"))
+    return kept, problems, warnings
+
+
+# ----------------------------------------------------------------------------- manifest files
+
+
+def write_manifest(rows: list[ManifestRow], path: str | Path) -> None:
+    """Write manifest.csv atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows((r.path, r.label, r.split, r.group) for r in rows)
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | Path) -> list[ManifestRow]:
+    """Read manifest.csv; paths that escape the dataset root or unknown splits are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found (make one with `actrec index DIR --out {path.name}`)")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected header {','.join(MANIFEST_COLUMNS)}")
+        rows = []
+        for line, rec in enumerate(reader, start=2):
+            if _escapes(rec["path"]):
+                raise UserError(f"{path}:{line}: path '{rec['path']}' escapes the dataset root")
+            if rec["split"] not in SPLITS:
+                raise UserError(f"{path}:{line}: split '{rec['split']}' is not one of {', '.join(SPLITS)}")
+            rows.append(ManifestRow(rec["path"], rec["label"], rec["split"], rec["group"] or group_of(rec["path"])))
+    return rows

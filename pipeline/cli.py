@@ -1,0 +1,159 @@
+"""The `actrec` command line: sub-commands parse arguments and call stage functions.
+
+Heavy imports (TensorFlow, OpenCV) happen inside the sub-command that needs them,
+so `actrec --help` answers at once. A `UserError` prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+DESCRIPTION = """\
+actrec: recognise actions in video clips and spoken commands in audio with
+recurrent networks (bidirectional LSTM/GRU over CNN frame features and MFCCs),
+and ship the model to a phone as TFLite.
+
+Typical session on the embedded data:
+  actrec data actions --out data/actions          # synthetic action clips (MP4, H.264 + AAC)
+  actrec data commands --out data/commands        # spoken commands (espeak-ng, 16 kHz WAV)
+  actrec index data/actions --out manifest.csv    # see what a dataset holds and what is broken
+  actrec config show --config configs/actions_av.yaml --set train.epochs=5
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML experiment config (default: built-in defaults; see configs/README.md)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set train.epochs=5 (repeatable; values are YAML)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="actrec", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # actrec data ...
+    data = sub.add_parser("data", help="generate the embedded datasets (no network needed)", description="Generate the embedded default datasets.")
+    data_sub = data.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    actions = data_sub.add_parser(
+        "actions", help="synthetic action clips in the UCF101 layout",
+        description="Render an articulated figure performing actions, each with its own sound track, as MP4 (H.264 + AAC) "
+        "clips in the UCF101 layout: DIR/<Class>/v_<Class>_gGG_cCC.mp4 plus classInd.txt, trainlist01.txt, testlist01.txt. "
+        "Groups (actor look + background) never span train and test.",
+    )
+    actions.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    actions.add_argument("--clips-per-class", type=int, default=8, metavar="N", help="clips per action class (default 8)")
+    actions.add_argument("--seed", type=int, default=0, metavar="S", help="seed: the same seed gives the same clips and splits (default 0)")
+    actions.add_argument("--with-faults", action="store_true", help="also write broken files a real dataset has (empty, truncated, no audio, not a video, unknown class)")
+    actions.add_argument("--workers", type=int, default=2, metavar="N", help="parallel render processes (default 2)")
+    commands = data_sub.add_parser(
+        "commands", help="spoken commands (espeak-ng) in the Speech Commands layout",
+        description="Speak the 10 Speech Commands words with many espeak-ng voices, speeds and pitches, add noise and "
+        "room colour, and save 1-second 16 kHz WAVs as DIR/<word>/<speaker>_nohash_<n>.wav plus validation_list.txt "
+        "and testing_list.txt (split by speaker). Needs espeak-ng.",
+    )
+    commands.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    commands.add_argument("--per-word", type=int, default=60, metavar="N", help="utterances per word (default 60)")
+    commands.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    commands.add_argument("--workers", type=int, default=2, metavar="N", help="parallel synthesis processes (default 2)")
+
+    # actrec index
+    index = sub.add_parser(
+        "index", help="list a dataset's clips, labels, splits and groups in manifest.csv",
+        description="Recognise a folder-per-class tree, UCF101-style split files (classInd.txt, trainlistNN.txt) or Speech "
+        "Commands lists, probe every file, and write manifest.csv (path relative to DIR, label, split, group). "
+        "Files that cannot be used (empty, truncated, not media, unknown label, outside DIR) are listed with the reason.",
+    )
+    index.add_argument("root", metavar="DIR", help="dataset folder")
+    index.add_argument("--out", required=True, metavar="FILE", help="manifest CSV to write")
+    index.add_argument("--kind", choices=["video", "speech"], default=None, help="what the clips are (default: guessed from the files)")
+    index.add_argument("--layout", choices=["auto", "ucf101", "speech_commands", "folders"], default="auto", help="split layout (default: auto)")
+    index.add_argument("--split-id", type=int, default=1, metavar="N", help="official split number for UCF101-style lists (default 1)")
+    index.add_argument("--seed", type=int, default=0, metavar="S", help="seed for drawing validation/test groups (default 0)")
+
+    # actrec config show
+    config = sub.add_parser("config", help="inspect configs", description="Inspect experiment configs.")
+    config_sub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the fully resolved config as YAML", description="Print the fully resolved config (defaults, then --config, then --set) as YAML.")
+    _add_config_args(show)
+    config_sub.add_parser("docs", help="print the config reference (every key, type, default, doc) as Markdown",
+                          description="Print configs/README.md: every config key with its type, default and one-line doc.")
+    return parser
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.dataset == "actions":
+        from data_prep.actions import make_actions
+
+        summary = make_actions(args.out, clips_per_class=args.clips_per_class, seed=args.seed, with_faults=args.with_faults, workers=args.workers)
+        print(f"wrote {summary['clips']} clips of {len(summary['classes'])} actions to {summary['root']} "
+              f"(train {summary['train']}, test {summary['test']}) in {summary['seconds']:.1f} s")
+        for rel, reason in summary.get("faults", {}).items():
+            print(f"  fault file: {rel}  ({reason})")
+    else:
+        from data_prep.commands import make_commands
+
+        summary = make_commands(args.out, per_word=args.per_word, seed=args.seed, workers=args.workers)
+        counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+        print(f"wrote {summary['files']} utterances of {len(summary['words'])} words to {summary['root']} ({counts}) in {summary['seconds']:.1f} s")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from data_prep.index import index_dataset, write_manifest
+    from pipeline.media import AUDIO_EXTENSIONS
+
+    root = Path(args.root)
+    kind = args.kind
+    if kind is None:
+        has_audio_files = root.is_dir() and any(p.suffix.lower() in AUDIO_EXTENSIONS for p in root.glob("*/*"))
+        kind = "speech" if has_audio_files else "video"
+    index = index_dataset(root, kind=kind, layout=args.layout, split_id=args.split_id, seed=args.seed)
+    write_manifest(index.rows, args.out)
+    counts = index.counts()
+    print(f"{root}: layout {index.layout}, {len(index.classes)} classes, {len(index.rows)} clips "
+          f"(train {counts['train']}, val {counts['val']}, test {counts['test']}) -> {args.out}")
+    for rel, reason in index.problems:
+        print(f"  skipped {rel}: {reason}")
+    for rel, reason in index.warnings:
+        print(f"  warning {rel}: {reason}")
+    if index.problems:
+        print(f"{len(index.problems)} file(s) skipped, {len(index.warnings)} warning(s)")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config, markdown_reference, to_yaml
+
+    if args.action == "docs":
+        print(markdown_reference(), end="")
+    else:
+        print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+HANDLERS = {"data": cmd_data, "index": cmd_index, "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except UserError as e:
+        print(f"actrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("actrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The two commands of the README:
+#   ./run.sh demo [actrec demo flags]   install what is missing, then run the main job on the embedded data
+#   ./run.sh test [pytest flags]        install what is missing, then run the whole test suite
+# The install lives in .venv and is reused while setup.cfg is unchanged (a second run costs seconds).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+log() { printf '[run.sh] %s\n' "$*" >&2; }
+
+ensure_debian_packages() {
+  local missing=()
+  command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+  python3.11 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3.11-venv)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    log "missing ${missing[*]}: install with 'sudo apt-get install ${missing[*]}' (spoken-command data needs espeak-ng)"
+  fi
+}
+
+find_python() {
+  for py in python3.11 python3; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      echo "$py"; return 0
+    fi
+  done
+  log "Python 3.11 not found: install it (Debian: apt-get install python3.11 python3.11-venv)"; exit 1
+}
+
+ensure_venv() {
+  local stamp=".venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
+  [ -f "$stamp" ] && return 0
+  local py; py=$(find_python)
+  [ -x .venv/bin/python ] || { log "creating .venv"; "$py" -m venv .venv; }
+  log "installing Python packages into .venv (first run only: a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  rm -f .venv/.installed-*; touch "$stamp"
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  demo)
+    ensure_debian_packages; ensure_venv
+    export TF_CPP_MIN_LOG_LEVEL=2
+    exec .venv/bin/python -m pipeline.demo "$@" ;;
+  test)
+    ensure_debian_packages; ensure_venv
+    export TF_CPP_MIN_LOG_LEVEL=2
+    exec .venv/bin/python -m pytest "$@" ;;
+  *)
+    echo "usage: ./run.sh demo [flags] | ./run.sh test [pytest flags]" >&2; exit 2 ;;
+esac
