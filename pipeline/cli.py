@@ -7,6 +7,7 @@ so `actrec --help` answers at once. A `UserError` prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -76,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--split-id", type=int, default=1, metavar="N", help="official split number for UCF101-style lists (default 1)")
     index.add_argument("--seed", type=int, default=0, metavar="S", help="seed for drawing validation/test groups (default 0)")
 
+    # actrec preprocess
+    pre = sub.add_parser(
+        "preprocess", help="decode clips, sample frames, encode them with a CNN, compute MFCCs, cache TFRecord shards",
+        description="Index the dataset named by the config (data.root) or read --manifest, then for every clip: decode "
+        "with OpenCV and sample T frames, encode them with the frame CNN (TFLite/XNNPACK by default), read the audio "
+        "track and compute MFCCs, and write DIR/features/*.tfrecord + index.json, DIR/config.yaml and "
+        "DIR/preprocess_errors.csv (clips skipped and why). Interrupted runs resume where they stopped.",
+    )
+    _add_config_args(pre)
+    pre.add_argument("--run-dir", required=True, metavar="DIR", help="run directory (created)")
+    pre.add_argument("--manifest", metavar="FILE", help="use this manifest.csv (from `actrec index`) instead of indexing data.root")
+    pre.add_argument("--overwrite", action="store_true", help="redo the features when the run dir holds features of a different config")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     # actrec config show
     config = sub.add_parser("config", help="inspect configs", description="Inspect experiment configs.")
     config_sub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -140,10 +155,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"data": cmd_data, "index": cmd_index, "config": cmd_config}
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from pipeline.preprocess import preprocess
+
+    preprocess(args.config, args.run_dir, args.overrides, manifest=args.manifest, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
+HANDLERS = {"data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess}
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter is not for users
     args = build_parser().parse_args(argv)
     try:
         return HANDLERS[args.command](args)

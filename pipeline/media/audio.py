@@ -1,0 +1,154 @@
+"""Audio loading: sound files and the audio tracks of video containers, as mono float32 at one rate.
+
+Nothing here knows about Keras or TensorFlow: files in, numpy arrays out.
+
+    waveform = load_audio("clip.mp4", sample_rate=16000)     # float32 [N] in [-1, 1]
+    window, valid = fit_length(waveform, 4 * 16000)          # float32 [64000], true length
+
+Sound files (WAV/FLAC/OGG/MP3) are read with soundfile (libsndfile); anything
+libsndfile cannot read, and every video container (MP4/AVI/MKV/WebM/...), is
+decoded with PyAV (FFmpeg). Resampling is soxr's "HQ" recipe through
+`librosa.resample(res_type="soxr_hq")`: deterministic, and the same resampler
+librosa itself uses by default, so features computed here match librosa's.
+
+Every failure a user can cause (missing, empty, truncated or non-media file, a
+video without sound) raises `MediaError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.media import AUDIO_EXTENSIONS, MediaError
+
+RESAMPLE_METHOD = "soxr_hq"
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode a sound file or a video's audio track to mono at `sample_rate`.
+
+    Args:
+        path: a sound file (.wav/.flac/.ogg/.mp3) or a video container (.mp4/.avi/.mkv/.webm/...).
+        sample_rate: output rate in Hz.
+
+    Returns:
+        waveform: float32 [N], mono (channels averaged), clipped to [-1, 1].
+
+    Raises:
+        MediaError: the file is missing, empty, not decodable, truncated, or a video has no audio track.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError("file not found")
+    if not os.access(path, os.R_OK):
+        raise MediaError("file not readable (permissions)")
+    if path.stat().st_size == 0:
+        raise MediaError("empty file (0 bytes)")
+
+    if path.suffix.lower() in AUDIO_EXTENSIONS:
+        try:
+            samples, rate = _read_soundfile(path)
+        except MediaError:
+            raise
+        except Exception:
+            # libsndfile does not read every codec (e.g. some MP3s, or a WAV with an exotic
+            # encoding); FFmpeg reads almost anything, and gives the final verdict.
+            samples, rate = _read_with_pyav(path, is_audio_file=True)
+    else:
+        samples, rate = _read_with_pyav(path, is_audio_file=False)
+
+    if samples.size == 0:
+        raise MediaError("audio has no samples")
+    waveform = resample(samples, rate, sample_rate)
+    # Float sources and resampling ringing can leave samples slightly outside [-1, 1].
+    return np.clip(waveform, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+    """waveform: float32 [N] at orig_rate -> float32 [round(N * target / orig)] at target_rate (soxr HQ)."""
+    if int(orig_rate) == int(target_rate):
+        return waveform.astype(np.float32, copy=False)
+    import librosa  # lazily: only needed when the rates differ
+
+    out = librosa.resample(waveform, orig_sr=int(orig_rate), target_sr=int(target_rate), res_type=RESAMPLE_METHOD)
+    return out.astype(np.float32, copy=False)
+
+
+def fit_length(waveform: np.ndarray, num_samples: int) -> tuple[np.ndarray, int]:
+    """Centre-crop or zero-pad (at the end) a waveform to exactly `num_samples`.
+
+    Args:
+        waveform: float32 [N].
+        num_samples: the fixed window length.
+
+    Returns:
+        (window: float32 [num_samples], valid_samples): valid_samples = min(N, num_samples) is the
+        number of real (non-padding) samples, so the model can mask the padded frames.
+    """
+    waveform = np.asarray(waveform, dtype=np.float32)
+    n = waveform.shape[0]
+    if n >= num_samples:
+        # Centre crop: a spoken command or an action's sound is usually in the middle of a clip.
+        start = (n - num_samples) // 2
+        return waveform[start : start + num_samples].copy(), num_samples
+    # Zero padding at the end keeps the real audio at t=0, so valid frames are a prefix
+    # (what a mask over the first `valid` frames expects).
+    out = np.zeros(num_samples, dtype=np.float32)
+    out[:n] = waveform
+    return out, n
+
+
+# ----------------------------------------------------------------------------- decoders
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    """(mono float32 [N], native rate) read by libsndfile."""
+    import soundfile
+
+    # always_2d: [N, channels] whatever the file has, so the downmix below is one line.
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return data.mean(axis=1, dtype=np.float32), int(rate)
+
+
+def _read_with_pyav(path: Path, is_audio_file: bool) -> tuple[np.ndarray, int]:
+    """(mono float32 [N], native rate) of the first audio stream, decoded by FFmpeg."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
+        kind = "audio" if is_audio_file else "media"
+        raise MediaError(f"cannot open as {kind} ({_one_line(e)})") from None
+
+    with container:
+        if not container.streams.audio:
+            raise MediaError("no audio track")
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate or stream.rate
+        # Convert every decoded frame to planar float32 at its own rate and layout; the downmix is
+        # ours (a plain channel mean, as librosa and soundfile paths do) rather than FFmpeg's
+        # mixing matrix, so a stereo WAV and the same audio in an MP4 give the same mono signal.
+        converter = av.AudioResampler(format="fltp")
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                for converted in converter.resample(frame):
+                    chunks.append(converted.to_ndarray().mean(axis=0, dtype=np.float32))
+            for converted in converter.resample(None):
+                chunks.append(converted.to_ndarray().mean(axis=0, dtype=np.float32))
+        except (av.FFmpegError, ValueError) as e:
+            raise MediaError(f"audio track is truncated or corrupt ({_one_line(e)})") from None
+        if not rate:
+            raise MediaError("audio track has no sample rate")
+    if not chunks:
+        raise MediaError("audio track has no samples")
+    return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)
+
+
+def _one_line(error: Exception) -> str:
+    """'ErrorType: first line of the message', at most 120 characters of it."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:120] if text else ''}".rstrip(": ")
