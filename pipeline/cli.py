@@ -91,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--overwrite", action="store_true", help="redo the features when the run dir holds features of a different config")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    # actrec train
+    tr = sub.add_parser(
+        "train", help="train the configured RNN model on a run's cached features",
+        description="Train model.name (video_rnn, audio_rnn, av_fusion, hybrid) on DIR/features with gradient clipping, "
+        "dropout, L2, masking, a cosine learning rate, early stopping and per-epoch checkpoints. Writes DIR/model.keras, "
+        "history.csv, training_curves.png, tensorboard/. A killed run resumes when the same command is run again.",
+    )
+    _add_config_args(tr)
+    tr.add_argument("--run-dir", required=True, metavar="DIR", help="run directory holding features/ (from `actrec preprocess`)")
+    tr.add_argument("--overwrite", action="store_true", help="retrain when the run dir holds a model trained with another model/train config")
+    tr.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
+
     # actrec config show
     config = sub.add_parser("config", help="inspect configs", description="Inspect experiment configs.")
     config_sub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -162,7 +174,14 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess}
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.train import train
+
+    train(args.config, args.run_dir, args.overrides, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
+HANDLERS = {"data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,9 +143,23 @@ def _read_with_pyav(path: Path, is_audio_file: bool) -> tuple[np.ndarray, int]:
             raise MediaError(f"audio track is truncated or corrupt ({_one_line(e)})") from None
         if not rate:
             raise MediaError("audio track has no sample rate")
+        declared = _declared_samples(stream, rate)
     if not chunks:
         raise MediaError("audio track has no samples")
-    return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)
+    samples = np.concatenate(chunks).astype(np.float32, copy=False)
+    if declared and samples.shape[0] > declared:
+        # AAC decodes in whole 1024-sample frames: the last one carries encoder padding past the
+        # end of the real sound (up to ~23 ms at 44.1 kHz). The MP4 edit list records the true
+        # duration; trim to it so an MP4's audio has the length of its source.
+        samples = samples[:declared]
+    return samples, int(rate)
+
+
+def _declared_samples(stream, rate: int) -> int:
+    """Samples the container says the stream holds (0 when it does not say)."""
+    if not stream.duration or not stream.time_base:
+        return 0
+    return int(round(float(stream.duration * stream.time_base) * rate))
 
 
 def _one_line(error: Exception) -> str:

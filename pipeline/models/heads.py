@@ -1,0 +1,106 @@
+"""Recurrent heads: a sequence of per-step features -> one pooled vector.
+
+    steps: float32 [B, T, D], lengths: int [B] --mask--> RNN layers (uni/bidirectional, stacked)
+        --pooling (last | mean | attention)--> pooled: float32 [B, H]
+
+Padded steps (t >= length) are masked: the RNN skips them and pooling ignores them, so a
+padded sequence gives the same output as the same sequence unpadded.
+
+Initialisation is Keras' default, which is what makes RNNs train from the start: Glorot-uniform
+input kernels, orthogonal recurrent kernels (eigenvalues of modulus 1: the state neither
+explodes nor dies over T steps at init), zero biases and a unit forget-gate bias for LSTM.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+CELLS = {"lstm": layers.LSTM, "gru": layers.GRU, "simple_rnn": layers.SimpleRNN}
+
+
+@keras.saving.register_keras_serializable(package="actrec")
+class SequenceMask(layers.Layer):
+    """lengths: int [B] -> mask: bool [B, T] (True for valid steps), T taken from `steps`."""
+
+    def call(self, steps, lengths):
+        positions = ops.arange(ops.shape(steps)[1])
+        return ops.less(positions[None, :], ops.cast(ops.reshape(lengths, (-1, 1)), "int32"))
+
+
+@keras.saving.register_keras_serializable(package="actrec")
+class MaskedMean(layers.Layer):
+    """Mean over valid steps: states [B, T, H], mask [B, T] -> [B, H]."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # consumes the mask it is given explicitly; emits none
+
+    def compute_mask(self, *args, **kwargs):
+        return None
+
+    def call(self, states, mask):
+        weights = ops.cast(mask, states.dtype)[..., None]
+        return ops.sum(states * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="actrec")
+class AttentionPooling(layers.Layer):
+    """Learned weights over time: a_t = softmax_t(v . tanh(W h_t)), pooled = sum_t a_t h_t.
+
+    states [B, T, H], mask [B, T] -> [B, H]; masked steps get zero weight.
+    """
+
+    def __init__(self, units: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # consumes the mask it is given explicitly; emits none
+        self.units = units
+        self.project = layers.Dense(units, activation="tanh", name="project")
+        self.score = layers.Dense(1, use_bias=False, name="score")
+
+    def compute_mask(self, *args, **kwargs):
+        return None
+
+    def build(self, states_shape, mask_shape=None):
+        self.project.build(states_shape)
+        self.score.build((*states_shape[:-1], self.units))
+
+    def call(self, states, mask):
+        scores = ops.squeeze(self.score(self.project(states)), -1)  # [B, T]
+        scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
+        weights = ops.softmax(scores, axis=-1)
+        return ops.sum(states * weights[..., None], axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def rnn_head(steps, lengths, cfg, name: str, unroll: bool = False):
+    """Stacked (bi)directional RNN over `steps` with padding masked, then pooled.
+
+    steps: float32 [B, T, D]; lengths: int [B]; cfg: ModelConfig -> float32 [B, H]
+    (H = units, or 2 x units for a concatenating bidirectional layer).
+    unroll=True builds the same layers unrolled over the fixed T (for int8 TFLite export).
+    """
+    mask = SequenceMask(name=f"{name}_mask")(steps, lengths)
+    regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
+    x = steps
+    for i in range(cfg.num_layers):
+        last = i == cfg.num_layers - 1
+        rnn = CELLS[cfg.cell](
+            cfg.units,
+            return_sequences=not (last and cfg.pooling == "last"),
+            dropout=cfg.dropout,
+            recurrent_dropout=cfg.recurrent_dropout,
+            kernel_regularizer=regularizer,
+            unroll=unroll,
+            name=f"{name}_{cfg.cell}{i}",
+        )
+        if cfg.bidirectional:
+            rnn = layers.Bidirectional(rnn, merge_mode=cfg.merge_mode, name=f"{name}_bi{cfg.cell}{i}")
+        x = rnn(x, mask=mask)
+    if cfg.pooling == "mean":
+        return MaskedMean(name=f"{name}_mean")(x, mask)
+    if cfg.pooling == "attention":
+        return AttentionPooling(cfg.units, name=f"{name}_attention")(x, mask)
+    return x

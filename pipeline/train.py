@@ -1,0 +1,416 @@
+"""Train stage: cached features in DIR/features -> DIR/model.keras, history.csv, curves, TensorBoard logs.
+
+    features/*.tfrecord --parse--> {frame_features [T, D], frame_lengths, mfcc [F, C], mfcc_length, ...}
+        --augment (train only: temporal jitter, SpecAugment)--> batches --model--> probabilities
+
+The habits that make RNNs train are on by default: gradient clipping (clipnorm 1.0), dropout,
+L2 on kernels, Keras' initialisers (Glorot kernels, orthogonal recurrent kernels, unit forget
+bias), masking of padded steps, a cosine learning-rate decay, early stopping on validation loss
+that restores the best weights. Training checkpoints every epoch (BackupAndRestore): a killed
+run resumes from its last finished epoch when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from pipeline.config import Config, load_config, section_hash, to_yaml
+from pipeline.errors import UserError
+from pipeline.files import atomic_write_json, atomic_write_text, temp_path
+from pipeline.preprocess import preprocess_hash
+
+
+# ----------------------------------------------------------------------------- run dir helpers
+
+
+def read_index(run_dir: str | Path) -> dict:
+    index_file = Path(run_dir) / "features" / "index.json"
+    if not index_file.is_file():
+        raise UserError(f"{run_dir}: no cached features (features/index.json missing); run `actrec preprocess --config FILE --run-dir {run_dir}` first")
+    return json.loads(index_file.read_text())
+
+
+def run_config(run_dir: str | Path, config: Config | str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config to train with: --config/--set when given, else the run's own config.yaml.
+
+    The data and preprocess sections must be the ones the features were made with.
+    """
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if isinstance(config, Config):
+        cfg = config
+    elif config is not None:
+        cfg = load_config(config, overrides)
+    elif saved.is_file():
+        cfg = load_config(saved, overrides)
+    else:
+        raise UserError(f"{run_dir}: no config.yaml; pass --config FILE or run `actrec preprocess` first")
+    index = read_index(run_dir)
+    if index["config_hash"] != preprocess_hash(cfg):
+        raise UserError(
+            f"{run_dir}: the config's data/preprocess sections differ from the ones the features were made with; "
+            f"re-run `actrec preprocess --overwrite` with this config or train with the run's own config.yaml"
+        )
+    return cfg
+
+
+def model_spec(cfg: Config, index: dict):
+    from pipeline.models import ModelSpec
+
+    f = index["features"]
+    shape = lambda name: tuple(f[name]["shape"]) if name in f else None  # noqa: E731
+    return ModelSpec(
+        num_classes=len(index["classes"]),
+        frame_features=shape("frame_features")[1:] if "frame_features" in f else None,
+        frames=shape("frames")[1:4] if "frames" in f else None,
+        mfcc=shape("mfcc"),
+        waveform=f["waveform"]["shape"][0] if "waveform" in f else None,
+        mfcc_stats=index.get("mfcc_stats"),
+        preprocess=cfg.preprocess,
+        seed=cfg.seed,
+    )
+
+
+# ----------------------------------------------------------------------------- tf.data input
+
+
+MODEL_INPUTS = {  # cached feature -> the model input it feeds (the length features ride along)
+    "frame_features": "frame_lengths",
+    "frames": "frame_lengths",
+    "mfcc": "mfcc_length",
+    "waveform": "num_samples",
+}
+
+
+def model_input_names(model) -> list[str]:
+    return [t.name.split(":")[0] for t in model.inputs] if hasattr(model, "inputs") else []
+
+
+def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, input_names: Sequence[str],
+                 training: bool = False, batch_size: int | None = None, view: int | None = 0, with_ids: bool = False):
+    """Batches of ({input name: tensor}, one-hot label) for one split.
+
+    Views: training draws a random view per example (multi_clip windows act as augmentation);
+    evaluation takes `view` (or all views stacked as extra batch rows when view is None).
+    """
+    import tensorflow as tf
+
+    features_dir = Path(run_dir) / "features"
+    files = [str(features_dir / name) for name in index["shards"][split]]
+    if not files:
+        raise UserError(f"{run_dir}: the {split} split has no cached clips")
+    schema = index["features"]
+    num_classes = len(index["classes"])
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64), "clip_id": tf.io.FixedLenFeature([], tf.string)}
+    for name in input_names:
+        if name not in schema:
+            raise UserError(f"{run_dir}: the model needs cached '{name}', which features/index.json does not list; re-run `actrec preprocess` with a config that caches it")
+        shape, dtype = schema[name]["shape"], schema[name]["dtype"]
+        if dtype == "uint8":
+            spec[name] = tf.io.FixedLenFeature([], tf.string)
+        else:
+            spec[name] = tf.io.FixedLenFeature(shape, tf.float32 if dtype == "float32" else tf.int64)
+
+    p, t = cfg.preprocess, cfg.train
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        out = {}
+        for name in input_names:
+            value = ex[name]
+            if schema[name]["dtype"] == "uint8":
+                value = tf.reshape(tf.io.decode_raw(value, tf.uint8), schema[name]["shape"])
+            elif schema[name]["dtype"] == "int64":
+                value = tf.cast(value, tf.int32)
+            out[name] = value
+        return out, tf.one_hot(ex["label"], num_classes), ex["clip_id"]
+
+    def pick_view(x, y, clip_id):
+        views = tf.shape(x[next(iter(x))])[0] if any(n in x for n in ("frame_features", "frames")) else 1
+        v = tf.random.uniform([], 0, views, dtype=tf.int32) if training else (view or 0)
+        x = {n: (tf.gather(value, v) if n in ("frame_features", "frames", "frame_lengths") else value) for n, value in x.items()}
+        return x, y, clip_id
+
+    def augment(x, y, clip_id):
+        if "frame_features" in x or "frames" in x:
+            key = "frame_features" if "frame_features" in x else "frames"
+            x[key] = temporal_jitter(x[key], x["frame_lengths"])
+        if "mfcc" in x:
+            x["mfcc"] = spec_augment(x["mfcc"], t.time_masks, t.time_mask_width, t.freq_masks, t.freq_mask_width)
+        return x, y, clip_id
+
+    ds = tf.data.TFRecordDataset(files)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if t.cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(t.shuffle_buffer, max(1, index["counts"][split])), seed=cfg.seed, reshuffle_each_iteration=True)
+    if view is not None or training:
+        ds = ds.map(pick_view, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and t.augment:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if not with_ids:
+        ds = ds.map(lambda x, y, clip_id: (x, y))
+    return ds.batch(batch_size or t.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def temporal_jitter(steps, lengths, max_shift: int = 1):
+    """Move each valid step's source index by -1..+1 (clipped to the valid range): [T, ...] -> [T, ...].
+
+    Imitates sampling the clip at slightly different moments without re-decoding it.
+    """
+    import tensorflow as tf
+
+    t = tf.shape(steps)[0]
+    length = tf.maximum(tf.cast(lengths, tf.int32), 1)
+    shift = tf.random.uniform([t], -max_shift, max_shift + 1, dtype=tf.int32)
+    source = tf.clip_by_value(tf.range(t) + shift, 0, length - 1)
+    source = tf.where(tf.range(t) < length, tf.sort(source), tf.range(t))  # keep order, leave padding alone
+    return tf.gather(steps, source)
+
+
+def spec_augment(mfcc, time_masks: int, time_width: int, freq_masks: int, freq_width: int):
+    """SpecAugment on one MFCC sequence [F, C]: zero random bands of frames and of coefficients.
+
+    Masked values are set to the sequence mean so the in-model normalisation sees no outliers.
+    """
+    import tensorflow as tf
+
+    f, c = tf.shape(mfcc)[0], tf.shape(mfcc)[1]
+    fill = tf.reduce_mean(mfcc)
+    keep = tf.ones_like(mfcc, dtype=tf.bool)
+    for _ in range(time_masks):
+        width = tf.random.uniform([], 0, time_width + 1, dtype=tf.int32)
+        start = tf.random.uniform([], 0, tf.maximum(f - width, 1), dtype=tf.int32)
+        band = (tf.range(f) >= start) & (tf.range(f) < start + width)
+        keep &= ~band[:, None]
+    for _ in range(freq_masks):
+        width = tf.random.uniform([], 0, freq_width + 1, dtype=tf.int32)
+        start = tf.random.uniform([], 0, tf.maximum(c - width, 1), dtype=tf.int32)
+        band = (tf.range(c) >= start) & (tf.range(c) < start + width)
+        keep &= ~band[None, :]
+    return tf.where(keep, mfcc, fill)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def class_weights(run_dir, index: dict, cfg: Config) -> dict[int, float] | None:
+    """Inverse-frequency weights over the training split (mean weight 1)."""
+    if not cfg.train.class_weights:
+        return None
+    import tensorflow as tf
+
+    counts = np.zeros(len(index["classes"]))
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
+    for name in index["shards"]["train"]:
+        for record in tf.data.TFRecordDataset(str(Path(run_dir) / "features" / name)):
+            counts[int(tf.io.parse_single_example(record, spec)["label"])] += 1
+    weights = counts.sum() / np.maximum(counts, 1) / len(counts)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int):
+    t = cfg.train
+    lr = t.learning_rate
+    if t.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=max(1, t.epochs * steps_per_epoch), alpha=0.05)
+    clip = {"clipnorm": t.clipnorm} if t.clipnorm > 0 else {}
+    if t.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay, **clip)
+    return keras.optimizers.Adam(lr, **clip)
+
+
+def train_hash(cfg: Config) -> str:
+    return section_hash(cfg.model, cfg.train) + "-" + preprocess_hash(cfg)
+
+
+def train(
+    config: Config | str | Path | None = None,
+    run_dir: str | Path = "runs/default",
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train the configured model on DIR/features; returns {'val_accuracy', 'val_loss', 'epochs', ...}.
+
+    Re-running after a kill resumes from the last finished epoch; re-running a finished run does
+    nothing unless the model/train config changed (then --overwrite is needed).
+    """
+    from pipeline.models import build_model
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, config, overrides)
+    index = read_index(run_dir)
+    done_file = run_dir / "train_done.json"
+    if done_file.is_file():
+        done = json.loads(done_file.read_text())
+        if done.get("train_hash") == train_hash(cfg) and (run_dir / "model.keras").is_file():
+            print(f"{run_dir}: already trained with this config (val accuracy {done['val_accuracy']:.3f}); nothing to do")
+            return done
+        if not overwrite:
+            raise UserError(f"{run_dir}: holds a model trained with a different model/train config; use --overwrite or another --run-dir")
+        done_file.unlink()
+        shutil.rmtree(run_dir / "train_state", ignore_errors=True)
+        (run_dir / "history.csv").unlink(missing_ok=True)
+
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.train.strategy != "default":
+        raise UserError(f"train.strategy={cfg.train.strategy}: distributed training is not available yet; use default")
+
+    model = build_model(model_spec(cfg, index), cfg.model)
+    names = model_input_names(model)
+    train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True)
+    val_split = "val" if index["counts"]["val"] else "test"
+    val_ds = make_dataset(run_dir, index, val_split, cfg, names)
+    steps = max(1, math.ceil(index["counts"]["train"] / cfg.train.batch_size))
+    model.compile(
+        optimizer=make_optimizer(cfg, steps),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+    state_dir = run_dir / "train_state"
+    nan_guard = StopOnNaN()
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(state_dir / "backup")),
+        nan_guard,
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+        BestWeights(state_dir, cfg.train.early_stopping),
+    ]
+    if cfg.train.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(2, cfg.train.early_stopping // 3)))
+    weights = class_weights(run_dir, index, cfg)
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
+              class_weight=weights, verbose=1 if progress else 2)
+    if nan_guard.nan_epoch is not None:
+        raise UserError(
+            f"training loss became NaN in epoch {nan_guard.nan_epoch + 1}: lower train.learning_rate or set "
+            f"train.clipnorm (now {cfg.train.clipnorm}); the last good weights are in {state_dir / 'best.weights.h5'}"
+        )
+    best = callbacks[-1]
+    best.restore(model)
+
+    tmp = temp_path(run_dir / "model.keras").with_suffix(".keras")
+    model.save(tmp)
+    tmp.replace(run_dir / "model.keras")
+    history = read_history(run_dir / "history.csv")
+    plot_history(history, run_dir / "training_curves.png")
+    val = model.evaluate(val_ds, verbose=0, return_dict=True)
+    result = {
+        "train_hash": train_hash(cfg),
+        "val_split": val_split,
+        "val_accuracy": float(val["accuracy"]),
+        "val_loss": float(val["loss"]),
+        "epochs": len(history.get("epoch", [])),
+        "best_epoch": best.best_epoch + 1,
+        "params": int(model.count_params()),
+    }
+    atomic_write_json(done_file, result)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    print(f"train: {result['epochs']} epochs, best epoch {result['best_epoch']}, {val_split} accuracy {result['val_accuracy']:.3f} -> {run_dir / 'model.keras'}")
+    return result
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop at the first NaN/inf loss and remember the epoch (the best weights saved so far stay)."""
+
+    def __init__(self):
+        super().__init__()
+        self.nan_epoch = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nan_epoch = self.epoch
+            self.model.stop_training = True
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Early stopping on val loss that survives a restart: best weights and counters live on disk.
+
+    (keras.callbacks.EarlyStopping keeps them in memory only, so a resumed run would forget them.)
+    """
+
+    def __init__(self, state_dir: Path, patience: int):
+        super().__init__()
+        self.state_dir = Path(state_dir)
+        self.patience = patience
+        self.state_file = self.state_dir / "best.json"
+        self.weights_file = self.state_dir / "best.weights.h5"
+        state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        self.best = state.get("best", math.inf)
+        self.best_epoch = state.get("best_epoch", -1)
+        self.wait = state.get("wait", 0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss", math.inf)
+        if math.isfinite(loss) and loss < self.best:
+            self.best, self.best_epoch, self.wait = float(loss), epoch, 0
+            tmp = temp_path(self.weights_file).with_suffix(".weights.h5")
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.model.save_weights(tmp)
+            tmp.replace(self.weights_file)
+        else:
+            self.wait += 1
+        atomic_write_json(self.state_file, {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait})
+        if self.patience and self.wait >= self.patience:
+            self.model.stop_training = True
+
+    def restore(self, model) -> None:
+        if self.weights_file.is_file():
+            model.load_weights(self.weights_file)
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    import csv
+
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_epoch = {int(r["epoch"]): r for r in rows}  # a resumed run may have logged an epoch twice
+    history: dict[str, list[float]] = {}
+    for epoch in sorted(by_epoch):
+        for key, value in by_epoch[epoch].items():
+            history.setdefault(key, []).append(float(value))
+    return history
+
+
+def plot_history(history: dict, path: Path) -> None:
+    """Loss and accuracy per epoch, train vs validation (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = [e + 1 for e in history["epoch"]]
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history.get(metric, []), label="train")
+        ax.plot(epochs, history.get(f"val_{metric}", []), label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = temp_path(path).with_suffix(".png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
