@@ -291,14 +291,14 @@ def preprocess(
         index = json.loads((run_dir / "features" / "index.json").read_text())
         print(f"{run_dir}: features already complete ({sum(index['counts'].values())} clips); nothing to do")
         return index
+    rows, classes, problems = resolve_rows(cfg, manifest)
+    if not rows:
+        raise UserError(f"{cfg.data.root}: no usable clips ({len(problems)} files skipped, e.g. {problems[0][0]}: {problems[0][1]})"
+                        if problems else f"{cfg.data.root}: no usable clips")
     features_dir = run_dir / "features"
     features_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     atomic_write_json(features_dir / "preprocess_state.json", {"config_hash": preprocess_hash(cfg)})
-
-    rows, classes, problems = resolve_rows(cfg, manifest)
-    if not rows:
-        raise UserError(f"{cfg.data.root}: no usable clips (see the skipped files: {len(problems)})")
     label_ids = {c: i for i, c in enumerate(classes)}
     shards = plan_shards(rows, cfg.preprocess.shard_size)
     todo = [s for s in shards if not (features_dir / s.name).is_file()]
