@@ -18,6 +18,7 @@ video without sound) raises `MediaError` with a one-line reason.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +109,29 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
     """(mono float32 [N], native rate) read by libsndfile."""
     import soundfile
 
+    _check_wav_not_truncated(soundfile.info(str(path)))
     # always_2d: [N, channels] whatever the file has, so the downmix below is one line.
     data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     return data.mean(axis=1, dtype=np.float32), int(rate)
+
+
+# libsndfile's WAV report says e.g. "data : 100000 (should be 49978)" when the file ends early.
+_WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Sizes that streaming writers put in the header when they do not know the length yet.
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
+
+
+def _check_wav_not_truncated(info) -> None:
+    """Raise MediaError if a WAV's data chunk is shorter than its header declares (a cut-off copy).
+
+    libsndfile silently reads the samples that are present; a clip cut in half would then be
+    used as if it were whole.
+    """
+    match = _WAV_DATA_SIZE.search(getattr(info, "extra_info", "") or "")
+    if match:
+        declared, present = int(match.group(1)), int(match.group(2))
+        if declared not in _UNKNOWN_SIZES and present + 1 < declared:
+            raise MediaError(f"truncated file: WAV data is {present} bytes, header says {declared}")
 
 
 def _read_with_pyav(path: Path, is_audio_file: bool) -> tuple[np.ndarray, int]:
@@ -147,6 +168,9 @@ def _read_with_pyav(path: Path, is_audio_file: bool) -> tuple[np.ndarray, int]:
     if not chunks:
         raise MediaError("audio track has no samples")
     samples = np.concatenate(chunks).astype(np.float32, copy=False)
+    if declared and samples.shape[0] < declared - max(2048, declared // 100):
+        # The index promises more than the file holds: a copy cut off mid-stream.
+        raise MediaError(f"truncated file: audio track decodes to {samples.shape[0] / rate:.2f} s of {declared / rate:.2f} s")
     if declared and samples.shape[0] > declared:
         # AAC decodes in whole 1024-sample frames: the last one carries encoder padding past the
         # end of the real sound (up to ~23 ms at 44.1 kHz). The MP4 edit list records the true
@@ -164,5 +188,6 @@ def _declared_samples(stream, rate: int) -> int:
 
 def _one_line(error: Exception) -> str:
     """'ErrorType: first line of the message', at most 120 characters of it."""
-    text = str(error).strip().splitlines()
+    # FFmpeg errors carry the message without the errno and file name that str() adds.
+    text = str(getattr(error, "strerror", None) or error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:120] if text else ''}".rstrip(": ")

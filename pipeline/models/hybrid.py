@@ -79,7 +79,7 @@ def hybrid_cnn_rnn(spec: ModelSpec, cfg, unroll: bool = False, encoder: keras.Mo
         params = MFCCParams.from_config(p)
         waveform = keras.Input((spec.waveform,), name="waveform")
         num_samples = keras.Input((), dtype="int32", name="num_samples")
-        mfcc = MFCC(params, name="mfcc")(waveform)  # [B, F, C]
+        mfcc = MFCC.from_params(params, name="mfcc")(waveform)  # [B, F, C]
         mfcc_length = SamplesToFrames(params.hop_length, params.num_frames(spec.waveform), name="mfcc_length")(num_samples)
         x = mfcc_normalization(spec)(mfcc)
         inputs += [waveform, num_samples]

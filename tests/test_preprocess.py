@@ -1,0 +1,159 @@
+"""The preprocess stage on real files: shards, schema, errors, resume after SIGKILL, config changes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.preprocess import plan_shards, preprocess
+from tests.media_factory import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["preprocess.encoder=small_cnn", "preprocess.image_size=32", "preprocess.num_frames=4", "preprocess.audio_seconds=1.0",
+        "preprocess.workers=0", "preprocess.shard_size=3", "data.val_fraction=0.0"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Two classes x 3 groups x 2 clips (MP4 with audio), UCF101 layout, plus fault files."""
+    root = tmp_path_factory.mktemp("clips")
+    train, test = [], []
+    for c, (frames, fps) in {"Fast": (12, 24), "Slow": (30, 15)}.items():
+        (root / c).mkdir()
+        for g in (1, 2, 3):
+            for k in (1, 2):
+                rel = f"{c}/v_{c}_g{g:02d}_c{k:02d}.mp4"
+                write_video(root / rel, num_frames=frames + g + k, fps=fps, audio_seconds=0.8)
+                (test if g == 1 else train).append(rel)
+    write_video(root / "Fast/v_Fast_g02_c03.mp4", num_frames=10)  # no audio track
+    (root / "Slow/v_Slow_g02_c03.mp4").write_bytes(b"")
+    train += ["Fast/v_Fast_g02_c03.mp4", "Slow/v_Slow_g02_c03.mp4"]
+    (root / "classInd.txt").write_text("1 Fast\n2 Slow\n")
+    (root / "trainlist01.txt").write_text("".join(f"{r} 1\n" for r in train))
+    (root / "testlist01.txt").write_text("".join(f"{r}\n" for r in test))
+    return root
+
+
+def read_examples(run_dir):
+    index = json.loads((Path(run_dir) / "features/index.json").read_text())
+    spec = {name: tf.io.VarLenFeature(tf.float32 if f["dtype"] == "float32" else tf.string if f["dtype"] in ("string", "uint8") else tf.int64)
+            for name, f in index["features"].items()}
+    out = {}
+    for split, names in index["shards"].items():
+        for name in names:
+            for record in tf.data.TFRecordDataset(str(Path(run_dir) / "features" / name)):
+                ex = {k: tf.sparse.to_dense(v).numpy() for k, v in tf.io.parse_single_example(record, spec).items()}
+                out[ex["clip_id"][0].decode()] = ex
+    return index, out
+
+
+def test_preprocess_writes_shards_index_and_errors(dataset, tmp_path):
+    run = tmp_path / "run"
+    index = preprocess(None, run, FAST + [f"data.root={dataset}"], progress=False)
+    assert index["classes"] == ["Fast", "Slow"]
+    assert index["counts"] == {"train": 8, "val": 0, "test": 4}
+    assert index["features"]["frame_features"]["shape"] == [1, 4, 128]  # small_cnn at 32 px: 2x2 grid x 32 ch
+    assert index["features"]["mfcc"]["shape"] == [101, 20]
+    assert index["encoder"]["name"] == "small_cnn" and index["sampling"]["num_frames"] == 4
+    assert len(index["shards"]["train"]) == 3  # 8 rows in shards of 3 (the 2 faulty rows are planned, then skipped)
+    errors = dict(tuple(e) for e in index["errors"])
+    assert errors["Fast/v_Fast_g02_c03.mp4"].startswith("no audio track")
+    assert errors["Slow/v_Slow_g02_c03.mp4"] == "empty file (0 bytes)"
+    csv_text = (run / "preprocess_errors.csv").read_text()
+    assert csv_text.startswith("path,reason") and "v_Slow_g02_c03.mp4" in csv_text
+    assert (run / "config.yaml").is_file() and (run / "features/encoder.weights.h5").is_file()
+
+    _, examples = read_examples(run)
+    ex = examples["Slow/v_Slow_g01_c01.mp4"]
+    assert ex["frame_features"].shape == (1 * 4 * 128,) and np.isfinite(ex["frame_features"]).all()
+    assert ex["frame_lengths"].tolist() == [4] and ex["label"].tolist() == [1]
+    assert 70 <= ex["mfcc_length"][0] <= 101  # 0.8 s of audio in a 1 s window: padding is masked
+    # re-running a finished run does nothing and says so
+    again = preprocess(None, run, FAST + [f"data.root={dataset}"], progress=False)
+    assert again["counts"] == index["counts"]
+
+
+def test_changed_config_refuses_without_overwrite(dataset, tmp_path):
+    run = tmp_path / "run"
+    preprocess(None, run, FAST + [f"data.root={dataset}", "preprocess.modalities=[video]"], progress=False)
+    with pytest.raises(UserError, match="different data/preprocess config.*--overwrite"):
+        preprocess(None, run, FAST + [f"data.root={dataset}", "preprocess.modalities=[video]", "preprocess.num_frames=3"], progress=False)
+    index = preprocess(None, run, FAST + [f"data.root={dataset}", "preprocess.modalities=[video]", "preprocess.num_frames=3"],
+                       overwrite=True, progress=False)
+    assert index["features"]["frame_features"]["shape"][1] == 3
+    assert "Fast/v_Fast_g02_c03.mp4" not in dict(tuple(e) for e in index["errors"])  # video-only: no audio is fine
+
+
+def test_raw_frames_for_the_hybrid_model(dataset, tmp_path):
+    index = preprocess(None, tmp_path / "run", FAST + [f"data.root={dataset}", "preprocess.encoder=none"], progress=False)
+    assert index["features"]["frames"] == {"shape": [1, 4, 32, 32, 3], "dtype": "uint8"}
+    assert index["features"]["waveform"]["shape"] == [16000]
+    _, examples = read_examples(tmp_path / "run")
+    frames = np.frombuffer(examples["Fast/v_Fast_g01_c01.mp4"]["frames"][0], np.uint8).reshape(1, 4, 32, 32, 3)
+    assert frames[0, 0, :, :10, 0].mean() > 200  # RGB order: the clip's left half is red
+
+
+def test_multi_clip_views(dataset, tmp_path):
+    index = preprocess(None, tmp_path / "run", FAST + [f"data.root={dataset}", "preprocess.sampling=multi_clip",
+                                                       "preprocess.num_clips=3", "preprocess.modalities=[video]"], progress=False)
+    assert index["features"]["frame_features"]["shape"] == [3, 4, 128]
+
+
+def test_backends_agree(dataset):
+    from pipeline.features.encoders import FrameEncoder, build_encoder
+
+    encoder = build_encoder("mobilenet_v3_small", 64)
+    frames = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    tflite = FrameEncoder(encoder, "tflite", batch_size=4).encode(frames)
+    keras_out = FrameEncoder(encoder, "keras", batch_size=4).encode(frames)
+    assert tflite.shape == keras_out.shape == (5, 576)
+    assert np.abs(tflite - keras_out).max() <= 1e-5
+
+
+def test_shard_plan_is_stable():
+    from data_prep.index import ManifestRow
+
+    rows = [ManifestRow(f"c/{i}.mp4", "c", "train" if i % 3 else "test", "g") for i in range(10)]
+    a, b = plan_shards(rows, 3), plan_shards(list(reversed(rows)), 3)
+    assert [(s.name, [r.path for r in s.rows]) for s in a] == [(s.name, [r.path for r in s.rows]) for s in b]
+
+
+def test_impossible_config_fails_before_work(dataset, tmp_path):
+    with pytest.raises(UserError, match="preprocess.n_fft"):
+        preprocess(None, tmp_path / "run", FAST + [f"data.root={dataset}", "preprocess.audio_seconds=0.1", "preprocess.n_fft=4096"], progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(dataset, tmp_path):
+    """Kill preprocess mid-run, re-run the same command: same examples as an uninterrupted run."""
+    args = FAST + [f"data.root={dataset}", "preprocess.shard_size=1", "preprocess.encoder=mobilenet_v3_small", "preprocess.image_size=64"]
+    cmd = [sys.executable, "-m", "pipeline.cli", "preprocess", "--run-dir", str(tmp_path / "killed"), "--no-progress"]
+    for a in args:
+        cmd += ["--set", a]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    features = tmp_path / "killed/features"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(features.glob("*.tfrecord"))) < 3:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(features.glob("*.tfrecord")))
+    assert 3 <= written < 14 and not (features / "index.json").exists()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    preprocess(None, tmp_path / "clean", args, progress=False)
+    _, resumed = read_examples(tmp_path / "killed")
+    _, clean = read_examples(tmp_path / "clean")
+    assert sorted(resumed) == sorted(clean)
+    for clip_id in clean:
+        for key in clean[clip_id]:
+            np.testing.assert_allclose(resumed[clip_id][key], clean[clip_id][key], atol=1e-6) if clean[clip_id][key].dtype != object else None
