@@ -47,7 +47,7 @@ case "$cmd" in
   demo)
     ensure_debian_packages; ensure_venv
     export TF_CPP_MIN_LOG_LEVEL=2
-    exec .venv/bin/python -m pipeline.demo "$@" ;;
+    exec .venv/bin/actrec demo "$@" ;;
   test)
     ensure_debian_packages; ensure_venv
     export TF_CPP_MIN_LOG_LEVEL=2

@@ -14,6 +14,7 @@ Every file that cannot be used is reported with a reason, never silently dropped
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.files import atomic_write_text
 from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
 from pipeline.media.probe import probe_media
 
@@ -132,7 +134,7 @@ def _ucf101_splits(root: Path, split_id: int, files: list[str]) -> tuple[list[st
                 continue
             split_of[rel] = split
     on_disk = set(files)
-    problems += [(rel, f"listed in split files but missing on disk") for rel in sorted(set(split_of) - on_disk)]
+    problems += [(rel, "listed in split files but missing on disk") for rel in sorted(set(split_of) - on_disk)]
     return classes, split_of, problems
 
 
@@ -248,14 +250,11 @@ def _probe_all(root: Path, rels: list[str], kind: str):
 
 def write_manifest(rows: list[ManifestRow], path: str | Path) -> None:
     """Write manifest.csv atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows((r.path, r.label, r.split, r.group) for r in rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows((r.path, r.label, r.split, r.group) for r in rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:

@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="retrain when the run dir holds a model trained with another model/train config")
     tr.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
 
+    # actrec demo
+    dm = sub.add_parser(
+        "demo", help="run the main job on the embedded data: generate, preprocess, train (no network)",
+        description="Generate the embedded action clips and spoken commands into DIR/data, then preprocess and train "
+        "the audio-visual action model (DIR/runs/actions_av) and the speech model (DIR/runs/commands). Finished "
+        "stages are reused when run again.",
+    )
+    dm.add_argument("--out", default="demo", metavar="DIR", help="output folder (default: demo)")
+    dm.add_argument("--quick", action="store_true", help="tiny data and 3 epochs: checks the pipeline in a few minutes")
+    dm.add_argument("--seed", type=int, default=0, metavar="S", help="seed for data, splits and training (default 0)")
+
     # actrec config show
     config = sub.add_parser("config", help="inspect configs", description="Inspect experiment configs.")
     config_sub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -181,7 +192,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import demo
+
+    demo(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+HANDLERS = {"demo": cmd_demo, "data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

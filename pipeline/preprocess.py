@@ -13,7 +13,6 @@ shards that exist (each is written under a temporary name and renamed when compl
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import multiprocessing

@@ -12,7 +12,6 @@ run resumes from its last finished epoch when the same command is run again.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -49,10 +48,9 @@ def run_config(run_dir: str | Path, config: Config | str | Path | None = None, o
         cfg = config
     elif config is not None:
         cfg = load_config(config, overrides)
-    elif saved.is_file():
-        cfg = load_config(saved, overrides)
     else:
-        raise UserError(f"{run_dir}: no config.yaml; pass --config FILE or run `actrec preprocess` first")
+        index = read_index(run_dir)  # no features: say which command makes them
+        cfg = load_config(saved if saved.is_file() else None, overrides)
     index = read_index(run_dir)
     if index["config_hash"] != preprocess_hash(cfg):
         raise UserError(

@@ -1,0 +1,460 @@
+"""The embedded spoken-commands dataset: espeak-ng says the 10 Speech Commands words.
+
+The models trained on this data are later tested on other voices (other TTS engines,
+real people), so the generator aims for WIDE variation rather than clean TTS:
+
+  speaker   = an espeak-ng voice (8 English accents, 8 other languages speaking the
+              English words, respelled so they sound like accented English) + a voice
+              variant (+m1..+m8, +f1..+f5, +croak, +klatt.., +whisper, named voices ...),
+              with its own base speed, pitch, pitch range and amplitude;
+  utterance = the speaker's settings jittered, then augmented: mild pitch/tempo change
+              by resampling, optional small reverb, a random place in the 1 s window,
+              background noise (white, pink, brown, hum, babble-like) at a random SNR
+              (clean, 20, 10, 5 dB), microphone colour (high-pass, low-pass, one EQ
+              bell) and a random recording level.
+
+Output, in the Speech Commands layout (what `data_prep.index` reads):
+
+  DIR/<word>/<speaker>_nohash_<n>.wav   16 kHz mono 16-bit PCM, exactly 16000 samples
+  DIR/validation_list.txt               "<word>/<file>" lines, relative to DIR
+  DIR/testing_list.txt                  files in neither list are training
+  DIR/commands.json                     the parameters, so a rerun resumes (or refuses)
+
+Splits are by speaker (about 10% validation, 10% test, at least one speaker each) and
+every speaker says every word, so every word appears in every split.
+
+Determinism: every random choice comes from a numpy Generator seeded by
+(seed, speaker) or (seed, speaker, word, n), never from the order in which the
+worker pool happens to run jobs, and espeak-ng itself is deterministic; the same
+seed gives byte-identical WAVs and lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import shutil
+import subprocess
+import time
+import wave
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soxr
+from scipy import signal
+from tqdm import tqdm
+
+from pipeline.errors import UserError
+from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+COMMAND_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+
+SAMPLE_RATE = 16000
+CLIP_SAMPLES = 16000  # exactly 1 s, like Speech Commands
+MAX_SPEECH_SECONDS = 0.95  # the spoken part must fit the window with a little room
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.1
+FORMAT_VERSION = 1  # bump when the audio recipe changes: old folders are then refused, not mixed
+
+# ----------------------------------------------------------------------------- voices
+
+# English accents espeak-ng ships; they read the words as written.
+ENGLISH_VOICES = (
+    "en-us", "en-us-nyc", "en-gb", "en-gb-x-rp", "en-gb-scotland",
+    "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
+)
+
+# Other languages speaking the English words. Read with the language's own spelling
+# rules some words come out as a different word (Swedish "go" -> [ɡuː]), so those are
+# respelled to sound like the English word said with that accent (checked with
+# `espeak-ng -v LANG -q --ipa TEXT`). Words not listed are read as written.
+ACCENT_SPELLINGS: dict[str, dict[str, str]] = {
+    "de": {"yes": "jess", "up": "app", "down": "daun", "right": "rait", "on": "onn", "stop": "stopp"},
+    "nl": {"yes": "jes", "up": "ap", "down": "dauwn", "right": "rait"},
+    "sv": {"yes": "jess", "no": "nå", "up": "app", "down": "dawn", "right": "rajt", "on": "ån",
+           "stop": "stopp", "go": "gå"},
+    "es": {"up": "ap", "down": "daun", "right": "rait", "off": "of", "stop": "estop", "go": "gou"},
+    "fr-fr": {"yes": "yesse", "up": "eupe", "on": "onne", "off": "offe"},
+    "it": {"yes": "ies", "up": "ap", "down": "daun", "right": "rait", "go": "gou"},
+    "pt-br": {"yes": "iés", "no": "nôu", "up": "âp", "down": "dáun", "left": "léft", "on": "ón",
+              "off": "óff", "stop": "stóp", "go": "gôu"},
+    "pl": {"no": "nou", "up": "ap", "down": "daun", "right": "rajt", "off": "of", "go": "gou"},
+}
+
+# Most listeners at test time speak English natively; accented speakers are a minority.
+ENGLISH_SHARE = 0.65
+
+# Voice variants (`espeak-ng --voices=variant`, file names under voices/!v). "" is the
+# voice's own default. Every variant is allowed, odd ones included: wide variation is the point.
+VARIANTS = (
+    "",
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8",
+    "f1", "f2", "f3", "f4", "f5",
+    "croak", "whisper", "whisperf", "grandma", "grandpa", "aunty",
+    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2",
+    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Storm",
+    "adam", "anika", "antonio", "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward",
+    "edward2", "gustave", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "linda",
+    "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob",
+    "robert", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
+    # synthetic-sounding ones: rarer in tests, but they widen the spread of timbres
+    "Demonic", "RicishayMax", "RicishayMax2", "RicishayMax3", "Tweaky", "UniRobot", "anikaRobot",
+    "announcer", "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6",
+    "robosoft7", "robosoft8",
+)
+
+# Ranges from the issue: speed 110-230 wpm, pitch 10-90 (espeak's 0-99 scale).
+SPEED_RANGE = (110, 230)
+PITCH_RANGE = (10, 90)
+
+# Fixed tags that give choosing speakers and splitting them random streams of their own,
+# apart from the per-speaker (seed, speaker id) and per-utterance streams.
+_PICK_STREAM = 0x91C4
+_SPLIT_STREAM = 0x5B17
+
+
+def find_espeak() -> str:
+    """The espeak-ng executable on PATH, or a one-line UserError saying how to install it."""
+    path = shutil.which("espeak-ng")
+    if path is None:
+        raise UserError(
+            "espeak-ng not found on PATH: install it with `apt-get install espeak-ng` (Debian/Ubuntu) "
+            "or `brew install espeak-ng` (macOS); it speaks the embedded spoken-commands dataset"
+        )
+    return path
+
+
+def espeak_version(espeak: str) -> str:
+    out = subprocess.run([espeak, "--version"], capture_output=True, text=True).stdout
+    return out.split("Data at")[0].strip()
+
+
+def _installed(espeak: str) -> tuple[set[str], set[str]]:
+    """(language voices, variant names) this espeak-ng installation has."""
+    def listing(arg: str) -> list[list[str]]:
+        out = subprocess.run([espeak, arg], capture_output=True, text=True, check=True).stdout
+        return [line.split() for line in out.splitlines()[1:] if line.strip()]
+
+    voices = {cols[1] for cols in listing("--voices")}
+    # variant rows: "5 variant --/M Name !v/file"; the file name is what goes after "+"
+    variants = {cols[4][len("!v/"):] for cols in listing("--voices=variant") if len(cols) >= 5}
+    return voices, variants | {""}
+
+
+# ----------------------------------------------------------------------------- speakers and splits
+
+
+@dataclass(frozen=True)
+class Speaker:
+    id: str  # 8 hex digits, a hash of voice+variant (like Speech Commands' speaker ids)
+    voice: str  # espeak-ng language voice, e.g. "en-gb-scotland" or "de"
+    variant: str  # "" or a variant name, e.g. "f3"
+    speed: int  # base words per minute; each utterance jitters around it
+    pitch: int  # base pitch 0-99
+    pitch_range: int  # SSML prosody range in percent: 100 is espeak's normal intonation
+    amplitude: int  # espeak -a; lowered on retry if espeak's own output clips
+
+
+def speaker_id(voice: str, variant: str) -> str:
+    return hashlib.sha1(f"{voice}+{variant}".encode()).hexdigest()[:8]
+
+
+def _speaker(voice: str, variant: str, seed: int) -> Speaker:
+    """A speaker's fixed traits, drawn from (seed, speaker) only."""
+    sid = speaker_id(voice, variant)
+    rng = np.random.default_rng([seed, int(sid, 16)])
+    return Speaker(
+        id=sid, voice=voice, variant=variant,
+        speed=int(rng.integers(130, 211)),
+        pitch=int(rng.integers(15, 86)),
+        pitch_range=int(rng.integers(40, 181)),
+        amplitude=int(rng.integers(40, 101)),
+    )
+
+
+def pick_speakers(n: int, seed: int, voices: set[str], variants: set[str]) -> list[Speaker]:
+    """n distinct voice+variant speakers, English accents weighted to ENGLISH_SHARE, sorted by id."""
+    english = [(v, var) for v in ENGLISH_VOICES if v in voices for var in VARIANTS if var in variants]
+    accented = [(v, var) for v in ACCENT_SPELLINGS if v in voices for var in VARIANTS if var in variants]
+    combos = english + accented
+    if not english:
+        raise UserError("espeak-ng has no English voice (en-us, en-gb, ...): reinstall espeak-ng with its voice data")
+    share = ENGLISH_SHARE if accented else 1.0
+    p = np.array([share / len(english)] * len(english) + [(1 - share) / max(1, len(accented))] * len(accented))
+    rng = np.random.default_rng([seed, _PICK_STREAM])
+    chosen = rng.choice(len(combos), size=min(n, len(combos)), replace=False, p=p / p.sum())
+    return sorted((_speaker(*combos[i], seed) for i in chosen), key=lambda s: s.id)
+
+
+def split_speakers(speakers: list[Speaker], seed: int) -> dict[str, str]:
+    """{speaker id: 'train'|'val'|'test'}: about 10% val and 10% test, at least one each."""
+    n = len(speakers)
+    n_val = max(1, round(VAL_FRACTION * n))
+    n_test = max(1, round(TEST_FRACTION * n))
+    order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(n)
+    split = {}
+    for rank, i in enumerate(order):
+        split[speakers[i].id] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    return split
+
+
+# ----------------------------------------------------------------------------- speech
+
+
+def _espeak_wav(espeak: str, text: str, voice: str, speed: int, pitch: int, pitch_range: int,
+                amplitude: int) -> tuple[np.ndarray, int]:
+    """Run espeak-ng once. Returns (samples: int16 [N], sample rate: 22050 for espeak-ng)."""
+    # SSML only to reach the pitch range, which has no command-line flag. There is no
+    # word gap (-g) to vary: each utterance is a single word.
+    ssml = f'<speak><prosody range="{pitch_range}%">{text}</prosody></speak>'
+    cmd = [espeak, "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude),
+           "-z", "-m", "--stdout", ssml]
+    wav = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
+    # espeak-ng streams to stdout, so the RIFF/data sizes in its header are placeholders
+    # (0x7fffffff): read the rate from the fmt chunk and take everything after "data".
+    fmt = wav.index(b"fmt ")
+    rate = int.from_bytes(wav[fmt + 12:fmt + 16], "little")
+    data = wav.index(b"data", fmt) + 8
+    n = (len(wav) - data) // 2
+    return np.frombuffer(wav, dtype="<i2", count=n, offset=data), rate
+
+
+def _trim(x: np.ndarray, sr: int, top_db: float = 40.0) -> np.ndarray:
+    """The spoken part of x (float [N]): 5-ms frames within top_db of the loudest, plus 10 ms each side."""
+    hop = sr // 200
+    frames = np.abs(x[: len(x) // hop * hop]).reshape(-1, hop).max(axis=1)
+    loud = np.flatnonzero(frames > frames.max() * 10 ** (-top_db / 20))
+    start = max(0, (loud[0] - 2) * hop)
+    end = min(len(x), (loud[-1] + 3) * hop)
+    return x[start:end]
+
+
+def speak(espeak: str, speaker: Speaker, word: str, rng: np.random.Generator) -> np.ndarray:
+    """One word said by speaker, trimmed, perturbed and resampled: speech float64 [<= 0.95 s at 16 kHz]."""
+    text = ACCENT_SPELLINGS.get(speaker.voice, {}).get(word, word)
+    voice = f"{speaker.voice}+{speaker.variant}" if speaker.variant else speaker.voice
+    speed = int(np.clip(speaker.speed + rng.normal(0, 12), *SPEED_RANGE))
+    pitch = int(np.clip(speaker.pitch + rng.integers(-6, 7), *PITCH_RANGE))
+    amplitude = speaker.amplitude
+    # Pitch and tempo together, as a tape running fast or slow: pretend the audio was
+    # recorded at rate*factor, then resample to 16 kHz.
+    factor = rng.uniform(0.92, 1.08) if rng.random() < 0.5 else 1.0
+    max_len = int(MAX_SPEECH_SECONDS * SAMPLE_RATE)
+    for attempt in range(8):
+        raw, rate = _espeak_wav(espeak, text, voice, speed, pitch, speaker.pitch_range, amplitude)
+        if np.abs(raw.astype(np.int32)).max() >= 32767 and attempt < 7:
+            amplitude = max(5, int(amplitude * 0.6))  # espeak clipped its own output: say it softer
+            continue
+        speech = soxr.resample(_trim(raw / 32768.0, rate), rate * factor, SAMPLE_RATE)
+        if len(speech) <= max_len:
+            return speech
+        speed = int(speed * 1.2)  # too long for the 1 s window: say it faster
+    # Still too long: squeeze it in by resampling (raises the pitch a little too).
+    return soxr.resample(speech, len(speech), max_len)[:max_len]
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def add_reverb(speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A small room: exponentially decaying noise as impulse response. speech float [N] -> float [N + tail]."""
+    rt60 = rng.uniform(0.08, 0.35)  # seconds for the tail to decay by 60 dB
+    t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
+    tail = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
+    ir = np.concatenate([[1.0], rng.uniform(0.1, 0.5) * tail / np.sqrt(np.sum(tail ** 2))])
+    return signal.fftconvolve(speech, ir)
+
+
+def noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Background noise of unit RMS: float64 [n]."""
+    t = np.arange(n) / SAMPLE_RATE
+    if kind in ("white", "pink", "brown"):
+        x = rng.standard_normal(n)
+        if kind != "white":  # shape the spectrum: power ~ 1/f (pink) or 1/f^2 (brown)
+            alpha = 1.0 if kind == "pink" else 2.0
+            f = np.maximum(np.fft.rfftfreq(n, 1 / SAMPLE_RATE), 20.0)
+            x = np.fft.irfft(np.fft.rfft(x) * f ** (-alpha / 2), n)
+    elif kind == "hum":  # mains hum and its harmonics, with a little hiss
+        f0 = rng.choice([50.0, 60.0])
+        x = sum(rng.uniform(0.2, 1.0) / h * np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi))
+                for h in range(1, 7))
+        x = x + 0.05 * rng.standard_normal(n)
+    elif kind == "babble":  # speech-band noise with syllable-rate loudness changes, like distant talkers
+        sos = signal.butter(2, [150, 4000], btype="bandpass", fs=SAMPLE_RATE, output="sos")
+        x = signal.sosfilt(sos, rng.standard_normal(n))
+        talkers = rng.integers(3, 7)
+        envelope = sum(1 + np.sin(2 * np.pi * rng.uniform(2, 7) * t + rng.uniform(0, 2 * np.pi))
+                       for _ in range(talkers))
+        x = x * envelope
+    else:
+        raise ValueError(f"unknown noise kind {kind!r}")
+    return x / np.sqrt(np.mean(x ** 2))
+
+
+NOISE_KINDS = ("white", "pink", "brown", "hum", "babble")
+SNR_CHOICES_DB = (None, 20.0, 10.0, 5.0)  # None = clean
+SNR_PROBABILITIES = (0.3, 0.25, 0.25, 0.2)
+
+
+def mic_colour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A cheap microphone/room colour: maybe high-pass, maybe low-pass, maybe one EQ bell. float [N] -> [N]."""
+    if rng.random() < 0.7:
+        x = signal.sosfilt(signal.butter(2, rng.uniform(50, 300), "highpass", fs=SAMPLE_RATE, output="sos"), x)
+    if rng.random() < 0.6:
+        x = signal.sosfilt(signal.butter(4, rng.uniform(3000, 7500), "lowpass", fs=SAMPLE_RATE, output="sos"), x)
+    if rng.random() < 0.5:  # peaking EQ biquad (RBJ audio EQ cookbook)
+        gain_db, f0, q = rng.uniform(-8, 8), rng.uniform(300, 4000), rng.uniform(0.5, 2.0)
+        a_lin, w0 = 10 ** (gain_db / 40), 2 * np.pi * f0 / SAMPLE_RATE
+        alpha = np.sin(w0) / (2 * q)
+        b = [1 + alpha * a_lin, -2 * np.cos(w0), 1 - alpha * a_lin]
+        a = [1 + alpha / a_lin, -2 * np.cos(w0), 1 - alpha / a_lin]
+        x = signal.lfilter(b, a, x)
+    return x
+
+
+def render_utterance(espeak: str, speaker: Speaker, word: str, n: int, seed: int) -> np.ndarray:
+    """The finished clip for (speaker, word, n): waveform int16 [16000]."""
+    rng = np.random.default_rng([seed, int(speaker.id, 16), COMMAND_WORDS.index(word), n])
+    speech = speak(espeak, speaker, word, rng)
+    speech = speech / np.abs(speech).max()
+    speech_power = np.mean(speech ** 2)  # before reverb: the SNR refers to the dry voice
+
+    # Random place in the window; the whole word fits, with 10 ms to spare when it can.
+    margin = min(160, (CLIP_SAMPLES - len(speech)) // 2)
+    offset = int(rng.integers(margin, CLIP_SAMPLES - len(speech) - margin + 1))
+    if rng.random() < 0.3:
+        speech = add_reverb(speech, rng)
+    window = np.zeros(CLIP_SAMPLES)
+    part = speech[: CLIP_SAMPLES - offset]  # a reverb tail may run past the end: cut it, with a 5-ms fade
+    if len(part) < len(speech):
+        part = part * np.concatenate([np.ones(len(part) - 80), np.linspace(1, 0, 80)])
+    window[offset:offset + len(part)] = part
+
+    snr_db = SNR_CHOICES_DB[rng.choice(len(SNR_CHOICES_DB), p=SNR_PROBABILITIES)]
+    if snr_db is not None:
+        kind = NOISE_KINDS[rng.integers(len(NOISE_KINDS))]
+        window += noise(kind, CLIP_SAMPLES, rng) * np.sqrt(speech_power / 10 ** (snr_db / 10))
+
+    window = mic_colour(window, rng)
+    # Recording level: the loudest sample lands between -18 and -1 dBFS, so never clipped.
+    peak_db = rng.uniform(-18, -1)
+    window *= 10 ** (peak_db / 20) / np.abs(window).max()
+    return np.round(window * 32767).astype(np.int16)
+
+
+def wav_bytes(waveform: np.ndarray) -> bytes:
+    """A plain 44-byte-header WAV of waveform int16 [N] at 16 kHz (no dates or tags: byte-identical reruns)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(waveform.astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+
+def _relpath(speaker: Speaker, word: str, n: int) -> str:
+    return f"{word}/{speaker.id}_nohash_{n}.wav"
+
+
+def _render_job(job: tuple[str, str, dict, str, int, int]) -> str:
+    """Pool worker: render one clip and write it atomically, so a crash never leaves half a WAV."""
+    root, espeak, speaker, word, n, seed = job
+    speaker = Speaker(**speaker)
+    path = Path(root) / _relpath(speaker, word, n)
+    atomic_write_bytes(path, wav_bytes(render_utterance(espeak, speaker, word, n, seed)))
+    return path.name
+
+
+def _check_out_dir(out: Path, params: dict) -> None:
+    """Refuse to write into a folder that holds something else; allow resuming the same dataset."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose a new output folder for the commands dataset")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = out / "commands.json"
+    if not marker.is_file():
+        raise UserError(f"{out}: folder is not empty; choose a new or empty output folder for the commands dataset")
+    try:
+        previous = json.loads(marker.read_text())
+    except ValueError:
+        raise UserError(f"{marker}: unreadable; delete {out} and generate again") from None
+    if {k: previous.get(k) for k in params} != params:
+        raise UserError(f"{out}: holds a commands dataset made with {previous}, not {params}; "
+                        "choose another folder or delete this one")
+
+
+def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: bool = True,
+                  workers: int = 2) -> dict:
+    """Generate the spoken-commands dataset into out (Speech Commands layout; see the module docstring).
+
+    per_word speakers each say every word once (more takes per speaker only once every
+    voice+variant is used). An interrupted run resumes: finished WAVs are kept, since a
+    rerun with the same parameters would write the same bytes.
+
+    Returns {root, words, files, counts: {split: files}, speakers: {split: speakers}, seconds}.
+    """
+    espeak = find_espeak()
+    if per_word < 3:
+        raise UserError(f"per_word={per_word}: need at least 3 (one speaker each for train, validation and test)")
+    if seed < 0:
+        raise UserError(f"seed={seed}: must be a non-negative integer")
+    out = Path(out)
+    params = {"generator": "data_prep.commands", "version": FORMAT_VERSION, "per_word": per_word, "seed": seed}
+    _check_out_dir(out, params)
+
+    started = time.perf_counter()
+    voices, variants = _installed(espeak)
+    speakers = pick_speakers(per_word, seed, voices, variants)
+    if len(speakers) < 3:
+        raise UserError(f"espeak-ng offers only {len(speakers)} voice+variant pair(s); 3 are needed for train/val/test")
+    takes = -(-per_word // len(speakers))  # ceil: > 1 only when per_word exceeds the voice+variant pairs
+    # (speaker, take) pairs in a fixed order; the first per_word of them say each word
+    voicings = [(s, n) for n in range(takes) for s in speakers][:per_word]
+    split_of = split_speakers(speakers, seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "commands.json", {**params, "espeak": espeak_version(espeak),
+                                              "speakers": [asdict(s) for s in speakers]})
+    # A resumed run keeps the WAVs it finds: they hold the bytes this run would write.
+    todo = [(str(out), espeak, asdict(s), word, n, seed) for word in COMMAND_WORDS for s, n in voicings
+            if not (out / _relpath(s, word, n)).exists()]
+    total = len(COMMAND_WORDS) * len(voicings)
+    bar = tqdm(total=total, initial=total - len(todo), desc="spoken commands", unit="wav", disable=not progress)
+    if workers <= 1 or len(todo) < 16:  # starting a pool costs seconds: not worth it for a few files
+        for job in todo:
+            _render_job(job)
+            bar.update()
+    else:
+        # spawn, not fork: the caller may have TensorFlow loaded, and forking it can hang
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_render_job, todo, chunksize=8):
+                bar.update()
+    bar.close()
+
+    lists = {"val": [], "test": []}
+    counts = {"train": 0, "val": 0, "test": 0}
+    for word in COMMAND_WORDS:
+        for s, n in voicings:
+            split = split_of[s.id]
+            counts[split] += 1
+            if split in lists:
+                lists[split].append(_relpath(s, word, n))
+    atomic_write_text(out / "validation_list.txt", "".join(f"{r}\n" for r in sorted(lists["val"])))
+    atomic_write_text(out / "testing_list.txt", "".join(f"{r}\n" for r in sorted(lists["test"])))
+
+    return {
+        "root": str(out),
+        "words": list(COMMAND_WORDS),
+        "files": total,
+        "counts": counts,
+        "speakers": {split: sum(1 for s in speakers if split_of[s.id] == split) for split in counts},
+        "seconds": round(time.perf_counter() - started, 2),
+    }

@@ -1,0 +1,159 @@
+"""The spoken-commands generator: format, splits, determinism, resume and clear errors.
+
+One small dataset (12 speakers x 10 words) is generated once per module; the other
+runs are the smallest that still test what they name.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_prep.commands import COMMAND_WORDS, make_commands
+from pipeline.errors import UserError
+
+PER_WORD = 12
+NAME = re.compile(r"^([a-z]+)/([0-9a-f]{8})_nohash_(\d+)\.wav$")
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("commands") / "sc"
+    summary = make_commands(root, per_word=PER_WORD, seed=0, progress=False, workers=2)
+    return root, summary
+
+
+def wav_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.wav"))
+
+
+def splits(root: Path) -> dict[str, str]:
+    """{relpath: split} for every WAV, read the way Speech Commands defines it."""
+    val = (root / "validation_list.txt").read_text().split()
+    test = (root / "testing_list.txt").read_text().split()
+    split = {rel: "train" for rel in wav_files(root)}
+    split.update({rel: "val" for rel in val})
+    split.update({rel: "test" for rel in test})
+    return split
+
+
+def test_words_files_and_summary(dataset):
+    root, summary = dataset
+    assert {p.name for p in root.iterdir() if p.is_dir()} == set(COMMAND_WORDS)
+    files = wav_files(root)
+    assert len(files) == summary["files"] == PER_WORD * len(COMMAND_WORDS)
+    assert all(NAME.match(f) for f in files), files[:3]
+    assert summary["words"] == COMMAND_WORDS
+    assert sum(summary["counts"].values()) == len(files)
+    assert not list(root.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_every_file_is_one_second_of_16k_mono_int16_speech(dataset):
+    root, _ = dataset
+    for rel in wav_files(root):
+        info = sf.info(root / rel)
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 16000), rel
+        x, _ = sf.read(root / rel, dtype="int16")
+        assert x.shape == (16000,)
+        peak = np.abs(x.astype(np.int32)).max()
+        rms = np.sqrt(np.mean((x / 32768.0) ** 2))
+        assert peak < 32000, f"{rel}: clipped (peak {peak})"
+        assert rms > 2e-3 and peak > 3000, f"{rel}: (nearly) silent, rms {rms:.4f} peak {peak}"
+
+
+def test_lists_reference_files_and_speakers_never_span_splits(dataset):
+    root, summary = dataset
+    files = set(wav_files(root))
+    for name in ("validation_list.txt", "testing_list.txt"):
+        lines = (root / name).read_text().splitlines()
+        assert lines and set(lines) <= files, name
+        assert len(lines) == len(set(lines)), name
+    split = splits(root)
+    speakers_in = {s: {NAME.match(r).group(2) for r, sp in split.items() if sp == s} for s in ("train", "val", "test")}
+    assert all(speakers_in.values())
+    assert not speakers_in["train"] & speakers_in["val"]
+    assert not speakers_in["train"] & speakers_in["test"]
+    assert not speakers_in["val"] & speakers_in["test"]
+    assert {s: len(v) for s, v in speakers_in.items()} == summary["speakers"]
+    assert {s: sum(sp == s for sp in split.values()) for s in speakers_in} == summary["counts"]
+
+
+def test_every_word_in_every_split(dataset):
+    root, _ = dataset
+    split = splits(root)
+    for s in ("train", "val", "test"):
+        assert {r.split("/")[0] for r, sp in split.items() if sp == s} == set(COMMAND_WORDS), s
+
+
+def test_same_seed_gives_identical_bytes_whatever_the_worker_count(dataset, tmp_path):
+    root, _ = dataset
+    again = tmp_path / "again"
+    make_commands(again, per_word=PER_WORD, seed=0, progress=False, workers=1)
+    assert wav_files(again) == wav_files(root)
+    for rel in wav_files(root) + ["validation_list.txt", "testing_list.txt"]:
+        assert (again / rel).read_bytes() == (root / rel).read_bytes(), rel
+
+
+def test_different_seed_gives_different_data(dataset, tmp_path):
+    root, _ = dataset
+    other = tmp_path / "other"
+    make_commands(other, per_word=PER_WORD, seed=1, progress=False, workers=1)
+    assert (other / "testing_list.txt").read_text() != (root / "testing_list.txt").read_text()
+    assert wav_files(other) != wav_files(root)
+    for rel in set(wav_files(other)) & set(wav_files(root)):  # a speaker both seeds picked
+        assert (other / rel).read_bytes() != (root / rel).read_bytes(), rel
+
+
+def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path):
+    root, _ = dataset
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    lost = wav_files(copy)[5]
+    (copy / lost).unlink()
+    (copy / "testing_list.txt").unlink()
+    make_commands(copy, per_word=PER_WORD, seed=0, progress=False, workers=1)
+    assert (copy / lost).read_bytes() == (root / lost).read_bytes()
+    assert (copy / "testing_list.txt").read_bytes() == (root / "testing_list.txt").read_bytes()
+
+
+def test_refuses_a_folder_holding_something_else(dataset, tmp_path):
+    root, _ = dataset
+    with pytest.raises(UserError, match="commands dataset made with"):
+        make_commands(root, per_word=PER_WORD, seed=5, progress=False)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        make_commands(busy, per_word=PER_WORD, progress=False)
+    with pytest.raises(UserError, match="per_word"):
+        make_commands(tmp_path / "tiny", per_word=2, progress=False)
+
+
+def test_missing_espeak_is_a_one_line_error_saying_how_to_install(tmp_path, monkeypatch):
+    empty = tmp_path / "empty_bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(UserError) as err:
+        make_commands(tmp_path / "out", per_word=PER_WORD, progress=False)
+    message = str(err.value)
+    assert "espeak-ng" in message and "install" in message
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_index_reads_it_as_speech_commands(dataset):
+    index = pytest.importorskip("data_prep.index")
+    root, summary = dataset
+    idx = index.index_dataset(root, kind="speech", probe=False)
+    assert idx.layout == "speech_commands"
+    assert sorted(idx.classes) == sorted(COMMAND_WORDS)
+    assert idx.counts() == summary["counts"]
+    groups = {s: {r.group for r in idx.rows if r.split == s} for s in ("train", "val", "test")}
+    assert not groups["train"] & (groups["val"] | groups["test"])

@@ -1,0 +1,248 @@
+"""pipeline.features.mfcc: the in-model MFCC layer against librosa, TFLite, normalisation, tfio loading."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline.config import PreprocessConfig  # noqa: E402
+from pipeline.features.mfcc import (  # noqa: E402
+    MFCC,
+    MFCCNormalization,
+    MFCCParams,
+    dataset_stats,
+    librosa_mfcc,
+    normalize_mfcc,
+    tfio_load_audio,
+)
+from pipeline.media.audio import fit_length, load_audio  # noqa: E402
+
+SR = 16000
+# The layer computes its FFT in float32; librosa's runs in float64 (its float64 window promotes
+# the frames). Mel bands 70-80 dB below an utterance's loudest bin carry float32 FFT rounding
+# of ~1e-4 relative into their log, hence ~2e-4 in MFCCs whose values reach ~450.
+MFCC_ATOL = 5e-4
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory):
+    """Real speech at 22050 Hz (espeak-ng's rate), ~2.4 s."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+    path = tmp_path_factory.mktemp("speech") / "command.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "stop, go left, turn on the lights"], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def speech(speech_wav):
+    """float32 [N] at 16 kHz."""
+    return load_audio(speech_wav, SR)
+
+
+@pytest.fixture(scope="module")
+def one_second(speech):
+    """float32 [16000]: the middle second of the speech, what the exported model is fed."""
+    return fit_length(speech, SR)[0]
+
+
+@pytest.mark.parametrize("deltas", [False, True], ids=["mfcc", "mfcc+deltas"])
+def test_layer_matches_librosa(speech, deltas):
+    params = MFCCParams(deltas=deltas)
+    expected = librosa_mfcc(speech, params)
+
+    got = MFCC.from_params(params)(speech[None])[0].numpy()
+
+    frames = 1 + speech.shape[0] // params.hop_length
+    assert expected.shape == got.shape == (frames, params.feature_dim)
+    assert got.dtype == np.float32
+    diff = np.abs(got - expected)
+    print(f"\nmax |MFCC layer - librosa| (deltas={deltas}): {diff.max():.2e} (values up to {np.abs(expected).max():.0f}); "
+          f"mean {diff.mean():.1e}; deltas only: {diff[:, params.n_mfcc:].max() if deltas else 0:.1e}")
+    assert diff.max() <= MFCC_ATOL
+    assert diff.mean() <= 5e-5
+    if deltas:  # including the 4 edge frames on each side (librosa's mode="interp")
+        assert diff[:, params.n_mfcc :].max() <= 1e-4
+
+
+def test_layer_batches_and_symbolic_shape(speech):
+    params = MFCCParams()
+    layer = MFCC.from_params(params)
+    batch = np.stack([speech[:8000], speech[-8000:]])
+    out = layer(batch).numpy()
+    for i in range(2):
+        np.testing.assert_allclose(out[i], librosa_mfcc(batch[i], params), atol=MFCC_ATOL)
+    symbolic = layer(keras.Input(shape=(8000,)))
+    assert tuple(symbolic.shape) == (None, params.num_frames(8000), params.n_mfcc)
+
+
+def test_variable_length_input(speech):
+    """A model with an unknown number of samples (shape (None,)) still computes the same MFCCs."""
+    params = MFCCParams(deltas=True)
+    inputs = keras.Input(shape=(None,))
+    model = keras.Model(inputs, MFCC.from_params(params)(inputs))
+    for n in (4000, 12345):
+        np.testing.assert_allclose(model(speech[None, :n])[0].numpy(), librosa_mfcc(speech[:n], params), atol=MFCC_ATOL)
+
+
+def test_deltas_need_nine_frames():
+    too_short = np.zeros((1, 1000), np.float32)  # 7 frames
+    with pytest.raises(ValueError, match="at least 9 frames"):
+        MFCC(deltas=True)(too_short)
+    with pytest.raises(ValueError, match="at least 9 frames"):
+        librosa_mfcc(too_short[0], MFCCParams(deltas=True))
+
+
+def test_params_from_config_and_frame_count():
+    cfg = PreprocessConfig(n_mfcc=13, deltas=True, fmax=7600.0)
+    params = MFCCParams.from_config(cfg)
+    assert (params.sample_rate, params.n_mfcc, params.n_fft, params.hop_length) == (16000, 13, 512, 160)
+    assert params.fmax_hz == 7600.0 and params.feature_dim == 39
+    assert MFCCParams().fmax_hz == 8000.0
+    for n in (1600, 16000, 16159, 16160, 16161):
+        assert MFCCParams().num_frames(n) == 1 + n // 160 == librosa_mfcc(np.zeros(n, np.float32), MFCCParams()).shape[0]
+
+
+def test_zero_padding_keeps_the_valid_frames(speech):
+    """Why pad_mode="constant": frames of fit_length-padded audio up to num_frames(valid) equal the unpadded ones."""
+    params = MFCCParams()
+    short = speech[:12000]
+    padded, valid = fit_length(short, 2 * SR)
+    valid_frames = params.num_frames(valid)
+    np.testing.assert_allclose(
+        librosa_mfcc(padded, params)[:valid_frames], librosa_mfcc(short, params), atol=1e-4
+    )
+
+
+def _tflite_ops(model_content: bytes) -> list[str]:
+    # Without the default delegates, so the listing shows the model's own ops, not XNNPACK's DELEGATE nodes.
+    interpreter = tf.lite.Interpreter(
+        model_content=model_content,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def test_tflite_conversion_uses_builtins_and_matches(one_second):
+    params = MFCCParams(deltas=True)
+    inputs = keras.Input(shape=(SR,), batch_size=1)  # TFLite export graphs use a fixed batch of 1
+    model = keras.Model(inputs, MFCCNormalization("utterance")(MFCC.from_params(params)(inputs)))
+    mfcc_model = keras.Model(inputs, model.layers[1].output)
+
+    content = tf.lite.TFLiteConverter.from_keras_model(mfcc_model).convert()
+    ops = _tflite_ops(content)
+    print("\nTFLite ops of the MFCC(deltas) model:", ", ".join(ops))
+    assert not [op for op in ops if op.startswith("Flex")]
+    assert "RFFT2D" in ops
+
+    interpreter = tf.lite.Interpreter(model_content=content)  # the real interpreter, XNNPACK included
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], one_second[None])
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+    keras_out = mfcc_model(one_second[None])[0].numpy()
+    print(f"max |TFLite - Keras| {np.abs(got - keras_out).max():.2e}, "
+          f"max |TFLite - librosa| {np.abs(got - librosa_mfcc(one_second, params)).max():.2e}")
+    assert got.shape == (params.num_frames(SR), params.feature_dim)
+    np.testing.assert_allclose(got, keras_out, atol=1e-3)
+    np.testing.assert_allclose(got, librosa_mfcc(one_second, params), atol=1e-3)
+
+    # The normalisation layer converts to builtins too.
+    assert not [op for op in _tflite_ops(tf.lite.TFLiteConverter.from_keras_model(model).convert()) if op.startswith("Flex")]
+
+
+@pytest.fixture(scope="module")
+def mfcc_batch(speech):
+    """float32 [2, F, C] MFCCs of two clips, and their valid frame counts (the second one padded)."""
+    params = MFCCParams(deltas=True)
+    first, valid_first = fit_length(speech, SR)
+    second, valid_second = fit_length(speech[:9000], SR)
+    features = np.stack([librosa_mfcc(first, params), librosa_mfcc(second, params)])
+    return features, [params.num_frames(valid_first), params.num_frames(valid_second)]
+
+
+@pytest.mark.parametrize("mode", ["utterance", "dataset", "none"])
+def test_normalization_numpy_and_keras_agree(mfcc_batch, mode):
+    features, valid_frames = mfcc_batch
+    stats = dataset_stats(zip(features, valid_frames)) if mode == "dataset" else None
+    mean, std = stats if stats else (None, None)
+    layer = MFCCNormalization(mode, mean=mean, std=std)
+    num_frames = features.shape[1]
+    mask = np.arange(num_frames)[None, :] < np.array(valid_frames)[:, None]  # [2, F]
+
+    masked = layer(features, mask=mask).numpy()
+    for i in range(2):
+        expected = normalize_mfcc(features[i], valid_frames[i], mode, stats)
+        np.testing.assert_allclose(masked[i], expected, atol=2e-5)
+        assert not expected[valid_frames[i] :].any()  # padded frames are 0
+
+    # Without a mask (deployment: one full window), statistics cover every frame.
+    unmasked = layer(features).numpy()
+    np.testing.assert_allclose(unmasked[0], normalize_mfcc(features[0], num_frames, mode, stats), atol=2e-5)
+
+
+def test_utterance_normalization_is_standardised(mfcc_batch):
+    features, valid_frames = mfcc_batch
+    out = normalize_mfcc(features[1], valid_frames[1], "utterance")[: valid_frames[1]]
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
+
+
+def test_dataset_stats_ignore_padding(mfcc_batch):
+    features, valid_frames = mfcc_batch
+    mean, std = dataset_stats(zip(features, valid_frames))
+    valid = np.concatenate([f[:v] for f, v in zip(features, valid_frames)]).astype(np.float64)
+    np.testing.assert_allclose(mean, valid.mean(axis=0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(std, valid.std(axis=0), rtol=1e-4)
+
+
+def test_bad_normalization_mode():
+    with pytest.raises(ValueError, match="one of"):
+        normalize_mfcc(np.zeros((5, 3), np.float32), 5, "global")
+    with pytest.raises(ValueError, match="mean and std"):
+        MFCCNormalization("dataset")
+
+
+def test_saved_model_round_trip(tmp_path, one_second):
+    params = MFCCParams(n_mfcc=13, deltas=True, fmax=7600.0)
+    inputs = keras.Input(shape=(SR,))
+    features = MFCC.from_params(params, name="mfcc")(inputs)
+    outputs = MFCCNormalization("dataset", mean=np.linspace(-1, 1, 39), std=np.full(39, 2.0), name="norm")(features)
+    model = keras.Model(inputs, outputs)
+    path = tmp_path / "mfcc.keras"
+    model.save(path)
+
+    loaded = keras.saving.load_model(path, safe_mode=True)
+
+    assert loaded.get_layer("mfcc").params == params
+    assert loaded.get_layer("norm").get_config()["mode"] == "dataset"
+    batch = one_second[None]
+    np.testing.assert_array_equal(loaded(batch).numpy(), model(batch).numpy())
+
+
+def test_tfio_loading_agrees_with_load_audio(speech_wav, speech):
+    """tf.data path (tf.audio.decode_wav + tfio.audio.resample) vs soundfile + soxr, 22050 -> 16000 Hz."""
+    dataset = tf.data.Dataset.from_tensor_slices([str(speech_wav)]).map(lambda path: tfio_load_audio(path, SR))
+    waveform = next(iter(dataset)).numpy()
+
+    assert waveform.dtype == np.float32 and waveform.shape == speech.shape
+    error = waveform - speech
+    correlation = np.corrcoef(waveform, speech)[0, 1]
+    snr = 10 * np.log10(np.mean(speech**2) / np.mean(error**2))
+    print(f"\ntfio vs load_audio: correlation {correlation:.5f}, max |diff| {np.abs(error).max():.4f} "
+          f"(peak {np.abs(speech).max():.2f}), SNR {snr:.1f} dB")
+    assert correlation > 0.99
+    assert snr > 20
+    # The MFCCs a model sees barely move (differences come from the resamplers' filters near 8 kHz).
+    params = MFCCParams()
+    mfcc_diff = np.abs(librosa_mfcc(waveform, params) - librosa_mfcc(speech, params))
+    print(f"MFCC |tfio - load_audio|: median {np.median(mfcc_diff):.3f}, max {mfcc_diff.max():.2f}")
+    assert np.median(mfcc_diff) < 1.0

@@ -1,0 +1,104 @@
+"""The train stage: learns above chance, resumes after SIGKILL, stops on NaN, refuses mismatched runs."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.preprocess import preprocess
+from pipeline.train import read_history, train
+from tests.test_preprocess import FAST, dataset  # noqa: F401  (the module-scoped clip fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.units=8", "train.batch_size=4", "train.early_stopping=0", "model.dropout=0.0", "train.learning_rate=0.01"]
+
+
+@pytest.fixture(scope="module")
+def feature_run(dataset, tmp_path_factory):  # noqa: F811
+    run = tmp_path_factory.mktemp("run")
+    preprocess(None, run, FAST + [f"data.root={dataset}"], progress=False)
+    return run
+
+
+def config_args(dataset, *extra):  # noqa: F811
+    return FAST + [f"data.root={dataset}"] + TINY + list(extra)
+
+
+@pytest.mark.parametrize("name", ["video_rnn", "audio_rnn", "av_fusion"])
+def test_train_learns_above_chance(dataset, feature_run, tmp_path, name):  # noqa: F811
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(feature_run / "features", run / "features")
+    result = train(None, run, config_args(dataset, f"model.name={name}", "train.epochs=12"), progress=False)
+    # Fast and Slow clips differ in motion speed only through frame content here, and their audio is the
+    # same sine: the video models must beat chance (0.5) on the test split; audio alone cannot.
+    if name != "audio_rnn":
+        assert result["val_accuracy"] > 0.5
+    assert (run / "model.keras").is_file() and (run / "training_curves.png").stat().st_size > 1000
+    history = read_history(run / "history.csv")
+    assert len(history["epoch"]) == 12 and history["loss"][-1] < history["loss"][0]
+    assert any((run / "tensorboard").rglob("*tfevents*"))
+    # a finished run is not retrained; a changed train config needs --overwrite
+    assert train(None, run, config_args(dataset, f"model.name={name}", "train.epochs=12"), progress=False)["epochs"] == 12
+    with pytest.raises(UserError, match="--overwrite"):
+        train(None, run, config_args(dataset, f"model.name={name}", "train.epochs=13"), progress=False)
+
+
+def test_mismatched_features_fail_before_training(dataset, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    preprocess(None, run, FAST + [f"data.root={dataset}", "preprocess.modalities=[video]"], progress=False)
+    with pytest.raises(UserError, match="needs cached 'mfcc'.*actrec preprocess"):
+        train(None, run, config_args(dataset, "preprocess.modalities=[video]", "model.name=av_fusion"), progress=False)
+    with pytest.raises(UserError, match="differ from the ones the features were made with"):
+        train(None, run, config_args(dataset, "preprocess.num_frames=5"), progress=False)
+    with pytest.raises(UserError, match="no cached features.*actrec preprocess"):
+        train(None, tmp_path / "empty", config_args(dataset), progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_message(dataset, feature_run, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(feature_run / "features", run / "features")
+    with pytest.raises(UserError, match=r"NaN in epoch \d+: lower train.learning_rate or set train.clipnorm"):
+        train(None, run, config_args(dataset, "model.name=video_rnn", "train.learning_rate=1e38", "train.clipnorm=0",
+                                     "train.optimizer=adam", "train.schedule=constant", "train.epochs=5"), progress=False)
+
+
+def test_hybrid_trains_end_to_end(dataset, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    preprocess(None, run, FAST + [f"data.root={dataset}", "preprocess.encoder=none"], progress=False)
+    result = train(None, run, config_args(dataset, "preprocess.encoder=none", "model.name=hybrid", "train.epochs=2"), progress=False)
+    assert result["epochs"] == 2 and (run / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(dataset, feature_run, tmp_path):  # noqa: F811
+    """Kill training mid-run; the same command resumes from the last finished epoch and ends at the same epoch count."""
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(feature_run / "features", run / "features")
+    epochs = 8
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--run-dir", str(run), "--no-progress"]
+    for a in config_args(dataset, "model.name=video_rnn", f"train.epochs={epochs}"):
+        cmd += ["--set", a]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_history(run / "history.csv").get("epoch", [])) < 3:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_history(run / "history.csv")["epoch"])
+    assert 3 <= done_before < epochs and not (run / "model.keras").exists()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(run / "history.csv") as f:
+        logged = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert sorted(set(logged)) == list(range(epochs))  # every epoch exactly once after merging
+    assert logged.count(0) == 1  # resumed, not restarted from scratch
+    assert (run / "model.keras").is_file()
