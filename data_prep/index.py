@@ -199,15 +199,17 @@ def index_dataset(
         label = rel.split("/", 1)[0]
         if label not in known:
             problems.append((rel, f"unknown label '{label}' (not in {source})"))
-        elif layout == "ucf101" and rel not in split_of:
-            problems.append((rel, "not listed in any split file"))
         else:
             kept.append(rel)
 
     warnings: list[tuple[str, str]] = []
-    if probe:
+    if probe:  # before the split check, so a broken unlisted file is reported as broken
         kept, probe_problems, warnings = _probe_all(root, kept, kind)
         problems += probe_problems
+    if layout == "ucf101":
+        problems += [(rel, "not listed in any split file") for rel in kept if rel not in split_of]
+        warnings = [(rel, reason) for rel, reason in warnings if rel in split_of]
+        kept = [rel for rel in kept if rel in split_of]
 
     rng = np.random.default_rng(seed)
     if layout == "folders":

@@ -1,9 +1,19 @@
 """actrec: recognise actions in video clips and spoken commands in audio with RNNs; export to TFLite.
 
-The notebook-facing API; each stage function is the one the `actrec` CLI calls.
+The notebook-facing API; each stage function is the one the `actrec` CLI calls:
+
+    load_config(path, overrides) -> Config
+    preprocess(config, run_dir)  -> dict (features/index.json)
+    train(config, run_dir)       -> dict (validation metrics)
 """
 
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 
-__all__ = ["Config", "UserError", "load_config"]
+# Imported eagerly so these names are the functions, not the submodules of the same name;
+# none of them imports TensorFlow at module level (worker processes import this package).
+from pipeline.demo import demo  # noqa: E402
+from pipeline.preprocess import preprocess  # noqa: E402
+from pipeline.train import train  # noqa: E402
+
+__all__ = ["Config", "UserError", "demo", "load_config", "preprocess", "train"]

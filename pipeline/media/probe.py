@@ -61,4 +61,5 @@ def probe_media(path: str | Path) -> MediaInfo:
     except MediaError:
         raise
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise MediaError(f"cannot open as media ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        detail = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        raise MediaError(f"cannot open as media ({detail}; corrupt, truncated or not a media file)") from None

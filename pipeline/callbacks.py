@@ -1,0 +1,65 @@
+"""Training callbacks that keep their state on disk, so a killed run resumes correctly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import keras
+
+from pipeline.files import atomic_write_json, temp_path
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop at the first NaN/inf loss and remember the epoch (the best weights saved so far stay)."""
+
+    def __init__(self):
+        super().__init__()
+        self.nan_epoch = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nan_epoch = self.epoch
+            self.model.stop_training = True
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Early stopping on val loss that survives a restart: best weights and counters live on disk.
+
+    (keras.callbacks.EarlyStopping keeps them in memory only, so a resumed run would forget them.)
+    """
+
+    def __init__(self, state_dir: Path, patience: int):
+        super().__init__()
+        self.state_dir = Path(state_dir)
+        self.patience = patience
+        self.state_file = self.state_dir / "best.json"
+        self.weights_file = self.state_dir / "best.weights.h5"
+        state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        self.best = state.get("best", math.inf)
+        self.best_epoch = state.get("best_epoch", -1)
+        self.wait = state.get("wait", 0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss", math.inf)
+        if math.isfinite(loss) and loss < self.best:
+            self.best, self.best_epoch, self.wait = float(loss), epoch, 0
+            tmp = temp_path(self.weights_file).with_suffix(".weights.h5")
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.model.save_weights(tmp)
+            tmp.replace(self.weights_file)
+        else:
+            self.wait += 1
+        atomic_write_json(self.state_file, {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait})
+        if self.patience and self.wait >= self.patience:
+            self.model.stop_training = True
+
+    def restore(self, model) -> None:
+        if self.weights_file.is_file():
+            model.load_weights(self.weights_file)
