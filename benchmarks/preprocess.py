@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -162,7 +161,7 @@ def main() -> None:
         ("(c) encode only, TFLite XNNPACK", results["c_encode_tflite_s_per_clip"]),
         ("(d) actrec preprocess (end to end)", results["d_actrec_s_per_clip"]),
     ]
-    print(f"\n| variant | ms per clip | clips/s |\n|---|---:|---:|")
+    print("\n| variant | ms per clip | clips/s |\n|---|---:|---:|")
     for name, s in rows:
         print(f"| {name} | {s * 1000:.0f} | {1 / s:.1f} |")
     print(f"\n(d) is {results['speedup_vs_keras_io']:.1f}x faster than (a); (d) / max(b, fastest c) = {results['d_over_floor']:.2f}")
