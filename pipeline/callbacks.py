@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -63,3 +64,28 @@ class BestWeights(keras.callbacks.Callback):
     def restore(self, model) -> None:
         if self.weights_file.is_file():
             model.load_weights(self.weights_file)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose checkpoint files are replaced atomically.
+
+    Keras writes latest.weights.h5 in place: a SIGKILL during that write leaves a corrupt file
+    and the resumed run fails to load it. Here both files are written to temporary names and
+    renamed, and Keras' double checkpoint keeps the previous epoch's pair as a fallback.
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, double_checkpoint=True)
+
+    def _save_model(self):
+        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        for current, previous in ((self._weights_path, self._prev_weights_path),
+                                  (self._training_metadata_path, self._prev_training_metadata_path)):
+            if Path(current).exists():
+                tmp = temp_path(previous)
+                shutil.copyfile(current, tmp)
+                tmp.replace(previous)
+        weights_tmp = temp_path(self._weights_path).with_suffix(".weights.h5")
+        self.model.save_weights(weights_tmp, overwrite=True)
+        weights_tmp.replace(self._weights_path)
+        atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})

@@ -246,7 +246,7 @@ def train(
     """
     import keras
 
-    from pipeline.callbacks import BestWeights, StopOnNaN
+    from pipeline.callbacks import AtomicBackupAndRestore, BestWeights, StopOnNaN
     from pipeline.models import build_model
 
     run_dir = Path(run_dir)
@@ -284,7 +284,7 @@ def train(
     state_dir = run_dir / "train_state"
     nan_guard = StopOnNaN()
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(state_dir / "backup")),
+        AtomicBackupAndRestore(str(state_dir / "backup")),
         nan_guard,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),

@@ -25,8 +25,9 @@ def index_frame(i: int, width: int, height: int) -> np.ndarray:
 
 
 def write_video(path: str | Path, num_frames: int = 30, fps: int = 15, width: int = 96, height: int = 64,
-                audio_seconds: float | None = None, sample_rate: int = 22050, codec: str | None = None) -> Path:
-    """Write a clip whose frame i has brightness i*8; optional sine audio (440 Hz)."""
+                audio_seconds: float | None = None, sample_rate: int = 22050, codec: str | None = None,
+                tone_hz: float = 440.0) -> Path:
+    """Write a clip whose frame i has brightness i*8; optional sine audio at tone_hz."""
     path = Path(path)
     vcodec, pix_fmt, acodec = FORMATS[path.suffix]
     if codec:
@@ -48,7 +49,7 @@ def write_video(path: str | Path, num_frames: int = 30, fps: int = 15, width: in
         if audio is not None:
             rate = audio.rate
             t = np.arange(int(audio_seconds * rate)) / rate
-            samples = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            samples = (0.5 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
             frame_size = audio.codec_context.frame_size or 1024
             for start in range(0, len(samples), frame_size):
                 chunk = samples[start : start + frame_size]

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.preprocess import plan_shards, preprocess
 from tests.media_factory import write_video
@@ -24,15 +23,15 @@ FAST = ["preprocess.encoder=small_cnn", "preprocess.image_size=32", "preprocess.
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """Two classes x 3 groups x 2 clips (MP4 with audio), UCF101 layout, plus fault files."""
+    """Two classes x 3 groups x 2 clips (MP4, each class its own tone), UCF101 layout, plus fault files."""
     root = tmp_path_factory.mktemp("clips")
     train, test = [], []
-    for c, (frames, fps) in {"Fast": (12, 24), "Slow": (30, 15)}.items():
+    for c, (frames, fps, tone) in {"Fast": (12, 24, 440.0), "Slow": (30, 15, 1500.0)}.items():
         (root / c).mkdir()
         for g in (1, 2, 3):
             for k in (1, 2):
                 rel = f"{c}/v_{c}_g{g:02d}_c{k:02d}.mp4"
-                write_video(root / rel, num_frames=frames + g + k, fps=fps, audio_seconds=0.8)
+                write_video(root / rel, num_frames=frames + g + k, fps=fps, audio_seconds=0.8, tone_hz=tone)
                 (test if g == 1 else train).append(rel)
     write_video(root / "Fast/v_Fast_g02_c03.mp4", num_frames=10)  # no audio track
     (root / "Slow/v_Slow_g02_c03.mp4").write_bytes(b"")

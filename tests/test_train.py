@@ -36,10 +36,9 @@ def test_train_learns_above_chance(dataset, feature_run, tmp_path, name):  # noq
     run.mkdir()
     os.symlink(feature_run / "features", run / "features")
     result = train(None, run, config_args(dataset, f"model.name={name}", "train.epochs=12"), progress=False)
-    # Fast and Slow clips differ in motion speed only through frame content here, and their audio is the
-    # same sine: the video models must beat chance (0.5) on the test split; audio alone cannot.
-    if name != "audio_rnn":
-        assert result["val_accuracy"] > 0.5
+    # Fast and Slow clips differ in how fast the brightness ramps and in their tone: every model must
+    # beat chance (0.5) on the held-out groups.
+    assert result["val_accuracy"] > 0.5
     assert (run / "model.keras").is_file() and (run / "training_curves.png").stat().st_size > 1000
     history = read_history(run / "history.csv")
     assert len(history["epoch"]) == 12 and history["loss"][-1] < history["loss"][0]
