@@ -91,7 +91,7 @@ def main() -> None:
     rels = [p.relative_to(data).as_posix() for p in paths]
     for rel in rels:
         (subset / rel).parent.mkdir(exist_ok=True)
-        os.symlink(data / rel, subset / rel)
+        os.link(data / rel, subset / rel)  # hard links: symlinks out of a dataset root are refused
     (subset / "trainlist01.txt").write_text("".join(f"{r}\n" for r in rels))
     (subset / "testlist01.txt").write_text("")
     n = len(paths)
@@ -137,7 +137,7 @@ def main() -> None:
             cls, name = rel.split("/")
             target = f"{cls}/r{copy}_{name}"
             (big / cls).mkdir(exist_ok=True)
-            os.symlink(data / rel, big / target)
+            os.link(data / rel, big / target)
             big_rels.append(target)
     (big / "trainlist01.txt").write_text("".join(f"{r}\n" for r in big_rels))
     (big / "testlist01.txt").write_text("")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,10 @@ from pipeline.config import Config, load_config, section_hash, to_yaml
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text, temp_path
 from pipeline.preprocess import preprocess_hash
+
+# Keras warns about finite tf.data datasets and their own shuffling; both are intended here.
+warnings.filterwarnings("ignore", message=".*ran out of data.*")
+warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
 
 
 # ----------------------------------------------------------------------------- run dir helpers
@@ -322,6 +327,21 @@ def train(
     shutil.rmtree(state_dir, ignore_errors=True)
     print(f"train: {result['epochs']} epochs, best epoch {result['best_epoch']}, {val_split} accuracy {result['val_accuracy']:.3f} -> {run_dir / 'model.keras'}")
     return result
+
+
+def evaluate_split(run_dir: str | Path, split: str = "test") -> dict:
+    """Accuracy of DIR/model.keras on one cached split: {'accuracy', 'loss', 'clips'}."""
+    from pipeline.models import load_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").is_file():
+        raise UserError(f"{run_dir}: no trained model (model.keras); run `actrec train --run-dir {run_dir}` first")
+    cfg = run_config(run_dir)
+    index = read_index(run_dir)
+    model = load_model(run_dir / "model.keras")
+    ds = make_dataset(run_dir, index, split, cfg, model_input_names(model))
+    scores = model.evaluate(ds, verbose=0, return_dict=True)
+    return {"accuracy": float(scores["accuracy"]), "loss": float(scores["loss"]), "clips": index["counts"][split]}
 
 
 def read_history(path: Path) -> dict[str, list[float]]:

@@ -13,9 +13,10 @@ def brightness_index(frames):
     return np.round(frames[..., frames.shape[-2] // 2 :, 1].mean(axis=(-1, -2)) / 8).astype(int)
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv", ".webm"])
-def test_read_clip_every_container(tmp_path, suffix):
-    path = write_video(tmp_path / f"clip{suffix}", num_frames=30, fps=15)
+@pytest.mark.parametrize("suffix, codec", [(".mp4", None), (".avi", None), (".mkv", None), (".webm", "libvpx"), (".webm", "libvpx-vp9")])
+def test_read_clip_every_container(tmp_path, suffix, codec):
+    """MP4/H.264, AVI/MJPEG, MKV/H.264, WebM/VP8 and WebM/VP9."""
+    path = write_video(tmp_path / f"clip{suffix}", num_frames=30, fps=15, codec=codec)
     clip = read_clip(path, num_frames=5, size=32)
     assert clip.frames.shape == (1, 5, 32, 32, 3) and clip.frames.dtype == np.uint8
     assert clip.lengths.tolist() == [5]

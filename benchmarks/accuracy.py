@@ -1,0 +1,108 @@
+"""Test-split accuracy of every model on the embedded data (groups and speakers never seen in training).
+
+    action clips, cached features: video_rnn, audio_rnn, av_fusion
+    action clips, end to end:      hybrid (small CNN on raw 64x64 frames + in-model MFCC on the waveform)
+    spoken commands:               audio_rnn
+
+Each model is trained with the shipped config (configs/actions_av.yaml, configs/commands.yaml) and only the
+model name changed, through the same `preprocess` and `train` functions the CLI calls.
+
+Usage: python benchmarks/accuracy.py [--clips-per-class 32] [--per-word 60] [--work DIR] [--skip-hybrid]
+Prints a markdown table and writes benchmarks/results/accuracy.json and accuracy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data_prep.actions import make_actions  # noqa: E402
+from data_prep.commands import make_commands  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.preprocess import preprocess  # noqa: E402
+from pipeline.train import evaluate_split, train  # noqa: E402
+
+HYBRID = ["preprocess.encoder=none", "preprocess.image_size=64", "model.name=hybrid"]
+
+
+def run(name: str, config: str, data_root: Path, work: Path, overrides: list[str], features_from: Path | None = None) -> dict:
+    """Preprocess (or share another run's features), train, and score the test split."""
+    cfg = load_config(ROOT / "configs" / config, [f"data.root={data_root}", *overrides])
+    run_dir = work / "runs" / name
+    if features_from is not None and not (run_dir / "features").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.symlink(features_from / "features", run_dir / "features")
+    index = preprocess(cfg, run_dir, progress=False)
+    start = time.time()
+    result = train(cfg, run_dir, progress=False)
+    seconds = time.time() - start
+    test = evaluate_split(run_dir, "test")
+    row = {"model": name, "test_accuracy": test["accuracy"], "test_clips": test["clips"], "val_accuracy": result["val_accuracy"],
+           "epochs": result["epochs"], "train_seconds": round(seconds, 1), "params": result["params"],
+           "train_clips": index["counts"]["train"]}
+    print(f"  {name}: test accuracy {row['test_accuracy']:.3f} on {row['test_clips']} clips ({row['epochs']} epochs, {seconds:.0f} s)", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips-per-class", type=int, default=32)
+    parser.add_argument("--per-word", type=int, default=60)
+    parser.add_argument("--work", default="/tmp/actrec-accuracy", help="data and run dirs (reused when present)")
+    parser.add_argument("--skip-hybrid", action="store_true", help="skip the slow end-to-end model")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/accuracy.json"))
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    actions, commands = work / "data/actions", work / "data/commands"
+    if not (actions / "testlist01.txt").is_file():
+        make_actions(actions, clips_per_class=args.clips_per_class, seed=0, progress=False)
+    make_commands(commands, per_word=args.per_word, seed=0, progress=False)
+
+    rows = []
+    print("action clips, cached features", flush=True)
+    features = work / "runs/actions_features"
+    preprocess(load_config(ROOT / "configs/actions_av.yaml", [f"data.root={actions}"]), features, progress=False)
+    for model in ("video_rnn", "audio_rnn", "av_fusion"):
+        rows.append({"task": "actions", **run(f"actions_{model}", "actions_av.yaml", actions, work, [f"model.name={model}"], features)})
+    if not args.skip_hybrid:
+        print("action clips, end to end", flush=True)
+        rows.append({"task": "actions", **run("actions_hybrid", "actions_av.yaml", actions, work, HYBRID)})
+    print("spoken commands", flush=True)
+    rows.append({"task": "commands", **run("commands_audio_rnn", "commands.yaml", commands, work, [])})
+
+    by_name = {r["model"]: r["test_accuracy"] for r in rows}
+    fusion = by_name["actions_av_fusion"]
+    best_single = max(by_name["actions_video_rnn"], by_name["actions_audio_rnn"])
+    summary = {
+        "fusion_minus_best_single": fusion - best_single,
+        "goals": {
+            "fusion >= 0.95": fusion >= 0.95,
+            "fusion >= best single + 0.05": fusion - best_single >= 0.05,
+            "commands >= 0.95": by_name["commands_audio_rnn"] >= 0.95,
+            **({"hybrid >= 0.90": by_name["actions_hybrid"] >= 0.90} if "actions_hybrid" in by_name else {}),
+        },
+    }
+    table = ["| task | model | test top-1 | test clips | train clips | epochs | train time (s) | params |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    table += [f"| {r['task']} | {r['model']} | {r['test_accuracy']:.3f} | {r['test_clips']} | {r['train_clips']} | {r['epochs']} | "
+              f"{r['train_seconds']:.0f} | {r['params']:,} |" for r in rows]
+    text = "\n".join(table)
+    print("\n" + text)
+    print(f"\nfusion - best single modality = {summary['fusion_minus_best_single']:+.3f}; goals: {summary['goals']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, **summary, "clips_per_class": args.clips_per_class, "per_word": args.per_word}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
