@@ -103,6 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="retrain when the run dir holds a model trained with another model/train config")
     tr.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
 
+    # actrec evaluate
+    ev = sub.add_parser(
+        "evaluate", help="score a trained run on raw clips: metrics, confusion matrix, reliability, worst clips",
+        description="Run the run's own preprocessing (decode, sample, encode, MFCC) on raw clips or WAVs and score its "
+        "model. Writes DIR/eval/<name>/: metrics.json (top-1, top-5, mean class accuracy, macro-F1, per-class "
+        "precision/recall/F1, calibration error, skipped clips), report.md, confusion_matrix.png/.csv, per_class.png, "
+        "reliability.png. --views K averages K temporal windows per clip (multi-view testing).",
+    )
+    ev.add_argument("--run-dir", required=True, metavar="DIR", help="a trained run (model.keras)")
+    source = ev.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="DATASET_DIR", help="evaluate another dataset folder (any layout; all or some of the run's classes)")
+    source.add_argument("--manifest", metavar="FILE", help="evaluate the clips of a manifest.csv (paths relative to the run's data.root)")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default test)")
+    ev.add_argument("--views", type=int, default=1, metavar="K", help="temporal windows per clip, scores averaged (default 1)")
+    ev.add_argument("--crops", type=int, default=1, choices=[1, 3], help="spatial crops per window: 1 (centre) or 3 (default 1)")
+    ev.add_argument("--name", metavar="NAME", help="report folder name under DIR/eval (default: split or data folder, views)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     # actrec demo
     dm = sub.add_parser(
         "demo", help="run the main job on the embedded data: generate, preprocess, train (no network)",
@@ -199,7 +217,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"demo": cmd_demo, "data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate
+
+    evaluate(args.run_dir, data=args.data, manifest=args.manifest, split=args.split, views=args.views, crops=args.crops,
+             name=args.name, progress=not args.no_progress)
+    return 0
+
+
+HANDLERS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,10 @@ shards that exist (each is written under a temporary name and renamed when compl
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
+import itertools
 import json
 import multiprocessing
 import shutil
@@ -54,7 +56,7 @@ def clip_seed(seed: int, relpath: str) -> int:
     return zlib.crc32(f"{seed}:{relpath}".encode())
 
 
-def decode_clip(job: ClipJob, cfg: Config) -> dict:
+def decode_clip(job: ClipJob, cfg: Config, crops: Sequence[str] = ("center",)) -> dict:
     """Decode one clip into arrays (no encoder): the part that runs in worker processes.
 
     Returns {'frames': uint8 [V, T, S, S, 3], 'frame_lengths': int32 [V]} for video and
@@ -70,7 +72,7 @@ def decode_clip(job: ClipJob, cfg: Config) -> dict:
     out: dict = {}
     if "video" in p.modalities:
         rng = np.random.default_rng(clip_seed(cfg.seed, job.row.path))
-        clip = read_clip(path, p.num_frames, p.image_size, p.sampling, p.num_clips, train=job.row.split == "train", rng=rng)
+        clip = read_clip(path, p.num_frames, p.image_size, p.sampling, p.num_clips, crops, train=job.row.split == "train", rng=rng)
         out["frames"], out["frame_lengths"] = clip.frames, clip.lengths
     if "audio" in p.modalities:
         params = MFCCParams.from_config(p)
@@ -152,7 +154,7 @@ def load_frame_encoder(cfg: Config, encoder_dir: str | Path):
         tmp = temp_path(weights_file).with_suffix(".weights.h5")
         keras_encoder.save_weights(tmp)
         tmp.replace(weights_file)
-    return FrameEncoder(keras_encoder, p.encoder_backend, p.encoder_batch, tflite_path=encoder_dir / "encoder.tflite")
+    return FrameEncoder(keras_encoder, p.encoder_backend, p.encoder_batch)
 
 
 # ----------------------------------------------------------------------------- TFRecord schema
@@ -326,7 +328,9 @@ def _run_local(cfg, processor, todo, features_dir, label_ids, done_before, total
     bar = tqdm(total=total, initial=done_before, unit="clip", desc="preprocess", disable=not progress, dynamic_ncols=True)
     workers = cfg.preprocess.workers
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 and len(jobs) > 1 else None
-    results = pool.imap(_decode_worker, jobs, chunksize=1) if pool else map(_decode_worker, jobs)
+    # At most a few batches of decoded clips wait for the encoder: memory stays flat however many clips.
+    window = max(2 * workers, 2 * -(-cfg.preprocess.encoder_batch // cfg.preprocess.num_frames))
+    results = bounded_imap(pool, _decode_worker, jobs, window) if pool else map(_decode_worker, jobs)
     try:
         for shard in todo:
             examples, errors, pending = [], [], []
@@ -347,6 +351,18 @@ def _run_local(cfg, processor, todo, features_dir, label_ids, done_before, total
         bar.close()
         if pool:
             pool.terminate()
+
+
+def bounded_imap(pool, fn, items, window: int):
+    """Ordered pool.imap with at most `window` tasks in flight (Pool.imap queues every task at once,
+    and its finished results pile up in memory while the consumer is slower than the workers)."""
+    items = iter(items)
+    pending = collections.deque(pool.apply_async(fn, (item,)) for item in itertools.islice(items, window))
+    while pending:
+        result = pending.popleft().get()
+        for item in itertools.islice(items, 1):
+            pending.append(pool.apply_async(fn, (item,)))
+        yield result
 
 
 def write_shard(features_dir: Path, shard: Shard, examples: Iterable[bytes], errors: list[tuple[str, str]]) -> None:

@@ -11,6 +11,7 @@ CPUs is ~8x faster than Keras for the same weights (measured: ../shared/DESIGN.m
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import os
@@ -130,15 +131,13 @@ class FrameEncoder:
     encode(frames: uint8 [N, S, S, 3]) -> float32 [N, D]
     """
 
-    def __init__(self, encoder: keras.Model, backend: str = "tflite", batch_size: int = 64, threads: int | None = None, tflite_path: str | Path | None = None):
+    def __init__(self, encoder: keras.Model, backend: str = "tflite", batch_size: int = 64, threads: int | None = None):
         self.encoder = encoder
         self.backend = backend
         self.batch_size = batch_size
         self.dim = feature_dim(encoder)
         if backend == "tflite":
-            content = Path(tflite_path).read_bytes() if tflite_path and Path(tflite_path).is_file() else encoder_to_tflite(encoder)
-            if tflite_path and not Path(tflite_path).is_file():
-                atomic_write_bytes(tflite_path, content)
+            content = cached_tflite(encoder)
             self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count())
             self._batch = 0
         elif backend != "keras":
@@ -163,6 +162,31 @@ class FrameEncoder:
         self.interpreter.set_tensor(inp["index"], batch)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.interpreter.get_output_details()[0]["index"])
+
+
+def cache_dir() -> Path:
+    """Where converted encoders are kept between runs: $ACTREC_CACHE or ~/.cache/actrec."""
+    return Path(os.environ.get("ACTREC_CACHE", Path.home() / ".cache" / "actrec"))
+
+
+def cached_tflite(encoder: keras.Model) -> bytes:
+    """The encoder's TFLite flatbuffer, converted once per (architecture, input, weights) and cached.
+
+    Conversion takes ~10 s for MobileNetV3; the key hashes the weights themselves, so a
+    retrained or differently seeded encoder never reuses a stale file.
+    """
+    digest = hashlib.sha256(f"{encoder.name}{encoder.input_shape}{tf.__version__}".encode())
+    for weight in encoder.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    path = cache_dir() / "encoders" / f"{encoder.name}-{digest.hexdigest()[:20]}.tflite"
+    if path.is_file():
+        return path.read_bytes()
+    content = encoder_to_tflite(encoder)
+    try:
+        atomic_write_bytes(path, content)
+    except OSError:  # a read-only home: convert every time rather than fail
+        pass
+    return content
 
 
 def encoder_to_tflite(encoder: keras.Model) -> bytes:
