@@ -94,7 +94,9 @@ def evaluate(
     runner = RunModel(run_dir, views, crops)
     cfg = runner.cfg
     if data is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data), layout="auto", classes=[], manifest=None))
+        # Another folder: every clip counts unless the folder has official split files.
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data), layout="auto", classes=[], manifest=None,
+                                                                val_fraction=0.0, test_fraction=0.0))
     rows, found_classes, problems = resolve_rows(cfg, manifest)
     unknown = sorted(set(found_classes) - set(runner.classes))
     if unknown:
