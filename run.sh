@@ -46,11 +46,9 @@ cmd=${1:-}; shift || true
 case "$cmd" in
   demo)
     ensure_debian_packages; ensure_venv
-    export TF_CPP_MIN_LOG_LEVEL=2
     exec .venv/bin/actrec demo "$@" ;;
   test)
     ensure_debian_packages; ensure_venv
-    export TF_CPP_MIN_LOG_LEVEL=2
     exec .venv/bin/python -m pytest "$@" ;;
   *)
     echo "usage: ./run.sh demo [flags] | ./run.sh test [pytest flags]" >&2; exit 2 ;;
