@@ -17,13 +17,12 @@ video without sound) raises `MediaError` with a one-line reason.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.media import AUDIO_EXTENSIONS, MediaError
+from pipeline.media import check_readable, AUDIO_EXTENSIONS, MediaError
 
 RESAMPLE_METHOD = "soxr_hq"
 
@@ -42,12 +41,7 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         MediaError: the file is missing, empty, not decodable, truncated, or a video has no audio track.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MediaError("file not found")
-    if not os.access(path, os.R_OK):
-        raise MediaError("file not readable (permissions)")
-    if path.stat().st_size == 0:
-        raise MediaError("empty file (0 bytes)")
+    check_readable(path)
 
     if path.suffix.lower() in AUDIO_EXTENSIONS:
         try:

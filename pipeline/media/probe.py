@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import soundfile
 
-from pipeline.media import AUDIO_EXTENSIONS, MediaError
+from pipeline.media import check_readable, AUDIO_EXTENSIONS, MediaError
 
 
 @dataclass(frozen=True)
@@ -26,12 +25,7 @@ class MediaInfo:
 def probe_media(path: str | Path) -> MediaInfo:
     """Open the container and read its stream headers; raise MediaError with the reason if unusable."""
     path = Path(path)
-    if not path.exists():
-        raise MediaError("file not found")
-    if not os.access(path, os.R_OK):
-        raise MediaError("file not readable (permissions)")
-    if path.stat().st_size == 0:
-        raise MediaError("empty file (0 bytes)")
+    check_readable(path)
     if path.suffix.lower() in AUDIO_EXTENSIONS:
         try:
             info = soundfile.info(str(path))

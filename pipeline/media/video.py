@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from pipeline.media import MediaError
+from pipeline.media import check_readable, MediaError
 
 SAMPLING_STRATEGIES = ("uniform", "segments", "multi_clip")
 CROPS = ("center", "start", "end")  # start = left (landscape) / top (portrait)
@@ -94,10 +94,7 @@ def resize_and_crop(frame: np.ndarray, size: int, crop: str = "center") -> np.nd
 
 def _open(path: str | Path) -> cv2.VideoCapture:
     path = Path(path)
-    if not path.is_file():
-        raise MediaError("file not found")
-    if path.stat().st_size == 0:
-        raise MediaError("empty file (0 bytes)")
+    check_readable(path)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise MediaError("cannot open as video (corrupt, truncated or not a video)")
