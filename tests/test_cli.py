@@ -1,5 +1,6 @@
 """The `actrec` command line as a user meets it: help texts, one-line errors, exit codes."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def actrec(*args, timeout=300):
     exe = shutil.which("actrec")
     cmd = [exe] if exe else [sys.executable, "-m", "pipeline.cli"]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    # As a user runs it: TensorFlow's log level left to the CLI (other test modules lower it in this process).
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def test_help_lists_every_command():
