@@ -8,6 +8,7 @@ that the TFLite converter maps to builtins (no Flex ops). Both follow one recipe
       -> zero-pad n_fft // 2 on both sides             (librosa center=True, pad_mode="constant")
       -> frames [F, n_fft], F = 1 + N // hop             (even n_fft)
       -> periodic Hann window, real FFT, |.|^2           power spectrum [F, n_fft // 2 + 1]
+                                                         (the layer: float32 FFTs made accurate, see MFCC._power_spectrum)
       -> Slaney mel filterbank (librosa.filters.mel)     [F, n_mels]
       -> 10 log10(max(x, 1e-10)), floored at max - 80 dB (librosa.power_to_db, ref=1, top_db=80)
       -> orthonormal DCT-II, first n_mfcc coefficients   [F, n_mfcc]
@@ -126,10 +127,10 @@ def delta_kernel(order: int, width: int = DELTA_WIDTH) -> np.ndarray:
     return rows[width // 2].astype(np.float32)
 
 
-def hann_window(n_fft: int) -> np.ndarray:
-    """float32 [n_fft]: the periodic Hann window librosa's STFT uses (scipy get_window fftbins=True)."""
+def hann_window(n_fft: int, dtype=np.float32) -> np.ndarray:
+    """[n_fft] of dtype: the periodic Hann window librosa's STFT uses (scipy get_window fftbins=True)."""
     n = np.arange(n_fft, dtype=np.float64)
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)).astype(np.float32)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)).astype(dtype)
 
 
 # ----------------------------------------------------------------------------- the reference
@@ -144,11 +145,14 @@ def librosa_mfcc(waveform: np.ndarray, params: MFCCParams) -> np.ndarray:
 
     Returns:
         mfcc: float32 [F, C], F = params.num_frames(N), C = params.feature_dim
-        (coefficients, then deltas, then delta-deltas when params.deltas).
+        (coefficients, then deltas, then delta-deltas when params.deltas), computed in float64
+        (with librosa's float32 mel filterbank, the `mel_matrix` the layer uses).
     """
     import librosa
 
-    waveform = np.asarray(waveform, dtype=np.float32)
+    # float64 all the way (librosa follows its input's dtype): in float32 its log/DCT steps alone
+    # are off by up to ~7e-5 on MFCCs of ~500, as much as the in-model layer's whole error budget.
+    waveform = np.asarray(waveform, dtype=np.float64)
     mfcc = librosa.feature.mfcc(
         y=waveform,
         sr=params.sample_rate,
