@@ -129,6 +129,7 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.", minimum=0.0)
     shuffle_buffer: int = option(1024, "Examples in the tf.data shuffle buffer.", minimum=1)
     cache: bool = option(True, "Cache decoded examples in memory after the first epoch (when the dataset fits).")
+    source: str = option("features", "What training reads: the cached `features`, or `raw_audio`: the WAVs themselves, decoded and resampled in tf.data by tensorflow-io, for an audio_rnn that computes its MFCCs in-model (speech runs with preprocess.encoder none).", ["features", "raw_audio"])
     strategy: str = option("default", "tf.distribute strategy: `default` (one device), `mirrored`, `multi_worker` (TF_CONFIG).", ["default", "mirrored", "multi_worker"])
 
 
@@ -243,6 +244,11 @@ def _validate(cfg: Config, source: str) -> None:
     bad = [f for f in cfg.export.formats if f not in EXPORT_FORMATS]
     if bad:
         raise UserError(f"{source}: key 'export.formats' has unknown format {bad[0]!r}; known: {', '.join(EXPORT_FORMATS)}")
+    if cfg.train.source == "raw_audio" and (cfg.data.kind != "speech" or cfg.preprocess.encoder != "none"):
+        # WAVs only (video containers' audio is not read by tf.data), and encoder none makes preprocess,
+        # evaluate and predict hand the model waveforms too.
+        raise UserError(f"{source}: key 'train.source' raw_audio needs data.kind: speech and preprocess.encoder: none "
+                        f"(got {cfg.data.kind} and {cfg.preprocess.encoder})")
     if cfg.preprocess.n_fft > cfg.preprocess.audio_seconds * cfg.preprocess.sample_rate and "audio" in cfg.preprocess.modalities:
         raise UserError(
             f"{source}: key 'preprocess.n_fft' ({cfg.preprocess.n_fft}) is longer than the audio window "

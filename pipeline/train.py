@@ -69,11 +69,12 @@ def model_spec(cfg: Config, index: dict):
 
     f = index["features"]
     shape = lambda name: tuple(f[name]["shape"]) if name in f else None  # noqa: E731
+    raw_audio = cfg.train.source == "raw_audio"  # the model takes the waveform and computes its own MFCCs
     return ModelSpec(
         num_classes=len(index["classes"]),
         frame_features=shape("frame_features")[1:] if "frame_features" in f else None,
         frames=shape("frames")[1:4] if "frames" in f else None,
-        mfcc=shape("mfcc"),
+        mfcc=None if raw_audio else shape("mfcc"),
         waveform=f["waveform"]["shape"][0] if "waveform" in f else None,
         mfcc_stats=index.get("mfcc_stats"),
         preprocess=cfg.preprocess,
@@ -276,9 +277,15 @@ def train(
 
     model = build_model(model_spec(cfg, index), cfg.model)
     names = model_input_names(model)
-    train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True)
     val_split = "val" if index["counts"]["val"] else "test"
-    val_ds = make_dataset(run_dir, index, val_split, cfg, names)
+    if cfg.train.source == "raw_audio":  # the WAVs, decoded and resampled in tf.data
+        from pipeline.features.waveform_data import waveform_dataset
+
+        train_ds = waveform_dataset(cfg, index, "train", names, training=True)
+        val_ds = waveform_dataset(cfg, index, val_split, names)
+    else:
+        train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True)
+        val_ds = make_dataset(run_dir, index, val_split, cfg, names)
     steps = max(1, math.ceil(index["counts"]["train"] / cfg.train.batch_size))
     model.compile(
         optimizer=make_optimizer(cfg, steps),

@@ -54,7 +54,15 @@ def video_branch(spec: ModelSpec, cfg, unroll: bool = False):
 
 
 def audio_branch(spec: ModelSpec, cfg, unroll: bool = False):
-    """Inputs and pooled state of the MFCC branch: [B, F, C] -> [B, H]."""
+    """Inputs and pooled state of the MFCC branch: [B, F, C] -> [B, H].
+
+    A spec with a waveform and no cached MFCCs (train.source: raw_audio) gets the waveform branch
+    instead: the MFCCs are computed in-model (hybrid.waveform_branch).
+    """
+    if spec.mfcc is None and spec.waveform is not None:
+        from pipeline.models.hybrid import waveform_branch
+
+        return waveform_branch(spec, cfg, unroll)
     f, c = spec.mfcc
     mfcc = keras.Input((f, c), name="mfcc")
     lengths = keras.Input((), dtype="int32", name="mfcc_length")
@@ -87,7 +95,8 @@ def video_rnn(spec: ModelSpec, cfg, unroll: bool = False) -> keras.Model:
 
 
 def audio_rnn(spec: ModelSpec, cfg, unroll: bool = False) -> keras.Model:
-    _need(spec, "mfcc", "audio_rnn")
+    if spec.waveform is None:
+        _need(spec, "mfcc", "audio_rnn")
     inputs, pooled = audio_branch(spec, cfg, unroll)
     return keras.Model(inputs, fuse([pooled], cfg, spec.num_classes), name="audio_rnn")
 

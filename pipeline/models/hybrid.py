@@ -60,7 +60,6 @@ class SamplesToFrames(layers.Layer):
 def hybrid_cnn_rnn(spec: ModelSpec, cfg, unroll: bool = False, encoder: keras.Model | None = None) -> keras.Model:
     """The end-to-end model; `encoder` defaults to preprocess.encoder (weights: preprocess.weights)."""
     from pipeline.features.encoders import build_encoder
-    from pipeline.features.mfcc import MFCC, MFCCParams
 
     _need(spec, "frames", "hybrid")
     p = spec.preprocess
@@ -76,12 +75,24 @@ def hybrid_cnn_rnn(spec: ModelSpec, cfg, unroll: bool = False, encoder: keras.Mo
     inputs, pooled = [frames, frame_lengths], [rnn_head(features, frame_lengths, cfg, "video", unroll)]
 
     if spec.waveform is not None:
-        params = MFCCParams.from_config(p)
-        waveform = keras.Input((spec.waveform,), name="waveform")
-        num_samples = keras.Input((), dtype="int32", name="num_samples")
-        mfcc = MFCC.from_params(params, name="mfcc")(waveform)  # [B, F, C]
-        mfcc_length = SamplesToFrames(params.hop_length, params.num_frames(spec.waveform), name="mfcc_length")(num_samples)
-        x = mfcc_normalization(spec)(mfcc)
-        inputs += [waveform, num_samples]
-        pooled.append(rnn_head(x, mfcc_length, cfg, "audio", unroll))
+        audio_inputs, audio_pooled = waveform_branch(spec, cfg, unroll)
+        inputs += audio_inputs
+        pooled.append(audio_pooled)
     return keras.Model(inputs, fuse(pooled, cfg, spec.num_classes), name="hybrid_cnn_rnn")
+
+
+def waveform_branch(spec: ModelSpec, cfg, unroll: bool = False):
+    """Inputs and pooled state of an audio branch on raw samples: waveform [B, N] --MFCC layer--> [B, F, C] -> [B, H].
+
+    Inputs: waveform float32 [B, N] (N = spec.waveform) and num_samples int32 [B] (valid samples;
+    the frames computed from padding are masked).
+    """
+    from pipeline.features.mfcc import MFCC, MFCCParams
+
+    params = MFCCParams.from_config(spec.preprocess)
+    waveform = keras.Input((spec.waveform,), name="waveform")
+    num_samples = keras.Input((), dtype="int32", name="num_samples")
+    mfcc = MFCC.from_params(params, name="mfcc")(waveform)  # [B, F, C]
+    mfcc_length = SamplesToFrames(params.hop_length, params.num_frames(spec.waveform), name="mfcc_length")(num_samples)
+    x = mfcc_normalization(spec)(mfcc)
+    return [waveform, num_samples], rnn_head(x, mfcc_length, cfg, "audio", unroll)
