@@ -63,9 +63,9 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.errors import UserError
+from pipeline.progress import progress_bar
 
 ACTION_CLASSES = ["Walk", "Run", "Jump", "Kick", "Wave", "Clap", "Knock", "SitDown", "StandUp"]
 LOOK_ALIKE = ("Clap", "Knock")  # same motion distribution, different sound
@@ -1117,7 +1117,7 @@ def make_actions(
 
 def _run_jobs(jobs: list[ClipJob], workers: int, progress: bool) -> None:
     """Render the clips, in worker processes when there are several."""
-    bar = tqdm(total=len(jobs), disable=not progress, desc="actions", unit="clip")
+    bar = progress_bar(total=len(jobs), disable=not progress, desc="actions", unit="clip")
     workers = min(workers, len(jobs))
     if workers <= 1:
         for job in jobs:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 from scipy import signal
-from tqdm import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -427,7 +427,7 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
     todo = [(str(out), espeak, asdict(s), word, n, seed) for word in COMMAND_WORDS for s, n in voicings
             if not (out / _relpath(s, word, n)).exists()]
     total = len(COMMAND_WORDS) * len(voicings)
-    bar = tqdm(total=total, initial=total - len(todo), desc="spoken commands", unit="wav", disable=not progress)
+    bar = progress_bar(total=total, initial=total - len(todo), desc="spoken commands", unit="wav", disable=not progress)
     if workers <= 1 or len(todo) < 16:  # starting a pool costs seconds: not worth it for a few files
         for job in todo:
             _render_job(job)

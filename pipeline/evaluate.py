@@ -85,7 +85,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Score the run's model on raw clips; writes DIR/eval/<name>/ and returns the metrics dict."""
-    from tqdm import tqdm
+    from pipeline.progress import progress_bar
 
     from pipeline.report import compute_metrics, multi_view_scores, summary_line, worst_misclassified, write_report
 
@@ -110,7 +110,7 @@ def evaluate(
     # Files the indexer left out belong to no split; report them when a whole folder is evaluated.
     labels, view_probs, clip_ids, skipped = [], [], [], list(problems) if data is not None else []
     start = time.time()
-    for row in tqdm(rows, desc="evaluate", unit="clip", disable=not progress, dynamic_ncols=True):
+    for row in progress_bar(rows, desc="evaluate", unit="clip", disable=not progress):
         try:
             probs = runner.predict_clip(root / row.path)
         except MediaError as e:
