@@ -45,10 +45,10 @@ from pathlib import Path
 import numpy as np
 import soxr
 from scipy import signal
-from pipeline.progress import progress_bar
 
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipeline.progress import progress_bar
 
 COMMAND_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 
