@@ -5,6 +5,7 @@ The notebook-facing API; each stage function is the one the `actrec` CLI calls:
     load_config(path, overrides) -> Config
     preprocess(config, run_dir)  -> dict (features/index.json)
     train(config, run_dir)       -> dict (validation metrics)
+    predict(run_dir, paths)      -> list of dicts (top-k labels per file)
 """
 
 from pipeline.config import Config, load_config
@@ -13,7 +14,8 @@ from pipeline.errors import UserError
 # Imported eagerly so these names are the functions, not the submodules of the same name;
 # none of them imports TensorFlow at module level (worker processes import this package).
 from pipeline.demo import demo  # noqa: E402
+from pipeline.predict import predict  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
 from pipeline.train import train  # noqa: E402
 
-__all__ = ["Config", "UserError", "demo", "load_config", "preprocess", "train"]
+__all__ = ["Config", "UserError", "demo", "load_config", "predict", "preprocess", "train"]

@@ -121,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--name", metavar="NAME", help="report folder name under DIR/eval (default: split or data folder, views)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    # actrec predict
+    pr = sub.add_parser(
+        "predict", help="top-k labels of new video clips or audio files; timelines of long videos",
+        description="Run a trained run's own preprocessing and model on raw files and print one line per file "
+        "(`path: label 0.91, label 0.05, ...`) or JSON lines. A WAV goes to a speech run, a video to an action run; "
+        "folders expand to the media files inside. With --window, a long video is classified in sliding windows "
+        "(streamed: memory flat in its length) and a timeline CSV + PNG is written per file. Files that cannot be "
+        "used get one line with the reason; the exit status is 1 when any file failed.",
+    )
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="video clips, audio files, or folders of them")
+    pr.add_argument("--run-dir", required=True, metavar="DIR", help="a trained run (model.keras)")
+    pr.add_argument("--model", default="keras", choices=["keras"], help="model to run: keras (the only one until TFLite export lands)")
+    pr.add_argument("--top-k", type=int, default=3, metavar="K", help="labels per file (default 3)")
+    pr.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    pr.add_argument("--window", type=float, metavar="SECONDS", help="classify sliding windows of this length and write a timeline")
+    pr.add_argument("--stride", type=float, metavar="SECONDS", help="seconds between window starts (default: half the window)")
+    pr.add_argument("--out", metavar="DIR", help="folder for timelines (default: DIR/predict of the run)")
+    pr.add_argument("--verbose", action="store_true", help="also print each file's time split: decode, features, model (ms)")
+
     # actrec demo
     dm = sub.add_parser(
         "demo", help="run the main job on the embedded data: generate, preprocess, train (no network)",
@@ -225,11 +244,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.predict import predict
+
+    results = predict(args.run_dir, args.paths, model=args.model, top=args.top_k, window=args.window, stride=args.stride,
+                      out=args.out, output="json" if args.json else "text", verbose=args.verbose)
+    return 1 if any(r["error"] is not None for r in results) else 0
+
+
+HANDLERS = {"predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter is not for users
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # nor FFmpeg's ("moov atom not found"): the one-line reason is
     args = build_parser().parse_args(argv)
     try:
         return HANDLERS[args.command](args)

@@ -63,8 +63,7 @@ def decode_clip(job: ClipJob, cfg: Config, crops: Sequence[str] = ("center",)) -
     {'mfcc': float32 [F, C], 'mfcc_length': int, 'waveform'?: float32 [N], 'num_samples': int} for audio.
     Raises MediaError with the reason when the clip cannot be used.
     """
-    from pipeline.features.mfcc import MFCCParams, librosa_mfcc
-    from pipeline.media.audio import fit_length, load_audio
+    from pipeline.media.audio import load_audio
     from pipeline.media.video import read_clip
 
     p = cfg.preprocess
@@ -75,15 +74,28 @@ def decode_clip(job: ClipJob, cfg: Config, crops: Sequence[str] = ("center",)) -
         clip = read_clip(path, p.num_frames, p.image_size, p.sampling, p.num_clips, crops, train=job.row.split == "train", rng=rng)
         out["frames"], out["frame_lengths"] = clip.frames, clip.lengths
     if "audio" in p.modalities:
-        params = MFCCParams.from_config(p)
-        waveform = load_audio(path, p.sample_rate)
-        if waveform.size == 0:
-            raise MediaError("audio track is empty")
-        waveform, valid = fit_length(waveform, round(p.audio_seconds * p.sample_rate))
-        out["mfcc"] = librosa_mfcc(waveform, params).astype(np.float32)
-        out["mfcc_length"] = min(len(out["mfcc"]), params.num_frames(valid))
-        if p.encoder == "none":  # the end-to-end model computes its own MFCC in-graph
-            out["waveform"], out["num_samples"] = waveform.astype(np.float32), valid
+        out.update(audio_arrays(load_audio(path, p.sample_rate), cfg))
+    return out
+
+
+def audio_arrays(waveform: np.ndarray, cfg: Config) -> dict:
+    """The audio part of decode_clip, for a whole clip or one window of a long recording.
+
+    waveform: float32 [N] mono at preprocess.sample_rate -> {'mfcc': float32 [F, C], 'mfcc_length': int,
+    'waveform'?: float32 [M], 'num_samples'?: int}, M = audio_seconds x sample_rate (centre crop or zero padding).
+    """
+    from pipeline.features.mfcc import MFCCParams, librosa_mfcc
+    from pipeline.media.audio import fit_length
+
+    p = cfg.preprocess
+    if waveform.size == 0:
+        raise MediaError("audio track is empty")
+    params = MFCCParams.from_config(p)
+    waveform, valid = fit_length(waveform, round(p.audio_seconds * p.sample_rate))
+    out = {"mfcc": librosa_mfcc(waveform, params).astype(np.float32)}
+    out["mfcc_length"] = min(len(out["mfcc"]), params.num_frames(valid))
+    if p.encoder == "none":  # the end-to-end model computes its own MFCC in-graph
+        out["waveform"], out["num_samples"] = waveform.astype(np.float32), valid
     return out
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -189,17 +189,22 @@ def read_clip(
     return SampledClip(frames=frames, lengths=lengths, fps=fps, total_frames=max(reported, decoded))
 
 
-def stream_frames(path: str | Path, size: int, every: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+def stream_frames(
+    path: str | Path, size: int, every: int = 1, keep: Callable[[int], bool] | None = None
+) -> Iterator[tuple[int, float, np.ndarray]]:
     """Stream (frame index, time in s, RGB uint8 [size, size, 3]) for every `every`-th frame.
 
+    keep: instead of `every`, called once per decoded frame index, in order; only the frames it
+    accepts are converted, resized and yielded (the others cost a grab only).
     For long videos: memory stays flat whatever the length.
     """
+    keep = keep or (lambda index: index % every == 0)
     cap = _open(path)
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
         index = 0
         while cap.grab():
-            if index % every == 0:
+            if keep(index):
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
                     yield index, index / fps, cv2.cvtColor(resize_and_crop(frame, size), cv2.COLOR_BGR2RGB)

@@ -1,0 +1,432 @@
+"""Predict stage: a trained run on new raw files -> top-k labels per file, or a timeline for a long video.
+
+    file --decode_clip (the preprocess stage's own function)--> frames uint8 [1, T, S, S, 3], MFCC [F, C]
+        --the run's frame encoder--> frame_features [1, T, D] --model--> probabilities [K] --> top-k labels
+
+    long video, --window W --stride S (seconds):
+        stream_frames: ONE sequential decoding pass; only the T frames each window samples are converted
+        and kept, and only until their window is complete (memory flat in video length)
+        + the audio track, decoded whole once and sliced per window (float32 at preprocess.sample_rate:
+          3.8 MB per minute at 16 kHz, so an hour of sound is ~230 MB; frames are what must not pile up)
+        --> per window: the same sampling (T frames spread over the window), audio_arrays, encoder, model
+        --> probs [Wn, K] --> <out>/<stem>_timeline.csv and .png (report.write_timeline_csv / plot_timeline)
+
+A WAV goes to a speech run, a video to an action run. Every file gets one result; a file that cannot be
+used gets its reason instead of labels, and the other files of a batch still get predictions.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
+
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
+WINDOW_BATCH = 16  # windows per model call on a long video (their encoded features only: a few kB each)
+TIMELINE_TOP = 5  # classes drawn in the timeline PNG
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
+    """(file, None) for every file to predict, or (path, reason) for a path that yields none.
+
+    Folders expand to the media files inside them (recursively, sorted); files are kept as given
+    (a non-media file is reported when it is predicted, with the extensions expected).
+    """
+    out: list[tuple[Path, str | None]] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
+            out += [(f, None) for f in files] or [(path, f"folder holds no media files ({', '.join(MEDIA_EXTENSIONS)})")]
+        else:
+            out.append((path, None))
+    return out
+
+
+# ----------------------------------------------------------------------------- sliding windows
+
+
+@dataclass(frozen=True)
+class SlidingWindows:
+    """Windows of `window_s` seconds every `stride_s` seconds over a stream of `rate` units per second
+    (video frames, or audio samples); window k covers units [start(k), start(k) + span)."""
+
+    rate: float
+    window_s: float
+    stride_s: float
+
+    @property
+    def span(self) -> int:
+        return max(1, round(self.window_s * self.rate))
+
+    def start(self, k: int) -> int:
+        return round(k * self.stride_s * self.rate)
+
+    def count(self, total: int) -> int:
+        """Windows that lie wholly inside `total` units."""
+        k = 0
+        while self.start(k) + self.span <= total:
+            k += 1
+        return k
+
+
+@dataclass
+class _Window:
+    start: int  # first frame of the window
+    end: int  # one past its last frame
+    sampled: np.ndarray  # int [<= T]: the frames the run's sampling takes from it (absolute indices)
+
+
+class FrameWindows:
+    """Collects the sampled frames of sliding windows from one front-to-back pass over a video.
+
+    keep(index) is handed to stream_frames: called once per decoded frame, in order, it opens the
+    windows that start by then and says whether any open window samples that frame. add() stores a
+    kept frame and returns the windows that are complete; a frame is dropped as soon as no open
+    window needs it, so at most ~T x (window / stride + 1) frames are held, whatever the video length.
+    """
+
+    def __init__(self, windows: SlidingWindows, num_frames: int):
+        from pipeline.media.video import sample_frame_indices
+
+        self.windows = windows
+        self.offsets = sample_frame_indices(windows.span, num_frames, "uniform")[0]  # the run's sampling of one window
+        self.num_frames = num_frames
+        self.open: collections.deque[_Window] = collections.deque()
+        self.next_k = 0
+        self.decoded = 0  # frames decoded so far
+        self.buffer: dict[int, np.ndarray] = {}  # frame index -> RGB uint8 [S, S, 3]
+        self.max_frames_held = 0
+
+    def keep(self, index: int) -> bool:
+        self.decoded = index + 1
+        while self.windows.start(self.next_k) <= index:
+            start = self.windows.start(self.next_k)
+            self.open.append(_Window(start, start + self.windows.span, start + self.offsets))
+            self.next_k += 1
+        return any(index in w.sampled for w in self.open)
+
+    def add(self, index: int, frame: np.ndarray) -> list[tuple[_Window, np.ndarray, int]]:
+        self.buffer[index] = frame
+        self.max_frames_held = max(self.max_frames_held, len(self.buffer))
+        return self.complete()
+
+    def complete(self) -> list[tuple[_Window, np.ndarray, int]]:
+        """(window, frames uint8 [T, S, S, 3] zero-padded, valid frames) for every window decoded to its end."""
+        done = []
+        while self.open and self.open[0].end <= self.decoded:
+            window = self.open.popleft()
+            present = [self.buffer[i] for i in window.sampled.tolist() if i in self.buffer]
+            if present:  # frames OpenCV could not convert are missing; the model masks the padding
+                frames = np.zeros((self.num_frames, *present[0].shape), np.uint8)
+                frames[: len(present)] = present
+                done.append((window, frames, len(present)))
+        first_needed = self.open[0].start if self.open else self.windows.start(self.next_k)
+        for index in [i for i in self.buffer if i < first_needed]:
+            del self.buffer[index]
+        return done
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Predictor:
+    """A trained run applied to raw files, one at a time, with the time of each step measured.
+
+    decode:   reading the file: frame decoding, sampling and resizing, audio resampling and MFCC (decode_clip)
+    features: the frame CNN on the sampled frames
+    model:    the recurrent model on the features
+    """
+
+    def __init__(self, run_dir: str | Path, model: str = "keras"):
+        from pipeline.evaluate import RunModel
+
+        if model != "keras":
+            raise UserError(f"--model: {model!r} is not available; only 'keras' until TFLite export lands")
+        start = time.perf_counter()
+        self.runner = RunModel(run_dir)
+        self.run_dir = Path(run_dir)
+        self.classes = self.runner.classes
+        self.cfg = self.runner.clip_cfg
+        self.kind = self.cfg.data.kind  # video | speech
+        self.ms = {"decode": 0.0, "features": 0.0, "model": 0.0}
+        if "audio" in self.cfg.preprocess.modalities:  # librosa's import and first MFCC take seconds: start-up, not a file's time
+            from pipeline.preprocess import audio_arrays
+
+            audio_arrays(np.zeros(self.cfg.preprocess.sample_rate, np.float32), self.cfg)
+        self.startup_ms = (time.perf_counter() - start) * 1e3  # loading; the first model call adds its tracing
+        self._traced = False
+
+    # ---- checks
+
+    def check_file(self, path: Path) -> None:
+        """Raise MediaError unless `path` is a file this run can classify (by its extension)."""
+        from pipeline.media import check_readable
+
+        check_readable(path)
+        suffix = path.suffix.lower()
+        if suffix not in MEDIA_EXTENSIONS:
+            raise MediaError(f"not a media file (expected a video {'/'.join(VIDEO_EXTENSIONS)} or audio {'/'.join(AUDIO_EXTENSIONS)})")
+        if self.kind == "speech" and suffix in VIDEO_EXTENSIONS:
+            raise MediaError(f"a video, but this run ({self.run_dir.name}) recognises speech in audio files ({', '.join(AUDIO_EXTENSIONS)})")
+        if self.kind != "speech" and suffix in AUDIO_EXTENSIONS:
+            raise MediaError(f"an audio file, but this run ({self.run_dir.name}) classifies video clips ({', '.join(VIDEO_EXTENSIONS)})")
+
+    def _media_error(self, error: MediaError) -> MediaError:
+        if str(error) == "no audio track":
+            return MediaError("video has no audio track, and this run's model needs the sound (preprocess.modalities includes audio)")
+        return error
+
+    # ---- steps (each adds its time to self.ms)
+
+    def decode(self, path: Path) -> dict:
+        """The run's own preprocessing of one file: {'frames': uint8 [1, T, S, S, 3], 'frame_lengths', 'mfcc', ...}."""
+        from data_prep.index import ManifestRow
+        from pipeline.preprocess import ClipJob, decode_clip
+
+        start = time.perf_counter()
+        try:
+            return decode_clip(ClipJob(str(path.parent), ManifestRow(path.name, "", "test", ""), 0), self.cfg)
+        except MediaError as e:
+            raise self._media_error(e) from None
+        finally:
+            self.ms["decode"] += (time.perf_counter() - start) * 1e3
+
+    def features(self, decoded: Sequence[dict]) -> list[dict]:
+        """Frames -> frame_features [1, T, D] for a list of decoded clips (one encoder call)."""
+        start = time.perf_counter()
+        out = self.runner.processor.encode(decoded)
+        self.ms["features"] += (time.perf_counter() - start) * 1e3
+        return out
+
+    def model(self, encoded: Sequence[dict]) -> np.ndarray:
+        """Encoded clips or windows (one view each) -> probabilities float32 [N, K] (one model call)."""
+        inputs = [self.runner.model_inputs(a) for a in encoded]
+        batch = {name: np.concatenate([x[name] for x in inputs]) for name in inputs[0]}
+        # predict_on_batch, not predict: predict builds a tf.data pipeline per call (~0.4 s against ~30 ms here)
+        if not self._traced:  # the first call traces the model: start-up, not this file's time
+            start = time.perf_counter()
+            self.runner.model.predict_on_batch(batch)
+            self.startup_ms += (time.perf_counter() - start) * 1e3
+            self._traced = True
+        start = time.perf_counter()
+        probs = np.asarray(self.runner.model.predict_on_batch(batch), np.float32)
+        self.ms["model"] += (time.perf_counter() - start) * 1e3
+        return probs
+
+    def reset_times(self) -> dict:
+        times, self.ms = self.ms, {k: 0.0 for k in self.ms}
+        return {k: round(v, 1) for k, v in times.items()}
+
+    # ---- one file
+
+    def classify(self, path: Path) -> np.ndarray:
+        """probabilities float32 [K] of one whole clip or WAV."""
+        return self.model(self.features([self.decode(path)]))[0]
+
+    def timeline(self, path: Path, window_s: float, stride_s: float) -> dict:
+        """Sliding windows over one file: {'starts', 'ends': float [Wn] seconds, 'probs': float32 [Wn, K],
+        'max_frames_held': int}. A file shorter than one window is classified whole, as one window."""
+        from pipeline.media.audio import load_audio
+        from pipeline.preprocess import audio_arrays
+
+        p = self.cfg.preprocess
+        start = time.perf_counter()
+        ms_before = self.ms["features"] + self.ms["model"]
+        try:
+            waveform = load_audio(path, p.sample_rate) if "audio" in p.modalities else None
+        except MediaError as e:
+            raise self._media_error(e) from None
+
+        def audio(t0: float, t1: float) -> dict:  # the window's sound, with the clip's own audio recipe
+            if waveform is None:
+                return {}
+            return audio_arrays(waveform[round(t0 * p.sample_rate) : round(t1 * p.sample_rate)], self.cfg)
+
+        starts, ends, probs, pending = [], [], [], []
+
+        def flush() -> None:
+            if pending:
+                probs.append(self.model(pending))
+                pending.clear()
+
+        if "video" in p.modalities:
+            from pipeline.media.video import count_frames, stream_frames
+
+            fps = count_frames(path)[1] or 25.0  # stream_frames' convention for a container without a rate
+            frames = FrameWindows(SlidingWindows(fps, window_s, stride_s), p.num_frames)
+            held = 0  # decoded frames waiting for the model (only the hybrid model takes raw frames)
+
+            def run(done) -> None:
+                nonlocal held
+                for window, clip, length in done:
+                    decoded = {"frames": clip[None], "frame_lengths": np.array([length], np.int32),
+                               **audio(window.start / fps, window.end / fps)}
+                    pending.extend(self.features([decoded]))
+                    starts.append(window.start / fps)
+                    ends.append(window.end / fps)
+                    held = sum(e["frames"].shape[1] for e in pending if "frames" in e)
+                    frames.max_frames_held = max(frames.max_frames_held, len(frames.buffer) + held)
+                    if len(pending) >= WINDOW_BATCH:
+                        flush()
+
+            try:
+                for index, _, frame in stream_frames(path, p.image_size, keep=frames.keep):
+                    run(frames.add(index, frame))
+            except MediaError as e:
+                raise self._media_error(e) from None
+            run(frames.complete())
+            duration, max_held = frames.decoded / fps, frames.max_frames_held
+        else:
+            rate = p.sample_rate
+            windows = SlidingWindows(rate, window_s, stride_s)
+            for k in range(windows.count(len(waveform))):
+                t0, t1 = windows.start(k) / rate, (windows.start(k) + windows.span) / rate
+                pending.extend(self.features([audio(t0, t1)]))
+                starts.append(t0)
+                ends.append(t1)
+                if len(pending) >= WINDOW_BATCH:
+                    flush()
+            duration, max_held = len(waveform) / rate, 0
+        flush()
+        # decode = everything but the encoder and the model (streaming interleaves the three)
+        self.ms["decode"] += (time.perf_counter() - start) * 1e3 - (self.ms["features"] + self.ms["model"] - ms_before)
+        if not starts:  # shorter than one window: the whole file is the one window
+            return {"starts": np.array([0.0]), "ends": np.array([duration]), "probs": self.classify(path)[None],
+                    "max_frames_held": max_held}
+        return {"starts": np.array(starts), "ends": np.array(ends), "probs": np.concatenate(probs), "max_frames_held": max_held}
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def top_k(probs: np.ndarray, classes: Sequence[str], k: int) -> list[dict]:
+    """[{'label', 'prob'}] of the k most probable classes (stable: ties favour the lower class index)."""
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return [{"label": classes[i], "prob": round(float(probs[i]), 6)} for i in order]
+
+
+def iter_predict(
+    run_dir: str | Path,
+    paths: Iterable[str | Path],
+    model: str = "keras",
+    top: int = 3,
+    window: float | None = None,
+    stride: float | None = None,
+    out: str | Path | None = None,
+) -> Iterator[dict]:
+    """Yield one result per file, as soon as it is done (see `predict`)."""
+    from pipeline.report import plot_timeline, write_timeline_csv
+
+    if top < 1:
+        raise UserError(f"--top-k must be >= 1 (got {top})")
+    if stride is not None and window is None:
+        raise UserError("--stride needs --window (the window length in seconds)")
+    if window is not None:
+        stride = window / 2 if stride is None else stride
+        if not (window > 0 and stride > 0):
+            raise UserError(f"--window and --stride must be > 0 seconds (got {window} and {stride})")
+    files = expand_paths(paths)
+    predictor = Predictor(run_dir, model)
+    out_dir = Path(out) if out is not None else Path(run_dir) / "predict"
+    used_names: set[str] = set()
+    for path, reason in files:
+        result: dict = {"path": str(path), "error": reason}
+        if reason is None:
+            try:
+                predictor.check_file(path)
+                if window is None:
+                    probs = predictor.classify(path)
+                else:
+                    timeline = predictor.timeline(path, window, stride)
+                    probs = timeline["probs"].mean(axis=0)
+                    name = _unique(f"{path.stem}_timeline", used_names)
+                    csv_file, png_file = out_dir / f"{name}.csv", out_dir / f"{name}.png"
+                    write_timeline_csv(csv_file, timeline["starts"], timeline["ends"], timeline["probs"], predictor.classes)
+                    plot_timeline((timeline["starts"] + timeline["ends"]) / 2, timeline["probs"], predictor.classes, png_file,
+                                  top=min(TIMELINE_TOP, len(predictor.classes)), title=f"{path.name}: {window:g} s windows every {stride:g} s")
+                    result["windows"] = len(timeline["starts"])
+                    result["window_probs"] = timeline["probs"]
+                    result["max_frames_held"] = timeline["max_frames_held"]
+                    result["timeline_csv"], result["timeline_png"] = str(csv_file), str(png_file)
+                result["top"] = top_k(probs, predictor.classes, top)
+                result["probs"] = probs
+            except MediaError as e:
+                result["error"] = str(e)
+        result["ms"] = predictor.reset_times()
+        yield result
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """name, or name-2, name-3, ... so two inputs with the same file name do not overwrite each other's timeline."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def predict(
+    run_dir: str | Path,
+    paths: Iterable[str | Path],
+    model: str = "keras",
+    top: int = 3,
+    window: float | None = None,
+    stride: float | None = None,
+    out: str | Path | None = None,
+    output: str | None = None,
+    verbose: bool = False,
+) -> list[dict]:
+    """Classify raw video clips or audio files with a trained run; one result per file.
+
+    paths: files, or folders (their media files, recursively). A result is a dict:
+        path, error (None, or the one-line reason the file could not be used),
+        top: [{'label', 'prob'}] the `top` most probable classes, probs: float32 [K],
+        ms: {'decode', 'features', 'model'} milliseconds;
+    with `window` (seconds) and `stride` (default window / 2), a long video is classified in sliding
+    windows (top/probs are then the mean over windows) and also gets windows, window_probs float32 [Wn, K],
+    max_frames_held, timeline_csv, timeline_png (written to `out`, default RUN_DIR/predict/).
+    output: None (silent), "text" (one line per file) or "json" (JSON lines), printed as files finish,
+    then a summary line (on stderr for JSON, so stdout stays JSON lines).
+    """
+    import sys
+
+    results = []
+    for result in iter_predict(run_dir, paths, model, top, window, stride, out):
+        results.append(result)
+        if output is not None:
+            print(format_result(result, json_lines=output == "json", verbose=verbose), flush=True)
+    if output is not None:
+        failed = sum(r["error"] is not None for r in results)
+        print(f"predict: {len(results)} file(s), {len(results) - failed} predicted, {failed} failed",
+              file=sys.stderr if output == "json" else sys.stdout)
+    return results
+
+
+def format_result(result: dict, json_lines: bool = False, verbose: bool = False) -> str:
+    """One line: `path: label1 0.91, label2 0.05, label3 0.02`, `path: error: reason`, or a JSON object."""
+    if json_lines:
+        keys = ("path", "error", "top", "windows", "timeline_csv", "timeline_png") + (("ms",) if verbose else ())
+        return json.dumps({k: result[k] for k in keys if result.get(k) is not None})
+    if result["error"] is not None:
+        return f"{result['path']}: error: {result['error']}"
+    labels = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in result["top"])
+    line = f"{result['path']}: {labels}"
+    if "windows" in result:
+        line = (f"{result['path']}: {result['windows']} window(s), mean {labels} -> "
+                f"{result['timeline_csv']}, {Path(result['timeline_png']).name}")
+    if verbose:
+        ms = result["ms"]
+        line += f"  [decode {ms['decode']:.0f} ms, features {ms['features']:.0f} ms, model {ms['model']:.0f} ms]"
+    return line
