@@ -164,8 +164,8 @@ class Predictor:
             from pipeline.preprocess import audio_arrays
 
             audio_arrays(np.zeros(self.cfg.preprocess.sample_rate, np.float32), self.cfg)
-        self.startup_ms = (time.perf_counter() - start) * 1e3  # loading; the first model call adds its tracing
-        self._traced = False
+        self.startup_ms = (time.perf_counter() - start) * 1e3  # loading; model tracing is added when it happens
+        self._warm_sizes: set[int] = set()  # batch sizes the model has been called with
 
     # ---- checks
 
@@ -214,11 +214,12 @@ class Predictor:
         inputs = [self.runner.model_inputs(a) for a in encoded]
         batch = {name: np.concatenate([x[name] for x in inputs]) for name in inputs[0]}
         # predict_on_batch, not predict: predict builds a tf.data pipeline per call (~0.4 s against ~30 ms here)
-        if not self._traced:  # the first call traces the model: start-up, not this file's time
+        size = len(inputs)
+        if size not in self._warm_sizes:  # a new batch size may trace the model (seconds): start-up, not this file's time
             start = time.perf_counter()
             self.runner.model.predict_on_batch(batch)
             self.startup_ms += (time.perf_counter() - start) * 1e3
-            self._traced = True
+            self._warm_sizes.add(size)
         start = time.perf_counter()
         probs = np.asarray(self.runner.model.predict_on_batch(batch), np.float32)
         self.ms["model"] += (time.perf_counter() - start) * 1e3
@@ -238,73 +239,72 @@ class Predictor:
         """Sliding windows over one file: {'starts', 'ends': float [Wn] seconds, 'probs': float32 [Wn, K],
         'max_frames_held': int}. A file shorter than one window is classified whole, as one window."""
         from pipeline.media.audio import load_audio
-        from pipeline.preprocess import audio_arrays
+        from pipeline.media.video import count_frames
 
         p = self.cfg.preprocess
         start = time.perf_counter()
         ms_before = self.ms["features"] + self.ms["model"]
         try:
             waveform = load_audio(path, p.sample_rate) if "audio" in p.modalities else None
-        except MediaError as e:
-            raise self._media_error(e) from None
-
-        def audio(t0: float, t1: float) -> dict:  # the window's sound, with the clip's own audio recipe
-            if waveform is None:
-                return {}
-            return audio_arrays(waveform[round(t0 * p.sample_rate) : round(t1 * p.sample_rate)], self.cfg)
-
-        starts, ends, probs, pending = [], [], [], []
-
-        def flush() -> None:
-            if pending:
-                probs.append(self.model(pending))
-                pending.clear()
-
-        if "video" in p.modalities:
-            from pipeline.media.video import count_frames, stream_frames
-
-            fps = count_frames(path)[1] or 25.0  # stream_frames' convention for a container without a rate
-            frames = FrameWindows(SlidingWindows(fps, window_s, stride_s), p.num_frames)
-            held = 0  # decoded frames waiting for the model (only the hybrid model takes raw frames)
-
-            def run(done) -> None:
-                nonlocal held
-                for window, clip, length in done:
-                    decoded = {"frames": clip[None], "frame_lengths": np.array([length], np.int32),
-                               **audio(window.start / fps, window.end / fps)}
-                    pending.extend(self.features([decoded]))
-                    starts.append(window.start / fps)
-                    ends.append(window.end / fps)
-                    held = sum(e["frames"].shape[1] for e in pending if "frames" in e)
-                    frames.max_frames_held = max(frames.max_frames_held, len(frames.buffer) + held)
-                    if len(pending) >= WINDOW_BATCH:
-                        flush()
-
-            try:
-                for index, _, frame in stream_frames(path, p.image_size, keep=frames.keep):
-                    run(frames.add(index, frame))
-            except MediaError as e:
-                raise self._media_error(e) from None
-            run(frames.complete())
-            duration, max_held = frames.decoded / fps, frames.max_frames_held
-        else:
-            rate = p.sample_rate
-            windows = SlidingWindows(rate, window_s, stride_s)
-            for k in range(windows.count(len(waveform))):
-                t0, t1 = windows.start(k) / rate, (windows.start(k) + windows.span) / rate
-                pending.extend(self.features([audio(t0, t1)]))
+            if "video" in p.modalities:
+                fps = count_frames(path)[1] or 25.0  # stream_frames' convention for a container without a rate
+                frames = FrameWindows(SlidingWindows(fps, window_s, stride_s), p.num_frames)
+                windows = self._video_windows(path, frames, waveform)
+            else:
+                frames = None
+                windows = self._audio_windows(waveform, SlidingWindows(p.sample_rate, window_s, stride_s))
+            starts, ends, probs, pending = [], [], [], []
+            for t0, t1, decoded in windows:
+                pending += self.features([decoded])
                 starts.append(t0)
                 ends.append(t1)
-                if len(pending) >= WINDOW_BATCH:
-                    flush()
-            duration, max_held = len(waveform) / rate, 0
-        flush()
+                if frames is not None:  # the hybrid model takes raw frames: those waiting for it count too
+                    waiting = sum(len(e["frames"][0]) for e in pending if "frames" in e)
+                    frames.max_frames_held = max(frames.max_frames_held, len(frames.buffer) + waiting)
+                if len(pending) == WINDOW_BATCH:
+                    probs.append(self.model(pending))
+                    pending = []
+            if pending:
+                probs.append(self.model(pending))
+        except MediaError as e:
+            raise self._media_error(e) from None
         # decode = everything but the encoder and the model (streaming interleaves the three)
         self.ms["decode"] += (time.perf_counter() - start) * 1e3 - (self.ms["features"] + self.ms["model"] - ms_before)
+        max_held = frames.max_frames_held if frames is not None else 0
         if not starts:  # shorter than one window: the whole file is the one window
-            return {"starts": np.array([0.0]), "ends": np.array([duration]), "probs": self.classify(path)[None],
-                    "max_frames_held": max_held}
+            duration = frames.decoded / frames.windows.rate if frames is not None else len(waveform) / p.sample_rate
+            return {"starts": np.array([0.0]), "ends": np.array([duration]), "probs": self.classify(path)[None], "max_frames_held": max_held}
         return {"starts": np.array(starts), "ends": np.array(ends), "probs": np.concatenate(probs), "max_frames_held": max_held}
+
+    def _window_audio(self, waveform: np.ndarray | None, t0: float, t1: float) -> dict:
+        """The sound of [t0, t1) seconds with the clip's own audio recipe ({} for a video-only run)."""
+        from pipeline.preprocess import audio_arrays
+
+        if waveform is None:
+            return {}
+        rate = self.cfg.preprocess.sample_rate
+        return audio_arrays(waveform[round(t0 * rate) : round(t1 * rate)], self.cfg)
+
+    def _video_windows(self, path: Path, frames: FrameWindows, waveform: np.ndarray | None) -> Iterator[tuple[float, float, dict]]:
+        """(start s, end s, decoded window) as the stream completes each window: frames uint8 [1, T, S, S, 3]."""
+        from pipeline.media.video import stream_frames
+
+        fps = frames.windows.rate
+
+        def decoded(done):
+            for window, clip, length in done:
+                t0, t1 = window.start / fps, window.end / fps
+                yield t0, t1, {"frames": clip[None], "frame_lengths": np.array([length], np.int32), **self._window_audio(waveform, t0, t1)}
+
+        for index, _, frame in stream_frames(path, self.cfg.preprocess.image_size, keep=frames.keep):
+            yield from decoded(frames.add(index, frame))
+        yield from decoded(frames.complete())
+
+    def _audio_windows(self, waveform: np.ndarray, windows: SlidingWindows) -> Iterator[tuple[float, float, dict]]:
+        """(start s, end s, decoded window) for every window wholly inside the recording."""
+        for k in range(windows.count(len(waveform))):
+            t0, t1 = windows.start(k) / windows.rate, (windows.start(k) + windows.span) / windows.rate
+            yield t0, t1, self._window_audio(waveform, t0, t1)
 
 
 # ----------------------------------------------------------------------------- the stage
