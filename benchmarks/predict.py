@@ -118,8 +118,8 @@ def main() -> None:
              f"| evaluate, {results['evaluate']['num_clips']} clips: clips/s (incl. start-up) | keras | {results['evaluate']['clips_per_second_with_startup']:.1f} |"]
     for model, r in results["predict"].items():
         table += [f"| predict latency per clip: median / p90 (ms) | {model} | {r['median_ms']:.0f} / {r['p90_ms']:.0f} |",
-                  f"| predict split, median (ms): decode / features / model | {model} | "
-                  f"{r['decode_median_ms']:.0f} / {r['features_median_ms']:.0f} / {r['model_median_ms']:.0f} |",
+                  (f"| predict split, median (ms): decode / features / model | {model} | "
+                   f"{r['decode_median_ms']:.0f} / {r['features_median_ms']:.0f} / {r['model_median_ms']:.0f} |"),
                   f"| predict start-up (ms, once per process) | {model} | {r['startup_ms']:.0f} |"]
     t = results["timeline"]
     table += [f"| timeline, 60-s 320x240 video, 2-s windows every 1 s: video s per s | keras | {t['video_seconds_per_second']:.1f} |",
