@@ -243,7 +243,7 @@ class Predictor:
 
         p = self.cfg.preprocess
         start = time.perf_counter()
-        ms_before = self.ms["features"] + self.ms["model"]
+        ms_before = self.ms["features"] + self.ms["model"] + self.startup_ms
         try:
             waveform = load_audio(path, p.sample_rate) if "audio" in p.modalities else None
             if "video" in p.modalities:
@@ -268,8 +268,8 @@ class Predictor:
                 probs.append(self.model(pending))
         except MediaError as e:
             raise self._media_error(e) from None
-        # decode = everything but the encoder and the model (streaming interleaves the three)
-        self.ms["decode"] += (time.perf_counter() - start) * 1e3 - (self.ms["features"] + self.ms["model"] - ms_before)
+        # decode = everything but the encoder, the model and its tracing (streaming interleaves them)
+        self.ms["decode"] += (time.perf_counter() - start) * 1e3 - (self.ms["features"] + self.ms["model"] + self.startup_ms - ms_before)
         max_held = frames.max_frames_held if frames is not None else 0
         if not starts:  # shorter than one window: the whole file is the one window
             duration = frames.decoded / frames.windows.rate if frames is not None else len(waveform) / p.sample_rate
@@ -283,7 +283,10 @@ class Predictor:
         if waveform is None:
             return {}
         rate = self.cfg.preprocess.sample_rate
-        return audio_arrays(waveform[round(t0 * rate) : round(t1 * rate)], self.cfg)
+        sound = waveform[round(t0 * rate) : round(t1 * rate)]
+        if sound.size == 0:  # the sound track ended before the pictures: this window is silent
+            sound = np.zeros(round((t1 - t0) * rate), np.float32)
+        return audio_arrays(sound, self.cfg)
 
     def _video_windows(self, path: Path, frames: FrameWindows, waveform: np.ndarray | None) -> Iterator[tuple[float, float, dict]]:
         """(start s, end s, decoded window) as the stream completes each window: frames uint8 [1, T, S, S, 3]."""
@@ -341,7 +344,7 @@ def iter_predict(
     out_dir = Path(out) if out is not None else Path(run_dir) / "predict"
     used_names: set[str] = set()
     for path, reason in files:
-        result: dict = {"path": str(path), "error": reason}
+        result: dict = {"path": str(path), "error": reason, "top": None, "probs": None}
         if reason is None:
             try:
                 predictor.check_file(path)
@@ -392,7 +395,7 @@ def predict(
 
     paths: files, or folders (their media files, recursively). A result is a dict:
         path, error (None, or the one-line reason the file could not be used),
-        top: [{'label', 'prob'}] the `top` most probable classes, probs: float32 [K],
+        top: [{'label', 'prob'}] the `top` most probable classes, probs: float32 [K] (both None on error),
         ms: {'decode', 'features', 'model'} milliseconds;
     with `window` (seconds) and `stride` (default window / 2), a long video is classified in sliding
     windows (top/probs are then the mean over windows) and also gets windows, window_probs float32 [Wn, K],

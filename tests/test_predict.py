@@ -134,10 +134,12 @@ def test_timeline_streams_a_long_video(trained_run, tmp_path):  # noqa: F811
     normal = write_video(tmp_path / "normal.mp4", num_frames=30, fps=15, audio_seconds=2.0, tone_hz=1500.0)  # 2 s
     long = write_video(tmp_path / "long.mp4", num_frames=300, fps=15, audio_seconds=20.0, tone_hz=1500.0)  # 20 s
     one_window = write_video(tmp_path / "one.mp4", num_frames=15, fps=15, audio_seconds=1.0, tone_hz=440.0)  # 1 s
+    sound_ends = write_video(tmp_path / "sound_ends.mp4", num_frames=30, fps=15, audio_seconds=0.5)  # later windows are silent
     out = tmp_path / "timelines"
     # 1-s windows (15 frames) every 0.4 s (6 frames): starts 0, 6, 12, ... while start + 15 <= frames
-    short_result, long_result, one_result = predict(trained_run, [normal, long, one_window], window=1.0, stride=0.4, out=out)
-    assert (short_result["windows"], long_result["windows"], one_result["windows"]) == (3, 48, 1)
+    results = predict(trained_run, [normal, long, one_window, sound_ends], window=1.0, stride=0.4, out=out)
+    short_result, long_result, one_result, _ = results
+    assert [r["windows"] for r in results] == [3, 48, 1, 3] and not any(r["error"] for r in results)
 
     with open(out / "long_timeline.csv") as f:
         rows = list(csv.reader(f))
