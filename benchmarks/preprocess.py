@@ -2,7 +2,8 @@
 
     (a) keras-io loop   the well-known CNN-RNN example: decode the whole clip, `predict` one frame at a time
     (b) decode floor    OpenCV decode + sampling of T frames only
-    (c) encode floors   encoding pre-decoded frames, Keras (batched) and TFLite (XNNPACK)
+    (c) encode floors   encoding pre-decoded frames, Keras (batched) and TFLite (XNNPACK, one thread per CPU);
+                        also TFLite with 1 thread, what each of `actrec preprocess`'s workers runs (not a floor)
     (d) actrec          `actrec preprocess` end to end (worker pool + batched TFLite encoder + shards)
     + peak RSS of `actrec preprocess` on 1x and 4x the clips (memory must not grow with the dataset); the
       same two runs give (d)'s steady-state cost per clip, free of process start-up
@@ -110,12 +111,12 @@ def main() -> None:
 
     # (c) encode floors
     all_frames = np.concatenate(decoded)
-    for backend in ("keras", "tflite"):
-        fe = FrameEncoder(encoder, backend, batch_size=64)
+    for backend, threads, key in (("keras", None, "keras"), ("tflite", None, "tflite"), ("tflite", 1, "tflite_1_thread")):
+        fe = FrameEncoder(encoder, backend, batch_size=64, threads=threads)
         fe.encode(all_frames[:64])  # warm-up (tracing / allocation)
         start = time.perf_counter()
         fe.encode(all_frames)
-        results[f"c_encode_{backend}_s_per_clip"] = (time.perf_counter() - start) / n
+        results[f"c_encode_{key}_s_per_clip"] = (time.perf_counter() - start) / n
 
     # (d) actrec preprocess, end to end (fresh process: includes start-up and TFLite conversion)
     run_dir = work / "run_d"
@@ -166,6 +167,7 @@ def main() -> None:
         ("(b) decode + sample only", results["b_decode_s_per_clip"]),
         ("(c) encode only, Keras batched", results["c_encode_keras_s_per_clip"]),
         ("(c) encode only, TFLite XNNPACK", results["c_encode_tflite_s_per_clip"]),
+        ("(c) encode only, TFLite XNNPACK, 1 thread (per worker; not a floor)", results["c_encode_tflite_1_thread_s_per_clip"]),
         ("(d) actrec preprocess, steady state (4x minus 1x clips)", results["d_actrec_steady_s_per_clip"]),
         (f"(d) actrec preprocess, one run of {n} clips incl. start-up", results["d_actrec_s_per_clip"]),
     ]

@@ -79,7 +79,7 @@ class PreprocessConfig:
     weights: Optional[str] = option(None, "Encoder weights: `imagenet` (downloaded once, needs the network), a path to a .weights.h5 file, or null (random init).")
     encoder_backend: str = option("tflite", "Run the frozen encoder through the TFLite interpreter (XNNPACK, ~8x faster on CPU) or through Keras.", ["tflite", "keras"])
     encoder_batch: int = option(64, "Frames per encoder call.", minimum=1)
-    workers: int = option(2, "Worker processes that decode video and compute MFCCs in parallel (0 = in the main process).", minimum=0)
+    workers: int = option(2, "Worker processes that decode clips, compute MFCCs and (tflite backend) encode frames in parallel, each with its own interpreter of cpus/workers threads (0 = all in the main process).", minimum=0)
     shard_size: int = option(256, "Examples per TFRecord shard.", minimum=1)
     sample_rate: int = option(16000, "Audio is resampled to this rate (Hz) and made mono.", minimum=1000)
     audio_seconds: float = option(4.0, "Audio window per clip in seconds: longer audio is cropped (centre), shorter zero-padded with its true length stored.", minimum=0.1)

@@ -118,6 +118,23 @@ def test_backends_agree(dataset):
     assert np.abs(tflite - keras_out).max() <= 1e-5
 
 
+@pytest.mark.slow
+def test_workers_encode_the_same_features(dataset, tmp_path):
+    """workers > 0 with the TFLite backend: each worker decodes and encodes whole clips; same examples as in-process."""
+    args = FAST + [f"data.root={dataset}"]  # small_cnn through TFLite
+    in_process = preprocess(None, tmp_path / "in_process", args, progress=False)
+    pooled = preprocess(None, tmp_path / "pooled", args + ["preprocess.workers=2"], progress=False)
+
+    assert pooled["counts"] == in_process["counts"] and pooled["errors"] == in_process["errors"]
+    _, expected = read_examples(tmp_path / "in_process")
+    _, got = read_examples(tmp_path / "pooled")
+    assert sorted(got) == sorted(expected)
+    for clip_id, example in expected.items():
+        np.testing.assert_allclose(got[clip_id]["frame_features"], example["frame_features"], atol=1e-6)
+        np.testing.assert_array_equal(got[clip_id]["frame_lengths"], example["frame_lengths"])
+        np.testing.assert_array_equal(got[clip_id]["mfcc"], example["mfcc"])
+
+
 def test_shard_plan_is_stable():
     from data_prep.index import ManifestRow
 
