@@ -24,16 +24,20 @@ from pipeline.train import read_index, run_config
 
 
 class RunModel:
-    """A trained run ready for raw clips: its config, classes, frame encoder and Keras model.
+    """A trained run ready for raw clips: its config, classes, frame encoder and model.
 
+    model="keras" runs DIR/model.keras on the run's cached-feature pipeline (frame encoder, librosa
+    MFCC); a path to an exported .tflite file runs that file through the TFLite interpreter on the
+    raw frames and waveform, as an app would (pipeline.export.TFLiteClassifier).
     predict_clip(path) -> probabilities float32 [V, K] (one row per view).
     """
 
-    def __init__(self, run_dir: str | Path, views: int = 1, crops: int = 1):
+    def __init__(self, run_dir: str | Path, views: int = 1, crops: int = 1, model: str = "keras"):
         from pipeline.models import load_model
 
         self.run_dir = Path(run_dir)
-        if not (self.run_dir / "model.keras").is_file():
+        self.model_name = str(model)
+        if model == "keras" and not (self.run_dir / "model.keras").is_file():
             raise UserError(f"{self.run_dir}: no trained model (model.keras); run `actrec train --run-dir {self.run_dir}` first")
         self.cfg: Config = run_config(self.run_dir)
         self.index = read_index(self.run_dir)
@@ -42,6 +46,15 @@ class RunModel:
         p = self.cfg.preprocess
         sampling = {"sampling": "multi_clip", "num_clips": views} if views > 1 else {"sampling": "uniform" if p.sampling == "segments" else p.sampling}
         self.clip_cfg = dataclasses.replace(self.cfg, preprocess=dataclasses.replace(p, **sampling))
+        self.tflite = None
+        if model != "keras":
+            from pipeline.export import TFLiteClassifier, raw_input_config
+
+            self.tflite = TFLiteClassifier(model)
+            if self.tflite.labels != self.classes:
+                raise UserError(f"{model}: its labels.txt does not list the run's classes ({', '.join(self.classes)}); export it from {self.run_dir}")
+            self.clip_cfg = raw_input_config(self.clip_cfg)  # the exported graph takes the raw waveform
+            return
         self.processor = ClipProcessor(self.cfg, self.run_dir / "features")
         self.processor.setup()
         self.model = load_model(self.run_dir / "model.keras")
@@ -64,7 +77,16 @@ class RunModel:
     def predict_clip(self, path: str | Path) -> np.ndarray:
         job = ClipJob(str(Path(path).parent), _row(Path(path).name), 0)
         crops = ("start", "center", "end") if self.crops == 3 else ("center",)
-        arrays = self.processor.encode([decode_clip(job, self.clip_cfg, crops=crops)])[0]
+        return self.predict_decoded(decode_clip(job, self.clip_cfg, crops=crops))
+
+    def predict_decoded(self, decoded: dict) -> np.ndarray:
+        """A decode_clip result -> probabilities float32 [V, K]."""
+        if self.tflite is not None:
+            from pipeline.export import clip_inputs
+
+            views = len(decoded.get("frame_lengths", [0]))
+            return np.stack([self.tflite.predict(clip_inputs(decoded, v)) for v in range(views)])
+        arrays = self.processor.encode([decoded])[0]
         return np.asarray(self.model.predict(self.model_inputs(arrays), verbose=0))
 
 
@@ -83,15 +105,19 @@ def evaluate(
     crops: int = 1,
     name: str | None = None,
     progress: bool = True,
+    model: str = "keras",
 ) -> dict:
-    """Score the run's model on raw clips; writes DIR/eval/<name>/ and returns the metrics dict."""
+    """Score the run's model on raw clips; writes DIR/eval/<name>/ and returns the metrics dict.
+
+    model: "keras" (DIR/model.keras) or the path of an exported .tflite file.
+    """
     from pipeline.progress import progress_bar
 
     from pipeline.report import compute_metrics, multi_view_scores, summary_line, worst_misclassified, write_report
 
     if views < 1 or crops not in (1, 3):
         raise UserError(f"--views must be >= 1 (got {views}) and --crops 1 or 3 (got {crops})")
-    runner = RunModel(run_dir, views, crops)
+    runner = RunModel(run_dir, views, crops, model)
     cfg = runner.cfg
     if data is not None:
         # Another folder: every clip counts unless the folder has official split files.
@@ -128,12 +154,12 @@ def evaluate(
     probs = multi_view_scores(view_probs)
     metrics = compute_metrics(labels, probs, runner.classes)
     extra = {"clips_per_second": round(len(labels) / seconds, 2), "views": views, "crops": crops,
-             "model": "keras", "run_dir": str(run_dir), "data": str(data or cfg.data.root), "split": split}
+             "model": str(model), "run_dir": str(run_dir), "data": str(data or cfg.data.root), "split": split}
     if view_probs.shape[1] > 1:
         centre = view_probs[:, view_probs.shape[1] // 2]
         extra["single-view (centre)"] = compute_metrics(labels, centre, runner.classes)
         extra[f"multi-view ({view_probs.shape[1]} views)"] = metrics
-    name = name or f"{split if data is None else Path(data).name}" + (f"-v{views}" if views > 1 else "") + ("-c3" if crops == 3 else "")
+    name = name or f"{split if data is None else Path(data).name}" + (f"-v{views}" if views > 1 else "") + ("-c3" if crops == 3 else "") + ("" if model == "keras" else f"-{Path(model).stem}")
     out_dir = Path(run_dir) / "eval" / name
     worst = worst_misclassified(labels, probs, clip_ids, runner.classes)
     write_report(out_dir, metrics, runner.classes, worst=worst, skipped=skipped, extra=extra,

@@ -1,0 +1,882 @@
+"""Export stage: a trained run -> DIR/export/, the files an app ships, with measured parity.
+
+The deployable graph takes what a phone has and contains every transform after decoding:
+
+    frames        uint8   [1, T, S, S, 3]  --frame encoder (the run's CNN)----> [1, T, D] --┐
+    frame_lengths int32   [1]              --mask of valid frames----------------------------┤
+    waveform      float32 [1, N]           --MFCC layer--> [1, F, C] --normalise--------------┼--> RNN head --> probabilities [1, K]
+    num_samples   int32   [1]              --valid MFCC frames (1 + n // hop)----------------┘
+
+(video-only runs have no waveform inputs, audio-only runs no frame inputs). The lengths are inputs
+because the trained model masks the padding of short clips: an app passes T and N for full
+clips, fewer when a clip had fewer frames or less sound, and gets exactly the Keras result.
+Frames are already sampled and resized the way `pipeline.preprocess.decode_clip` does it; the
+app-side recipe is written to preprocessing.json.
+
+The graph is rebuilt from the run's config (batch 1, dropout off) with the weights of
+DIR/model.keras copied by layer name; the training model itself is never converted (its
+dynamic batch does not convert for LSTM/GRU, see ../shared/DESIGN.md). The int8 graph is the
+same model with its RNNs unrolled over the fixed T, because the TFLite calibrator crashes on
+WHILE loops. In the int8 file the MFCC, its normalisation and attention pooling stay float, in
+the dynamic file the MFCC's mel projection (see `kept_float`: with them quantized, the speech
+and action models fell to chance).
+
+    DIR/export/
+      saved_model/            serving signature `serving_default`: the inputs above (any batch) -> {'probabilities'}
+      model_float.tflite      float32
+      model_float16.tflite    float16 weights
+      model_dynamic.tflite    int8 weights, float activations (dynamic range)
+      model_int8.tflite       int8 weights and activations (uint8 frames stay uint8, float in/out)
+      head_float.tflite       feature-level runs: the RNN head alone (frame_features / mfcc in)
+      labels.txt  preprocessing.json  parity.json  (convert.log: what the converter printed, when it did)
+
+Every conversion runs in a child process (`_convert_main`): a converter
+that crashes (SIGSEGV) costs that one format a one-line error; the others are still written.
+The export is built in a temporary folder and renamed into place, so DIR/export is never
+half-overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import EXPORT_FORMATS, Config
+from pipeline.errors import UserError
+from pipeline.files import atomic_write_json, atomic_write_text
+
+TFLITE_FILES = {  # format -> file name in DIR/export
+    "float": "model_float.tflite",
+    "float16": "model_float16.tflite",
+    "dynamic": "model_dynamic.tflite",
+    "int8": "model_int8.tflite",
+    "head_float": "head_float.tflite",
+}
+SIGNATURE = "serving_default"
+OUTPUT = "probabilities"
+REPRESENTATIVE_FILE = "representative.npz"
+CHILD = "import sys; from pathlib import Path; from pipeline.export import _convert_main; _convert_main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(','))"
+CRASH_FOR_TESTS = "ACTREC_EXPORT_CRASH"  # a format name: the converter child kills itself with SIGSEGV there
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of an exported graph, without the batch axis."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    doc: str
+    default: int | None = None  # lengths: the full length, what a complete clip passes
+
+    def to_json(self, batch: int | None = 1) -> dict:
+        out = {"name": self.name, "shape": [batch, *self.shape], "dtype": self.dtype, "doc": self.doc}
+        return out if self.default is None else {**out, "default": self.default}
+
+
+# ----------------------------------------------------------------------------- the inference graphs
+
+
+class InferenceGraphs:
+    """The run's inference graphs, rebuilt from its config with the trained weights.
+
+    deployable(batch_size, unroll) -> keras.Model: the raw inputs of `inputs()` -> probabilities [B, K]
+    head(batch_size)               -> keras.Model: the cached-feature inputs (frame_features, mfcc, lengths) -> [B, K]
+    """
+
+    def __init__(self, run_dir: str | Path):
+        from pipeline.models import load_model
+        from pipeline.train import model_spec, read_index, run_config
+
+        self.run_dir = Path(run_dir)
+        require_trained_model(self.run_dir)
+        self.cfg: Config = run_config(self.run_dir)
+        self.index = read_index(self.run_dir)
+        self.spec = model_spec(self.cfg, self.index)
+        self.trained = load_model(self.run_dir / "model.keras")
+        self.end_to_end = self.cfg.model.name == "hybrid"  # frames and waveform are already its inputs
+        self.head_input_names = [t.name.split(":")[0] for t in self.trained.inputs]
+
+    def inputs(self) -> list[InputSpec]:
+        """The deployable graph's inputs, in the order an app fills them."""
+        p = self.cfg.preprocess
+        specs = []
+        if {"frame_features", "frames"} & set(self.head_input_names):
+            specs += [
+                InputSpec("frames", (p.num_frames, p.image_size, p.image_size, 3), "uint8",
+                          "T RGB frames sampled from the clip, resized (short side S) and centre-cropped to S x S; zeros after the last valid frame"),
+                InputSpec("frame_lengths", (), "int32", "valid frames in `frames` (T for a clip with at least T frames)", p.num_frames),
+            ]
+        if {"mfcc", "waveform"} & set(self.head_input_names):
+            specs += [
+                InputSpec("waveform", (self.num_samples,), "float32",
+                          "mono audio at sample_rate in [-1, 1]: the centre num_samples of a longer clip, or the clip followed by zeros"),
+                InputSpec("num_samples", (), "int32", "valid (non-padding) samples in `waveform`", self.num_samples),
+            ]
+        return specs
+
+    def head_inputs(self) -> list[InputSpec]:
+        """The head's cached-feature inputs (feature-level runs), as index.json describes them."""
+        features = self.index["features"]
+        docs = {"frame_features": "frame encoder output per frame", "frame_lengths": "valid frames",
+                "mfcc": "MFCCs (librosa recipe, un-normalised)", "mfcc_length": "valid MFCC frames"}
+        lengths = {"frame_lengths": "frame_features", "mfcc_length": "mfcc"}
+        specs = []
+        for name in self.head_input_names:
+            shape = tuple(features[name]["shape"])
+            if name in ("frame_features", "frame_lengths"):
+                shape = shape[1:]  # one view
+            if name in lengths:
+                full = features[lengths[name]]["shape"][-2]  # T or F
+                specs.append(InputSpec(name, shape, "int32", docs[name], full))
+            else:
+                specs.append(InputSpec(name, shape, "float32", docs[name]))
+        return specs
+
+    @property
+    def num_samples(self) -> int:
+        p = self.cfg.preprocess
+        return round(p.audio_seconds * p.sample_rate)
+
+    def rebuilt(self, unroll: bool = False):
+        """The trained architecture rebuilt for inference (dropout off, optionally unrolled), trained weights copied.
+
+        Dropout is an identity at inference, but its seed-generator state would end up in the
+        TFLite file as variable ops (VAR_HANDLE, CALL_ONCE).
+        """
+        from pipeline.models import build_model
+
+        model_cfg = dataclasses.replace(self.cfg.model, dropout=0.0, recurrent_dropout=0.0)
+        model = build_model(self.spec, model_cfg, unroll=unroll)
+        copy_weights(self.trained, model)
+        return model
+
+    def head(self, batch_size: int | None = 1, unroll: bool = False):
+        return with_batch(self.rebuilt(unroll), self.head_inputs(), batch_size, name="head")
+
+    def deployable(self, batch_size: int | None = 1, unroll: bool = False):
+        """Raw frames and waveform in, probabilities out; the whole pipeline after decoding."""
+        import keras
+
+        from pipeline.features.encoders import build_encoder
+        from pipeline.features.mfcc import MFCC, MFCCParams
+        from pipeline.models.hybrid import SamplesToFrames
+
+        model = self.rebuilt(unroll)
+        if self.end_to_end:
+            return with_batch(model, self.inputs(), batch_size, name="deployable")
+        p = self.cfg.preprocess
+        inputs = {s.name: keras.Input(s.shape, batch_size=batch_size, dtype=s.dtype, name=s.name) for s in self.inputs()}
+        features = {}
+        if "frames" in inputs:
+            weights = self.run_dir / "features" / "encoder.weights.h5"
+            if not weights.is_file():
+                raise UserError(f"{weights}: the run's frame encoder weights are missing (preprocessing writes them); re-run `actrec preprocess`")
+            encoder = build_encoder(p.encoder, p.image_size, str(weights), seed=self.cfg.seed)
+            features["frame_features"] = keras.layers.TimeDistributed(encoder, name="frame_encoder")(inputs["frames"])
+            features["frame_lengths"] = inputs["frame_lengths"]
+        if "waveform" in inputs:
+            params = MFCCParams.from_config(p)
+            features["mfcc"] = MFCC.from_params(params, name="mfcc")(inputs["waveform"])
+            features["mfcc_length"] = SamplesToFrames(params.hop_length, params.num_frames(self.num_samples), name="mfcc_length")(inputs["num_samples"])
+        return keras.Model(inputs, call_by_name(model, features), name="deployable")
+
+
+def require_trained_model(run_dir: Path) -> None:
+    if not (run_dir / "model.keras").is_file():
+        raise UserError(f"{run_dir}: no trained model (model.keras); run `actrec train --run-dir {run_dir}` first")
+
+
+def copy_weights(source, target) -> None:
+    """Copy weights layer by layer, matched by name (the rebuilt graph names its layers as training did)."""
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+
+
+def with_batch(model, specs: Sequence[InputSpec], batch_size: int | None, name: str):
+    """`model` called on inputs with a fixed batch size (1 for TFLite: LSTM/GRU loops need a static batch)."""
+    import keras
+
+    inputs = {s.name: keras.Input(s.shape, batch_size=batch_size, dtype=s.dtype, name=s.name) for s in specs}
+    return keras.Model(inputs, call_by_name(model, inputs), name=name)
+
+
+def call_by_name(model, tensors: dict):
+    """model(...) with its inputs picked from `tensors` by name, in the model's own input order.
+
+    (Keras matches a dict to a functional model's inputs only in some cases; a list always works.)
+    """
+    return model([tensors[t.name.split(":")[0]] for t in model.inputs])
+
+
+# ----------------------------------------------------------------------------- conversion (child process)
+
+
+def save_model(model, path: Path, specs: Sequence[InputSpec], batch_size: int | None) -> None:
+    """SavedModel with one named signature: {input name: tensor} -> {'probabilities': [B, K]}."""
+    import keras
+    import tensorflow as tf
+
+    signature = {s.name: tf.TensorSpec((batch_size, *s.shape), s.dtype, name=s.name) for s in specs}
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, lambda inputs: {OUTPUT: model(inputs, training=False)}, input_signature=[signature])
+    archive.write_out(str(path), verbose=False)
+
+
+def convert(saved_model: Path, mode: str, representative: Path | None = None) -> bytes:
+    """TFLite flatbuffer (builtin ops only) of a batch-1 SavedModel: mode float | float16 | dynamic | int8."""
+    import tensorflow as tf
+
+    from pipeline.features.encoders import quiet_converter
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[SIGNATURE])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode in ("float16", "dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode != "int8":
+        with quiet_converter():
+            content = converter.convert()
+        # Dynamic range: an FC with int8 weights quantizes its input on the fly, and the MFCC's mel
+        # projection takes a power spectrum (measured: -3 points on a speech model); keep it float.
+        return strip_tensor_names(dequantize_kept_float(content) if mode == "dynamic" else content)
+
+    samples = dict(np.load(representative))
+    count = len(next(iter(samples.values())))
+
+    def representative_dataset():
+        for i in range(count):
+            yield {name: value[i : i + 1] for name, value in samples.items()}
+
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    # Calibrate, then quantize all but `kept_float`: a power spectrum spans over 100 dB and 8 bits
+    # hold 48, int8 utterance normalisation gave NaNs, masked attention scores are -1e9 (measured:
+    # speech and action models fell to chance with them quantized). The quantizer's node denylist is
+    # only reachable through mlir_quantize, the function TFLiteConverter itself calls after calibrating.
+    from tensorflow.lite.python import convert as tflite_convert
+
+    converter._experimental_calibrate_only = True
+    with quiet_converter():
+        calibrated = converter.convert()
+        content = tflite_convert.mlir_quantize(calibrated, denylisted_nodes=kept_float(calibrated),
+                                               input_data_type=tf.float32, output_data_type=tf.float32)
+    return strip_tensor_names(tflite_convert.deduplicate_readonly_buffers(content))
+
+
+def kept_float(content: bytes) -> list[str]:
+    """Tensors the int8 graph computes in float: the MFCC, its normalisation and attention pooling.
+
+    Found by the Keras layer scopes in the TFLite names (`mfcc/`, `mfcc_norm/`, `audio_attention/`, ...).
+    Attention pooling gives padded steps a score of -1e9: an int8 scale that spans it rounds every
+    real score to the same value (measured: the action model fell to chance, 13%, with it quantized).
+    """
+    import re
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    in_mfcc = re.compile(r"(^|/)(mfcc|mfcc_norm|\w+_attention)(_\d+)?/")
+    names = []
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            name = (tensor.name or b"").decode()
+            if any(in_mfcc.search(part) for part in name.split(";")):
+                names.append(name)
+    return names
+
+
+def dequantize_kept_float(content: bytes) -> bytes:
+    """Give the int8 weights of `kept_float` ops (the MFCC's mel projection) back as float32, dequantized per channel.
+
+    A dynamic-range op with int8 weights quantizes its input on the fly; with float weights it runs in float.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    keep = set(kept_float(content))
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if not any((subgraph.tensors[i].name or b"").decode() in keep for i in op.outputs):
+                continue
+            for i in op.inputs:
+                tensor = subgraph.tensors[i] if i >= 0 else None
+                data = model.buffers[tensor.buffer].data if tensor is not None else None
+                if tensor is None or tensor.type != schema.TensorType.INT8 or data is None or len(data) == 0:
+                    continue
+                q = tensor.quantization
+                shape = [1] * len(tensor.shape)
+                shape[q.quantizedDimension] = -1
+                scale, zero = np.reshape(q.scale, shape), np.reshape(q.zeroPoint, shape)
+                values = ((np.frombuffer(bytes(data), np.int8).reshape(tensor.shape) - zero) * scale).astype(np.float32)
+                buffer = schema.BufferT()
+                buffer.data = np.frombuffer(values.tobytes(), np.uint8)
+                model.buffers.append(buffer)  # a new buffer: the int8 one may be shared
+                tensor.buffer, tensor.type, tensor.quantization = len(model.buffers) - 1, schema.TensorType.FLOAT32, None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def strip_tensor_names(content: bytes) -> bytes:
+    """Drop the names of intermediate tensors (inputs, outputs and the signature keep theirs).
+
+    The converter names every tensor after the ops it came from; in an unrolled int8 graph
+    those names were ~75% of the file (3 MB of a 4 MB model with 200 RNN steps).
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    model.description = None
+    for subgraph in model.subgraphs:
+        keep = set(subgraph.inputs.tolist()) | set(subgraph.outputs.tolist())
+        for i, tensor in enumerate(subgraph.tensors):
+            if i not in keep:
+                tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
+    """Child process: write each target into `work`, logging start/ok/error lines to work/status.jsonl."""
+    graphs = InferenceGraphs(run_dir)
+    saved_models: dict[tuple, Path] = {}
+
+    def saved_model_for(kind: str, unroll: bool = False) -> Path:
+        """A batch-1 SavedModel of the deployable graph or the head, written once per (kind, unroll)."""
+        key = (kind, unroll)
+        if key not in saved_models:
+            path = work / f".saved_model_{kind}{'_unrolled' if unroll else ''}"
+            model = graphs.deployable(1, unroll) if kind == "deployable" else graphs.head(1, unroll)
+            save_model(model, path, graphs.inputs() if kind == "deployable" else graphs.head_inputs(), 1)
+            saved_models[key] = path
+        return saved_models[key]
+
+    for target in targets:
+        _status(work, "start", target)
+        if os.environ.get(CRASH_FOR_TESTS) == target:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        start = time.time()
+        try:
+            if target == "saved_model":
+                save_model(graphs.deployable(None), work / "saved_model", graphs.inputs(), None)
+            elif target == "head_float":
+                (work / TFLITE_FILES[target]).write_bytes(convert(saved_model_for("head"), "float"))
+            else:
+                unroll = target == "int8"
+                content = convert(saved_model_for("deployable", unroll), target, work / REPRESENTATIVE_FILE)
+                (work / TFLITE_FILES[target]).write_bytes(content)
+        except Exception as e:  # noqa: BLE001  (the converter raises many types; the format fails, the export goes on)
+            _status(work, "error", target, error=_one_line(e))
+            continue
+        _status(work, "ok", target, seconds=round(time.time() - start, 1))
+    for path in saved_models.values():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _status(work: Path, state: str, target: str, **extra) -> None:
+    with open(work / "status.jsonl", "a") as f:
+        f.write(json.dumps({"state": state, "target": target, **extra}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return f"{type(e).__name__}: {(errors or lines or [''])[0][:300]}"
+
+
+def run_conversions(run_dir: Path, work: Path, targets: list[str], progress: bool = True) -> dict[str, dict]:
+    """Convert every target in child processes; a crashed child costs only the target it was on.
+
+    Returns {target: {'seconds': s} | {'error': one line}}.
+    """
+    results: dict[str, dict] = {}
+    remaining = list(targets)
+    log = work / "convert.log"
+    while remaining:
+        status_file = work / "status.jsonl"
+        status_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-c", CHILD, str(run_dir), str(work), ",".join(remaining)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        with open(log, "a") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1], check=False)
+        started = None
+        for line in status_file.read_text().splitlines() if status_file.is_file() else []:
+            event = json.loads(line)
+            if event["state"] == "start":
+                started = event["target"]
+            else:
+                results[event["target"]] = {k: v for k, v in event.items() if k not in ("state", "target")}
+                started = None
+                if progress:
+                    _print_conversion(event)
+        done = [t for t in remaining if t in results]
+        if proc.returncode != 0 and started is not None:
+            how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+            results[started] = {"error": f"the TFLite converter crashed ({how}); see {log.name}"}
+            if progress:
+                _print_conversion({"state": "error", "target": started, **results[started]})
+        elif proc.returncode != 0:  # failed before its first target: nothing else will work either
+            tail = [line for line in log.read_text().splitlines() if line.strip()][-1:] if log.is_file() else []
+            for t in remaining:
+                if t not in results:
+                    results[t] = {"error": f"conversion process failed (exit status {proc.returncode}): {tail[0][:300] if tail else ''}"}
+        remaining = [t for t in remaining if t not in results and t not in done]
+    return results
+
+
+def _print_conversion(event: dict) -> None:
+    if event["state"] == "ok":
+        print(f"export: {event['target']} written in {event['seconds']:.1f} s", flush=True)
+    else:
+        print(f"export: {event['target']} failed: {event['error']}", flush=True)
+
+
+def tflite_ops(path: str | Path) -> dict[str, int]:
+    """Op name -> count over every subgraph of a .tflite file (WHILE bodies included), read from the flatbuffer.
+
+    Custom ops appear under their custom code; Flex (SELECT_TF_OPS) ops are named `Flex...`.
+    An interpreter's op list would also show XNNPACK `DELEGATE` nodes, which are not Flex ops.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(Path(path).read_bytes()))
+    counts: dict[str, int] = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CUSTOM:
+                name = bytes(code.customCode).decode()
+            else:
+                name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def tflite_weight_bytes(path: str | Path) -> int:
+    """Bytes of constant data (weights) in a .tflite file; the rest is the graph itself.
+
+    An unrolled int8 graph repeats its RNN step's ops T times: its weights are 4x smaller than
+    float32 but its op list grows with T, so the file can outgrow the float one (WHILE loop) for long sequences.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(Path(path).read_bytes()))
+    return int(sum(len(b.data) for b in model.buffers if b.data is not None))
+
+
+# ----------------------------------------------------------------------------- running an exported file
+
+
+def raw_input_config(cfg: Config) -> Config:
+    """The run's config with decode_clip also returning the raw waveform (what the deployable graph takes).
+
+    decode_clip keeps the waveform only for runs without a frame encoder; the exported graph
+    computes MFCCs itself for every audio run.
+    """
+    return dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, encoder="none"))
+
+
+def clip_inputs(decoded: dict, view: int = 0) -> dict[str, np.ndarray]:
+    """One view of a decode_clip result as the deployable graph's inputs (no batch axis).
+
+    frames uint8 [T, S, S, 3], frame_lengths int32 [], waveform float32 [N], num_samples int32 [].
+    """
+    inputs = {}
+    if "frames" in decoded:
+        inputs["frames"] = decoded["frames"][view]
+        inputs["frame_lengths"] = np.int32(decoded["frame_lengths"][view])
+    if "waveform" in decoded:
+        inputs["waveform"] = decoded["waveform"]
+        inputs["num_samples"] = np.int32(decoded["num_samples"])
+    return inputs
+
+
+class TFLiteClassifier:
+    """An exported .tflite file run the way an app runs it, one clip at a time.
+
+    TFLiteClassifier(path, threads=2) reads preprocessing.json and labels.txt beside the file.
+    predict({'frames': uint8 [T, S, S, 3], 'frame_lengths': int, 'waveform': float32 [N], 'num_samples': int})
+        -> probabilities float32 [K]
+    Inputs the file does not take are ignored; a missing length means a full-length clip.
+    head_*.tflite files take the cached features instead (frame_features [T, D], mfcc [F, C], lengths).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 2):
+        import tensorflow as tf
+
+        self.path = Path(path)
+        if self.path.suffix != ".tflite":
+            raise UserError(f"{self.path}: not a .tflite file (expected a file written by `actrec export`, or keras)")
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: no such file; `actrec export --run-dir RUN` writes RUN/export/*.tflite")
+        meta_file = self.path.parent / "preprocessing.json"
+        if not meta_file.is_file():
+            raise UserError(f"{meta_file}: missing; the .tflite file must sit beside the preprocessing.json `actrec export` wrote")
+        self.preprocessing = json.loads(meta_file.read_text())
+        self.labels = (self.path.parent / self.preprocessing["labels_file"]).read_text().splitlines()
+        graph = self.preprocessing["head"] if self.path.name.startswith("head") else self.preprocessing
+        self.inputs = {spec["name"]: spec for spec in graph["inputs"]}
+        self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=threads)
+        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+
+    def predict(self, inputs: dict) -> np.ndarray:
+        feed = {}
+        for name, spec in self.inputs.items():
+            if name in inputs:
+                value = np.asarray(inputs[name], dtype=spec["dtype"])
+            elif "default" in spec:
+                value = np.asarray(spec["default"], dtype=spec["dtype"])
+            else:
+                raise UserError(f"{self.path.name}: input '{name}' missing (expected {spec['dtype']} {spec['shape'][1:]})")
+            if list(value.shape) != spec["shape"][1:]:
+                raise UserError(f"{self.path.name}: input '{name}' must have shape {spec['shape'][1:]}, got {list(value.shape)}")
+            feed[name] = value[None]
+        return self.runner(**feed)[OUTPUT][0]
+
+
+# ----------------------------------------------------------------------------- what an app needs besides the model
+
+
+def preprocessing_spec(graphs: InferenceGraphs, classes: list[str]) -> dict:
+    """preprocessing.json: the inputs and outputs, and what an app does before calling the model."""
+    p = graphs.cfg.preprocess
+    spec = {
+        "model": graphs.cfg.model.name,
+        "labels_file": "labels.txt",
+        "num_classes": len(classes),
+        "signature": SIGNATURE,
+        "inputs": [s.to_json() for s in graphs.inputs()],
+        "outputs": [{"name": OUTPUT, "shape": [1, len(classes)], "dtype": "float32", "doc": "class probabilities, in labels.txt order"}],
+    }
+    names = {s.name for s in graphs.inputs()}
+    if "frames" in names:
+        spec["video"] = {
+            "num_frames": p.num_frames,
+            "frame_size": p.image_size,
+            "sampling": "uniform" if p.sampling == "segments" else p.sampling,
+            "num_clips": p.num_clips if p.sampling == "multi_clip" else 1,
+            "how": (f"decode the clip, keep T={p.num_frames} frames spread evenly over it (the centres of T equal segments; "
+                    f"multi_clip: K half-overlapping windows, one model call each, probabilities averaged), "
+                    f"convert to RGB, resize so the shorter side is {p.image_size} (area filter when shrinking, bilinear "
+                    f"when enlarging) and centre-crop {p.image_size}x{p.image_size}; a clip with fewer than T frames gives "
+                    f"all of them followed by zero frames, with frame_lengths = the number of real frames"),
+            "pixel_values": "uint8 0..255; the model normalises them itself",
+        }
+    if "waveform" in names:
+        spec["audio"] = {
+            "sample_rate": p.sample_rate,
+            "clip_seconds": p.audio_seconds,
+            "num_samples": graphs.num_samples,
+            "how": (f"mono (channels averaged), resampled to {p.sample_rate} Hz, values in [-1, 1]; a longer recording is "
+                    f"centre-cropped to {graphs.num_samples} samples, a shorter one zero-padded at the end with "
+                    f"num_samples = the number of real samples; the model computes its MFCCs itself"),
+        }
+    if not graphs.end_to_end:
+        spec["head"] = {
+            "file": TFLITE_FILES["head_float"],
+            "inputs": [s.to_json() for s in graphs.head_inputs()],
+            "doc": "the RNN head alone, for apps that run their own frame encoder and MFCC (pipeline.preprocess recipe)",
+        }
+    return spec
+
+
+def write_representative_data(cfg: Config, path: Path, count: int) -> int:
+    """Decode up to `count` raw training clips (the int8 calibration set) into an .npz of batch-free inputs.
+
+    Raises UserError naming what is missing when no clip can be decoded.
+    """
+    from pipeline.media import MediaError
+    from pipeline.preprocess import ClipJob, decode_clip, resolve_rows
+
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise UserError(f"int8 needs training clips to calibrate on: data.root {root} not found")
+    try:
+        rows, _, _ = resolve_rows(cfg)
+    except UserError as e:
+        raise UserError(f"int8 needs training clips to calibrate on: {e}") from None
+    rows = [r for r in rows if r.split == "train"]
+    raw_cfg = raw_input_config(cfg)
+    samples: dict[str, list] = {}
+    tried = 0
+    for row in rows:
+        if len(next(iter(samples.values()), [])) >= count:
+            break
+        tried += 1
+        try:
+            decoded = decode_clip(ClipJob(str(root), row, 0), raw_cfg)
+        except MediaError:
+            continue
+        for name, value in clip_inputs(decoded).items():
+            samples.setdefault(name, []).append(value)
+    if not samples:
+        raise UserError(f"int8 needs training clips to calibrate on: none of {tried} training clips under {root} could be decoded")
+    np.savez(path, **{name: np.stack(values) for name, values in samples.items()})
+    return len(next(iter(samples.values())))
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+def _latency_ms(fn, runs: int) -> dict:
+    fn(), fn()  # warm-up: the first calls allocate and plan
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median": round(float(np.median(times)), 3), "p90": round(float(np.percentile(times, 90)), 3)}
+
+
+def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: list[str], progress: bool = True) -> dict:
+    """Compare every exported file with the Keras model on the raw test clips; time them."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from pipeline.evaluate import RunModel
+    from pipeline.media import MediaError
+    from pipeline.preprocess import ClipJob, decode_clip, resolve_rows
+
+    cfg = graphs.cfg
+    runs = cfg.export.latency_runs
+    keras_model = RunModel(graphs.run_dir)  # what `actrec evaluate` measures: decode_clip -> encoder -> model.keras
+    classes = keras_model.classes
+    root = Path(cfg.data.root)
+    try:
+        rows = [r for r in resolve_rows(cfg)[0] if r.split == "test"] if root.is_dir() else []
+    except UserError:
+        rows = []
+    if not rows:
+        return {"error": f"no raw test clips under data.root {root}: parity and latency not measured"}
+
+    deployable = graphs.deployable(None)
+    saved_model = tf.saved_model.load(str(export_dir / "saved_model")).signatures[SIGNATURE] if (export_dir / "saved_model").is_dir() else None
+    classifiers = {t: TFLiteClassifier(export_dir / TFLITE_FILES[t]) for t in tflite_targets}
+    decode_cfg = raw_input_config(keras_model.clip_cfg)  # the evaluation sampling, plus the raw waveform
+
+    labels, skipped, first_inputs, first_head_inputs = [], [], None, None
+    probs: dict[str, list] = {"keras": [], "deployable": [], **{t: [] for t in classifiers}}
+    saved_model_diff = 0.0
+    for row in tqdm(rows, desc="parity", unit="clip", disable=not progress, dynamic_ncols=True):
+        try:
+            decoded = decode_clip(ClipJob(str(root), row, 0), decode_cfg)
+        except MediaError as e:
+            skipped.append([row.path, str(e)])
+            continue
+        labels.append(classes.index(row.label))
+        views = range(len(decoded.get("frame_lengths", [0])))
+        keras_probs = keras_model.predict_decoded(decoded)  # [V, K]
+        probs["keras"].append(keras_probs)
+        view_inputs = [clip_inputs(decoded, v) for v in views]
+        first_inputs = first_inputs or view_inputs[0]
+        batch = {name: np.stack([vi[name] for vi in view_inputs]) for name in view_inputs[0]}
+        batch = {s.name: batch[s.name] for s in graphs.inputs()}
+        deployable_probs = np.asarray(deployable(batch, training=False))
+        probs["deployable"].append(deployable_probs)
+        if saved_model is not None:
+            served = saved_model(**{k: tf.constant(v) for k, v in batch.items()})[OUTPUT].numpy()
+            saved_model_diff = max(saved_model_diff, float(np.abs(served - deployable_probs).max()))
+        for target, classifier in classifiers.items():
+            if target == "head_float":  # the cached-feature path: the run's encoder and librosa MFCCs
+                head_batch = keras_model.model_inputs(keras_model.processor.encode([decoded])[0])
+                head_views = [{k: v[i] for k, v in head_batch.items()} for i in views]
+                first_head_inputs = first_head_inputs or head_views[0]
+                probs[target].append(np.stack([classifier.predict(hv) for hv in head_views]))
+            else:
+                probs[target].append(np.stack([classifier.predict(vi) for vi in view_inputs]))
+    if not labels:
+        return {"error": f"none of the {len(rows)} test clips under {root} could be decoded", "skipped": skipped}
+
+    labels = np.array(labels)
+    reference = np.stack(probs["keras"])  # [N, V, K]
+    keras_top1 = reference.mean(1).argmax(-1)
+
+    def compare(view_probs: list) -> dict:
+        view_probs = np.stack(view_probs)
+        top1 = view_probs.mean(1).argmax(-1)
+        return {"top1_agreement": round(float((top1 == keras_top1).mean()), 4),
+                "max_abs_diff_prob": float(np.abs(view_probs - reference).max()),
+                "accuracy": round(float((top1 == labels).mean()), 4)}
+
+    batch_one = {k: np.asarray(v)[None] for k, v in first_inputs.items() if k in {s.name for s in graphs.inputs()}}
+    result = {
+        "test_clips": len(labels),
+        "skipped": skipped,
+        "reference": "model.keras on the raw test clips through the run's own preprocessing (what `actrec evaluate` measures)",
+        "keras": {"accuracy": round(float((keras_top1 == labels).mean()), 4),
+                  "predict_ms": _latency_ms(lambda: deployable.predict(batch_one, verbose=0), runs)},
+        "deployable_keras": {**compare(probs["deployable"]),
+                             "doc": "the rebuilt graph with in-model encoder and MFCC, in Keras, vs the reference"},
+        "formats": {},
+    }
+    if saved_model is not None:
+        result["saved_model"] = {"max_abs_diff_prob_vs_deployable_keras": saved_model_diff}
+    for target, classifier in classifiers.items():
+        path = export_dir / TFLITE_FILES[target]
+        sample = first_head_inputs if target == "head_float" else first_inputs
+        latency = {}
+        for threads in (1, 2):
+            timed = TFLiteClassifier(path, threads=threads)
+            latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, sample=sample: timed.predict(sample), runs)
+        result["formats"][target] = {"file": path.name, "bytes": path.stat().st_size, **compare(probs[target]), "latency_ms": latency}
+    return result
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def check_formats(formats: Sequence[str] | str) -> list[str]:
+    """A list or comma-separated string of format names -> the list, in EXPORT_FORMATS order."""
+    names = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else [str(f).strip() for f in formats]
+    unknown = [f for f in names if f not in EXPORT_FORMATS]
+    if unknown or not names:
+        problem = f"unknown format {unknown[0]!r}" if unknown else "none given"
+        raise UserError(f"export formats: {problem}; known: {', '.join(EXPORT_FORMATS)}")
+    return [f for f in EXPORT_FORMATS if f in names]
+
+
+def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, progress: bool = True) -> dict:
+    """Export a trained run to DIR/export/ (see the module docstring); returns the parity.json dict.
+
+    formats: names from saved_model, float, float16, dynamic, int8 (default: the run's export.formats).
+    A format that fails (converter error or crash, no calibration clips for int8) is reported in
+    parity.json['errors'] with one line; the others are still written.
+    """
+    run_dir = Path(run_dir)
+    require_trained_model(run_dir)
+    graphs = InferenceGraphs(run_dir)
+    cfg = graphs.cfg
+    formats = check_formats(formats if formats is not None else cfg.export.formats)
+    classes = graphs.index["classes"]
+
+    out_dir = run_dir / "export"
+    work = run_dir / f".export.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        atomic_write_text(work / "labels.txt", "".join(f"{c}\n" for c in classes))
+        atomic_write_json(work / "preprocessing.json", preprocessing_spec(graphs, classes))
+        errors: dict[str, str] = {}
+        targets = list(formats)
+        if "float" in targets and not graphs.end_to_end:
+            targets.insert(targets.index("float") + 1, "head_float")
+        if "int8" in targets:
+            try:
+                count = write_representative_data(cfg, work / REPRESENTATIVE_FILE, cfg.export.representative_samples)
+                if progress:
+                    print(f"export: int8 calibration on {count} training clips", flush=True)
+            except UserError as e:
+                errors["int8"] = str(e)
+                targets.remove("int8")
+                if progress:
+                    print(f"export: int8 failed: {e}", flush=True)
+        conversions = run_conversions(run_dir, work, targets, progress)
+        errors.update({t: r["error"] for t, r in conversions.items() if "error" in r})
+        for scratch in (work / REPRESENTATIVE_FILE, work / "status.jsonl"):
+            scratch.unlink(missing_ok=True)
+        if (work / "convert.log").is_file() and not (work / "convert.log").read_text().strip():
+            (work / "convert.log").unlink()
+
+        written = [t for t in targets if t in TFLITE_FILES and "error" not in conversions.get(t, {"error": ""})]
+        ops = {t: tflite_ops(work / TFLITE_FILES[t]) for t in written}
+        parity = measure_parity(graphs, work, written, progress)
+        result = {
+            "run_dir": str(run_dir),
+            "model": cfg.model.name,
+            "formats_requested": formats,
+            "errors": errors,
+            **({"parity_error": parity.pop("error")} if "error" in parity else {}),
+            **parity,
+        }
+        for t in written:
+            entry = result.setdefault("formats", {}).setdefault(t, {"file": TFLITE_FILES[t], "bytes": (work / TFLITE_FILES[t]).stat().st_size})
+            entry.update({"convert_seconds": conversions[t]["seconds"], "weight_bytes": tflite_weight_bytes(work / TFLITE_FILES[t]), "ops": ops[t],
+                          "flex_ops": sorted(name for name in ops[t] if name.startswith("Flex"))})
+        result["goals"] = goals(result)
+        atomic_write_json(work / "parity.json", result)
+        publish(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if progress:
+        print(parity_table(result))
+        print(f"export: {len([t for t in formats if t not in errors])} of {len(formats)} formats -> {out_dir}"
+              + (f"; failed: {', '.join(errors)}" if errors else ""))
+    return result
+
+
+def publish(work: Path, out_dir: Path) -> None:
+    """Replace out_dir by work with renames only: readers see the old export or the new one, never a mix."""
+    old = out_dir.with_name(f".export.old-{os.getpid()}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    work.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def goals(result: dict) -> dict:
+    """The issue's targets, checked against the measured numbers (None when not measured)."""
+    f = result.get("formats", {})
+
+    def get(fmt, key):
+        return f.get(fmt, {}).get(key)
+
+    float_acc = get("float", "accuracy")
+
+    def within(fmt):
+        return None if get(fmt, "accuracy") is None or float_acc is None else float_acc - get(fmt, "accuracy") <= 0.02
+
+    keras_ms = result.get("keras", {}).get("predict_ms", {}).get("median")
+    float_ms = min((t["median"] for t in (get("float", "latency_ms") or {}).values()), default=None)  # the better thread count
+    return {
+        "float: top-1 agreement 100% and max |dprob| < 1e-4": None if get("float", "top1_agreement") is None
+        else get("float", "top1_agreement") == 1.0 and get("float", "max_abs_diff_prob") < 1e-4,
+        "float16: top-1 agreement >= 99.5%": None if get("float16", "top1_agreement") is None else get("float16", "top1_agreement") >= 0.995,
+        "dynamic: accuracy within 2 points of float": within("dynamic"),
+        "int8: accuracy within 2 points of float": within("int8"),
+        "int8 file <= 30% of float": None if get("int8", "bytes") is None or get("float", "bytes") is None
+        else get("int8", "bytes") <= 0.3 * get("float", "bytes"),
+        "TFLite float >= 5x faster than Keras predict": None if not (keras_ms and float_ms) else keras_ms >= 5 * float_ms,
+    }
+
+
+def parity_table(result: dict) -> str:
+    """The printed summary: one row per format."""
+    lines = ["| format | file | size KB (weights) | top-1 agree | max abs dprob | accuracy | ms 1 thread (p50/p90) | ms 2 threads (p50/p90) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for target, r in result.get("formats", {}).items():
+        lat = r.get("latency_ms", {})
+        ms = {k: f"{t['median']:.1f} / {t['p90']:.1f}" for k, t in lat.items()}
+        agree = f"{r['top1_agreement']:.1%}" if "top1_agreement" in r else "-"
+        diff = f"{r['max_abs_diff_prob']:.1e}" if "max_abs_diff_prob" in r else "-"
+        acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "-"
+        weights = f" ({r['weight_bytes'] / 1024:.0f})" if "weight_bytes" in r else ""
+        lines.append(f"| {target} | {r['file']} | {r['bytes'] / 1024:.0f}{weights} | {agree} | {diff} | {acc} | {ms.get('threads_1', '-')} | {ms.get('threads_2', '-')} |")
+    if "keras" in result:
+        k = result["keras"]
+        lines.append(f"| keras | model.keras | - | (reference) | - | {k['accuracy']:.3f} | predict: {k['predict_ms']['median']:.1f} / {k['predict_ms']['p90']:.1f} | - |")
+    if "saved_model" in result:
+        lines.append(f"\nsaved_model/: max |dprob| vs the Keras graph {result['saved_model']['max_abs_diff_prob_vs_deployable_keras']:.1e}")
+    if "test_clips" in result:
+        lines.append(f"{result['test_clips']} raw test clips ({len(result['skipped'])} skipped)")
+    if "parity_error" in result:
+        lines.append(f"parity not measured: {result['parity_error']}")
+    for fmt, error in result.get("errors", {}).items():
+        lines.append(f"{fmt}: failed: {error}")
+    return "\n".join(lines)
+

@@ -1,0 +1,187 @@
+"""`actrec export`: the deployable graph matches Keras, every .tflite file is builtin-only, bad input is one line."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.evaluate import RunModel, evaluate
+from pipeline.export import (
+    SIGNATURE,
+    TFLiteClassifier,
+    export,
+    tflite_ops,
+    write_representative_data,
+)
+from pipeline.preprocess import preprocess, resolve_rows
+from pipeline.train import run_config, train
+from tests.test_preprocess import FAST, dataset  # noqa: F401  (the module-scoped clip fixture)
+from tests.test_train import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+# A quarter second of sound (26 MFCC frames) keeps the unrolled int8 graph small enough to convert in seconds.
+SHORT = ["preprocess.audio_seconds=0.25", "export.latency_runs=3", "export.representative_samples=8"]
+
+
+def trained(dataset, tmp_path_factory, *extra):  # noqa: F811
+    run = tmp_path_factory.mktemp("run")
+    args = FAST + [f"data.root={dataset}"] + TINY + SHORT + list(extra)
+    preprocess(None, run, args, progress=False)
+    train(None, run, args, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def fusion_run(dataset, tmp_path_factory):  # noqa: F811
+    """av_fusion over cached small_cnn features and MFCCs, exported as saved_model, float and int8."""
+    run = trained(dataset, tmp_path_factory, "model.name=av_fusion", "train.epochs=6")
+    parity = export(run, "saved_model,float,int8", progress=False)
+    return run, parity
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(dataset, tmp_path_factory):  # noqa: F811
+    """The end-to-end CNN-RNN on raw frames and the raw waveform."""
+    return trained(dataset, tmp_path_factory, "preprocess.encoder=none", "model.name=hybrid", "train.epochs=2")
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_files_and_builtin_ops(fusion_run):
+    run, parity = fusion_run
+    out = run / "export"
+    for name in ("saved_model/saved_model.pb", "model_float.tflite", "head_float.tflite", "model_int8.tflite",
+                 "labels.txt", "preprocessing.json", "parity.json"):
+        assert (out / name).exists(), name
+    assert (out / "labels.txt").read_text().split() == ["Fast", "Slow"]
+    assert parity["errors"] == {} and json.loads((out / "parity.json").read_text())["formats"].keys() == {"float", "head_float", "int8"}
+    for path in out.glob("*.tflite"):
+        ops = tflite_ops(path)
+        assert ops and not [op for op in ops if op.startswith("Flex")], (path.name, ops)
+    assert "WHILE" in tflite_ops(out / "model_float.tflite")  # the float graph keeps its RNN loops...
+    assert "WHILE" not in tflite_ops(out / "model_int8.tflite")  # ...the int8 graph is unrolled
+    # The int8 file holds smaller weights (the MFCC's float mel matrix aside); its unrolled ops can still make
+    # the whole file bigger than the float one, whose RNNs are WHILE loops (see README "Export").
+    assert parity["formats"]["int8"]["weight_bytes"] < parity["formats"]["float"]["weight_bytes"]
+    assert not list(run.glob(".export.*"))  # the temporary folder was renamed into place
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_preprocessing_json_describes_raw_inputs(fusion_run):
+    run, _ = fusion_run
+    spec = json.loads((run / "export/preprocessing.json").read_text())
+    inputs = {i["name"]: i for i in spec["inputs"]}
+    assert inputs["frames"]["shape"] == [1, 4, 32, 32, 3] and inputs["frames"]["dtype"] == "uint8"
+    assert inputs["waveform"]["shape"] == [1, 4000] and inputs["num_samples"]["default"] == 4000
+    assert spec["video"]["num_frames"] == 4 and spec["audio"]["sample_rate"] == 16000 and spec["audio"]["clip_seconds"] == 0.25
+    assert [i["name"] for i in spec["head"]["inputs"]] == ["frame_features", "frame_lengths", "mfcc", "mfcc_length"]
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_float_and_saved_model_match_keras(fusion_run):
+    run, parity = fusion_run
+    assert parity["test_clips"] == 4
+    for fmt in ("float", "head_float"):
+        assert parity["formats"][fmt]["top1_agreement"] == 1.0
+        assert parity["formats"][fmt]["max_abs_diff_prob"] < 1e-4
+    assert parity["saved_model"]["max_abs_diff_prob_vs_deployable_keras"] < 1e-5
+    # and independently of parity.json: tf.saved_model.load on a raw clip vs the Keras model
+    import tensorflow as tf
+
+    runner = RunModel(run)
+    classifier = TFLiteClassifier(run / "export/model_float.tflite")
+    serve = tf.saved_model.load(str(run / "export/saved_model")).signatures[SIGNATURE]
+    cfg = run_config(run)
+    clip = next(r for r in resolve_rows(cfg)[0] if r.split == "test")
+    keras_probs = runner.predict_clip(Path(cfg.data.root) / clip.path)[0]
+    decoded_inputs = _raw_inputs(run, Path(cfg.data.root) / clip.path)
+    served = serve(**{k: tf.constant(v[None]) for k, v in decoded_inputs.items()})["probabilities"].numpy()[0]
+    np.testing.assert_allclose(served, keras_probs, atol=1e-5)
+    np.testing.assert_allclose(classifier.predict(decoded_inputs), keras_probs, atol=1e-4)
+    # a missing length means a full-length clip (0.8 s of sound fills the 0.25 s window); a wrong shape is one line
+    assert decoded_inputs["num_samples"] == 4000
+    full = {k: v for k, v in decoded_inputs.items() if k != "num_samples"}
+    np.testing.assert_array_equal(classifier.predict(full), classifier.predict(decoded_inputs))
+    with pytest.raises(UserError, match=r"input 'waveform' must have shape \[4000\]"):
+        classifier.predict({**decoded_inputs, "waveform": np.zeros(10, np.float32)})
+
+
+def _raw_inputs(run, path):
+    """One clip decoded as an app would: frames uint8 [T, S, S, 3], frame_lengths, waveform float32 [N], num_samples."""
+    from data_prep.index import ManifestRow
+    from pipeline.export import clip_inputs, raw_input_config
+    from pipeline.preprocess import ClipJob, decode_clip
+
+    return clip_inputs(decode_clip(ClipJob(str(path.parent), ManifestRow(path.name, "", "test", ""), 0), raw_input_config(run_config(run))))
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_int8_is_close_and_calibrated_on_training_clips(fusion_run):
+    _, parity = fusion_run
+    int8 = parity["formats"]["int8"]
+    # 8 calibration clips and a tiny, confident model: probabilities move, decisions do not
+    assert int8["top1_agreement"] == 1.0 and int8["accuracy"] == parity["keras"]["accuracy"] and int8["max_abs_diff_prob"] < 0.5
+    assert all(fmt in parity["formats"][f] for f in parity["formats"] for fmt in ("latency_ms", "bytes", "ops"))
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_evaluate_with_tflite_gives_the_keras_top1(fusion_run):
+    run, _ = fusion_run
+    keras_runner = RunModel(run)
+    tflite_runner = RunModel(run, model=str(run / "export/model_float.tflite"))
+    cfg = keras_runner.cfg
+    for row in [r for r in resolve_rows(cfg)[0] if r.split == "test"]:
+        path = Path(cfg.data.root) / row.path
+        assert keras_runner.predict_clip(path).argmax(-1) == tflite_runner.predict_clip(path).argmax(-1)
+    metrics = evaluate(run, model=str(run / "export/model_float.tflite"), progress=False)
+    assert metrics["top1"] == evaluate(run, progress=False)["top1"]
+    assert json.loads((run / "eval/test-model_float/metrics.json").read_text())["extra"]["model"].endswith("model_float.tflite")
+
+
+@pytest.mark.slow
+def test_hybrid_export_matches_keras(hybrid_run):
+    parity = export(hybrid_run, ["float"], progress=False)
+    out = hybrid_run / "export"
+    assert not (out / "head_float.tflite").exists()  # the hybrid model has no cached-feature head
+    assert parity["formats"]["float"]["top1_agreement"] == 1.0 and parity["formats"]["float"]["max_abs_diff_prob"] < 1e-4
+    assert not [op for op in tflite_ops(out / "model_float.tflite") if op.startswith("Flex")]
+    inputs = [i["name"] for i in json.loads((out / "preprocessing.json").read_text())["inputs"]]
+    assert inputs == ["frames", "frame_lengths", "waveform", "num_samples"]
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_bad_input_is_one_line(fusion_run, tmp_path):
+    run, _ = fusion_run
+    with pytest.raises(UserError, match="no trained model \\(model.keras\\); run `actrec train"):
+        export(tmp_path, progress=False)
+    with pytest.raises(UserError, match="unknown format 'onnx'; known: saved_model, float, float16, dynamic, int8"):
+        export(run, "float,onnx", progress=False)
+    cfg = run_config(run)
+    gone = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(tmp_path / "gone")))
+    with pytest.raises(UserError, match="int8 needs training clips to calibrate on: data.root .*gone not found"):
+        write_representative_data(gone, tmp_path / "r.npz", 4)
+    with pytest.raises(UserError, match="not a .tflite file"):
+        RunModel(run, model=str(run / "config.yaml"))
+
+
+def test_cli_export_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "export", "--run-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("actrec: error:") and "no trained model" in result.stderr
+
+
+@pytest.mark.slow
+def test_converter_crash_costs_one_format(fusion_run, monkeypatch):
+    """A converter that dies (SIGSEGV) is a one-line error for its format; the rest are written and published."""
+    run, _ = fusion_run
+    monkeypatch.setenv("ACTREC_EXPORT_CRASH", "float16")
+    parity = export(run, "saved_model,float16", progress=False)
+    assert "crashed (signal SIGSEGV)" in parity["errors"]["float16"]
+    assert (run / "export/saved_model/saved_model.pb").is_file() and not (run / "export/model_float16.tflite").exists()
+    assert not (run / "export/model_float.tflite").exists()  # the previous export was replaced as a whole
+    assert not list(run.glob(".export.*"))
