@@ -3,12 +3,14 @@
     (a) evaluate   `evaluate()` on 64 raw clips: clips/s (decode + frame CNN + MFCC + model, one clip at a time)
     (b) predict    per-clip latency of `predict` on the same clips: median and p90, split into
                    decode (frames + audio + MFCC) / features (frame CNN) / model (RNN)
-    (c) timeline   `predict --window 2 --stride 1` on a 60-s 320x240 video: seconds of video per second,
+    (c) timeline   `predict --window 2 --stride 1` on a 60-s 320x240 video: seconds of video per second
+                   (decode + features + model time, start-up excluded),
                    and the most frames held in memory at once
 
 The data is the embedded action set (data_prep.actions.make_actions); the run is the shipped
 configs/actions_av.yaml trained for a few epochs (speed does not depend on accuracy).
-The TFLite columns appear once the export stage (pipeline/export.py) can run a .tflite model.
+Each is measured with the Keras model and with the exported float TFLite file (frame CNN, MFCC and
+head in one graph, run by the TFLite interpreter as an app would).
 
 Usage: python benchmarks/predict.py [--clips 64] [--epochs 3] [--work DIR]
 Prints a markdown table and writes benchmarks/results/predict.json.
@@ -35,6 +37,7 @@ from data_prep.actions import make_actions  # noqa: E402
 from data_prep.index import index_dataset  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
+from pipeline.export import export  # noqa: E402
 from pipeline.media.probe import probe_media  # noqa: E402
 from pipeline.predict import Predictor, predict  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
@@ -63,28 +66,39 @@ def main() -> None:
     preprocess(cfg, run_dir, progress=False)
     train(cfg, run_dir, progress=False)
 
-    # (a) evaluate: the first N clips of the dataset (any split), as one manifest
-    rows = index_dataset(data).rows[: args.clips]
+    tflite = run_dir / "export/model_float.tflite"
+    if not tflite.is_file():
+        export(run_dir, "float", progress=False)
+    models = {"keras": "keras", "tflite float": str(tflite)}
+
+    rows = index_dataset(data).rows[: args.clips]  # the first N clips of the dataset (any split), as one manifest
     manifest = work / "bench_manifest.csv"
     with open(manifest, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split", "group"])
         writer.writerows([r.path, r.label, "test", r.group] for r in rows)
-    start = time.perf_counter()
-    metrics = evaluate(run_dir, manifest=manifest, name="bench", progress=False)
-    evaluate_wall = time.perf_counter() - start
-    saved = json.loads((run_dir / "eval/bench/metrics.json").read_text())
     clips = [data / r.path for r in rows]
     durations = [probe_media(clip).duration for clip in clips]
-
-    # (b) predict latency per clip, after start-up (model load, tracing, librosa's first call)
     results = {"clips": len(clips), "clip_seconds_median": round(float(np.median(durations)), 2),
                "config": "configs/actions_av.yaml", "num_frames": cfg.preprocess.num_frames, "image_size": cfg.preprocess.image_size,
-               "encoder": cfg.preprocess.encoder, "cpu_count": os.cpu_count()}
-    results["evaluate"] = {"model": "keras", "num_clips": metrics["num_clips"], "clips_per_second": saved["extra"]["clips_per_second"],
-                           "clips_per_second_with_startup": round(metrics["num_clips"] / evaluate_wall, 2)}
-    results["predict"] = {}
-    for model in ("keras",):
+               "encoder": cfg.preprocess.encoder, "cpu_count": os.cpu_count(), "evaluate": {}, "predict": {}, "timeline": {}}
+    long_video = work / "long_60s.mp4"
+    if not long_video.is_file():
+        write_video(long_video, num_frames=60 * 25, fps=25, width=320, height=240, audio_seconds=60.0, sample_rate=44100)
+
+    for label, model in models.items():
+        print(label, flush=True)
+        # (a) evaluate
+        start = time.perf_counter()
+        name = "bench-" + label.replace(" ", "-")
+        metrics = evaluate(run_dir, manifest=manifest, name=name, progress=False, model=model)
+        wall = time.perf_counter() - start
+        saved = json.loads((run_dir / "eval" / name / "metrics.json").read_text())
+        results["evaluate"][label] = {"num_clips": metrics["num_clips"], "top1": metrics["top1"],
+                                      "clips_per_second": saved["extra"]["clips_per_second"],
+                                      "clips_per_second_with_startup": round(metrics["num_clips"] / wall, 2)}
+
+        # (b) predict latency per clip, after start-up (model load, tracing, librosa's first call)
         predictor = Predictor(run_dir, model)
         predictor.classify(clips[0])
         predictor.reset_times()
@@ -94,36 +108,35 @@ def main() -> None:
             predictor.classify(clip)
             totals.append((time.perf_counter() - start) * 1e3)
             parts.append(predictor.reset_times())
-        results["predict"][model] = {
+        results["predict"][label] = {
             **latency_stats(totals),
             **{f"{step}_median_ms": round(float(np.median([p[step] for p in parts])), 1) for step in ("decode", "features", "model")},
             "startup_ms": round(predictor.startup_ms, 0),
         }
 
-    # (c) a long video in sliding windows
-    long_video = work / "long_60s.mp4"
-    if not long_video.is_file():
-        write_video(long_video, num_frames=60 * 25, fps=25, width=320, height=240, audio_seconds=60.0, sample_rate=44100)
-    predict(run_dir, [clips[0]], window=2.0, stride=1.0, out=work / "timelines")  # start-up out of the timing
-    start = time.perf_counter()
-    (timeline,) = predict(run_dir, [long_video], window=2.0, stride=1.0, out=work / "timelines")
-    seconds = time.perf_counter() - start
-    results["timeline"] = {"video_seconds": 60.0, "window_s": 2.0, "stride_s": 1.0, "windows": timeline["windows"],
-                           "seconds": round(seconds, 2), "video_seconds_per_second": round(60.0 / seconds, 1),
-                           "max_frames_held": timeline["max_frames_held"], **{f"{k}_ms": v for k, v in timeline["ms"].items()}}
+        # (c) a long video in sliding windows (one short clip first: start-up out of the timing)
+        (_, timeline) = predict(run_dir, [clips[0], long_video], model=model, window=2.0, stride=1.0, out=work / "timelines")
+        seconds = sum(timeline["ms"].values()) / 1e3
+        results["timeline"][label] = {"video_seconds": 60.0, "window_s": 2.0, "stride_s": 1.0, "windows": timeline["windows"],
+                                      "seconds": round(seconds, 2), "video_seconds_per_second": round(60.0 / seconds, 1),
+                                      "max_frames_held": timeline["max_frames_held"], **{f"{k}_ms": v for k, v in timeline["ms"].items()}}
     results["load_average"] = {"before": [round(x, 1) for x in load_before], "after": [round(x, 1) for x in os.getloadavg()]}
 
-    table = ["| measure | model | value |", "|---|---|---:|",
-             f"| evaluate, {results['evaluate']['num_clips']} clips: clips/s (loop) | keras | {results['evaluate']['clips_per_second']:.1f} |",
-             f"| evaluate, {results['evaluate']['num_clips']} clips: clips/s (incl. start-up) | keras | {results['evaluate']['clips_per_second_with_startup']:.1f} |"]
-    for model, r in results["predict"].items():
-        table += [f"| predict latency per clip: median / p90 (ms) | {model} | {r['median_ms']:.0f} / {r['p90_ms']:.0f} |",
-                  (f"| predict split, median (ms): decode / features / model | {model} | "
-                   f"{r['decode_median_ms']:.0f} / {r['features_median_ms']:.0f} / {r['model_median_ms']:.0f} |"),
-                  f"| predict start-up (ms, once per process) | {model} | {r['startup_ms']:.0f} |"]
-    t = results["timeline"]
-    table += [f"| timeline, 60-s 320x240 video, 2-s windows every 1 s: video s per s | keras | {t['video_seconds_per_second']:.1f} |",
-              f"| timeline: windows / most frames held at once | keras | {t['windows']} / {t['max_frames_held']} |"]
+    table = ["| measure | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+
+    def row(measure: str, cell) -> None:
+        table.append(f"| {measure} | " + " | ".join(cell(label) for label in models) + " |")
+
+    e, pr, t = results["evaluate"], results["predict"], results["timeline"]
+    row(f"evaluate, {len(clips)} clips: clips/s (loop / incl. start-up)",
+        lambda m: f"{e[m]['clips_per_second']:.1f} / {e[m]['clips_per_second_with_startup']:.1f}")
+    row("evaluate top-1 (a 3-epoch run: speed, not accuracy)", lambda m: f"{e[m]['top1']:.3f}")
+    row("predict latency per clip: median / p90 (ms)", lambda m: f"{pr[m]['median_ms']:.0f} / {pr[m]['p90_ms']:.0f}")
+    row("predict split, median (ms): decode / features / model",
+        lambda m: f"{pr[m]['decode_median_ms']:.0f} / {pr[m]['features_median_ms']:.0f} / {pr[m]['model_median_ms']:.0f}")
+    row("predict start-up, once per process (ms)", lambda m: f"{pr[m]['startup_ms']:.0f}")
+    row("timeline, 60-s 320x240 video, 2-s windows every 1 s: video s per s", lambda m: f"{t[m]['video_seconds_per_second']:.1f}")
+    row("timeline: windows / most frames held at once", lambda m: f"{t[m]['windows']} / {t[m]['max_frames_held']}")
     text = "\n".join(table)
     print("\n" + text)
     print(f"\nclips: median {results['clip_seconds_median']} s, {cfg.preprocess.num_frames} frames at {cfg.preprocess.image_size} px, "

@@ -532,8 +532,11 @@ class TFLiteClassifier:
         self.labels = (self.path.parent / self.preprocessing["labels_file"]).read_text().splitlines()
         graph = self.preprocessing["head"] if self.path.name.startswith("head") else self.preprocessing
         self.inputs = {spec["name"]: spec for spec in graph["inputs"]}
-        self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=threads)
-        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        try:
+            self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=threads)
+            self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        except (ValueError, RuntimeError) as e:  # a truncated or foreign file: the interpreter's message is long
+            raise UserError(f"{self.path}: not a TFLite model `actrec export` wrote ({str(e).splitlines()[0][:120]})") from None
 
     def predict(self, inputs: dict) -> np.ndarray:
         feed = {}

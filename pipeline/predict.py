@@ -146,15 +146,16 @@ class Predictor:
     decode:   reading the file: frame decoding, sampling and resizing, audio resampling and MFCC (decode_clip)
     features: the frame CNN on the sampled frames
     model:    the recurrent model on the features
+    model="keras" runs DIR/model.keras; a path to an exported .tflite file runs that file through the TFLite
+    interpreter on the raw frames and waveform, as an app would: its CNN and MFCC are in the graph, so
+    their time counts as model time (features is 0).
     """
 
     def __init__(self, run_dir: str | Path, model: str = "keras"):
         from pipeline.evaluate import RunModel
 
-        if model != "keras":
-            raise UserError(f"--model: {model!r} is not available; only 'keras' until TFLite export lands")
         start = time.perf_counter()
-        self.runner = RunModel(run_dir)
+        self.runner = RunModel(run_dir, model=model)
         self.run_dir = Path(run_dir)
         self.classes = self.runner.classes
         self.cfg = self.runner.clip_cfg
@@ -204,26 +205,32 @@ class Predictor:
 
     def features(self, decoded: Sequence[dict]) -> list[dict]:
         """Frames -> frame_features [1, T, D] for a list of decoded clips (one encoder call)."""
+        if self.runner.tflite is not None:  # the exported graph holds the frame CNN
+            return list(decoded)
         start = time.perf_counter()
         out = self.runner.processor.encode(decoded)
         self.ms["features"] += (time.perf_counter() - start) * 1e3
         return out
 
     def model(self, encoded: Sequence[dict]) -> np.ndarray:
-        """Encoded clips or windows (one view each) -> probabilities float32 [N, K] (one model call)."""
+        """Encoded clips or windows (one view each) -> probabilities float32 [N, K]."""
+        if len(encoded) not in self._warm_sizes:  # a new batch size may trace the model (seconds): start-up, not this file's time
+            start = time.perf_counter()
+            self._run_model(encoded)
+            self.startup_ms += (time.perf_counter() - start) * 1e3
+            self._warm_sizes.add(len(encoded))
+        start = time.perf_counter()
+        probs = self._run_model(encoded)
+        self.ms["model"] += (time.perf_counter() - start) * 1e3
+        return probs
+
+    def _run_model(self, encoded: Sequence[dict]) -> np.ndarray:
+        if self.runner.tflite is not None:  # a batch-1 graph: one clip or window at a time
+            return np.concatenate([self.runner.predict_decoded(d) for d in encoded]).astype(np.float32)
         inputs = [self.runner.model_inputs(a) for a in encoded]
         batch = {name: np.concatenate([x[name] for x in inputs]) for name in inputs[0]}
         # predict_on_batch, not predict: predict builds a tf.data pipeline per call (~0.4 s against ~30 ms here)
-        size = len(inputs)
-        if size not in self._warm_sizes:  # a new batch size may trace the model (seconds): start-up, not this file's time
-            start = time.perf_counter()
-            self.runner.model.predict_on_batch(batch)
-            self.startup_ms += (time.perf_counter() - start) * 1e3
-            self._warm_sizes.add(size)
-        start = time.perf_counter()
-        probs = np.asarray(self.runner.model.predict_on_batch(batch), np.float32)
-        self.ms["model"] += (time.perf_counter() - start) * 1e3
-        return probs
+        return np.asarray(self.runner.model.predict_on_batch(batch), np.float32)
 
     def reset_times(self) -> dict:
         times, self.ms = self.ms, {k: 0.0 for k in self.ms}
@@ -254,14 +261,17 @@ class Predictor:
                 frames = None
                 windows = self._audio_windows(waveform, SlidingWindows(p.sample_rate, window_s, stride_s))
             starts, ends, probs, pending = [], [], [], []
+            # Keras: one model call per WINDOW_BATCH windows; the .tflite graph takes one window at a time, raw frames
+            # and all, so waiting windows would only hold frames.
+            batch = 1 if self.runner.tflite is not None else WINDOW_BATCH
             for t0, t1, decoded in windows:
                 pending += self.features([decoded])
                 starts.append(t0)
                 ends.append(t1)
-                if frames is not None:  # the hybrid model takes raw frames: those waiting for it count too
+                if frames is not None:  # the hybrid model takes raw frames: those waiting for it count too (<= T x WINDOW_BATCH)
                     waiting = sum(len(e["frames"][0]) for e in pending if "frames" in e)
                     frames.max_frames_held = max(frames.max_frames_held, len(frames.buffer) + waiting)
-                if len(pending) == WINDOW_BATCH:
+                if len(pending) == batch:
                     probs.append(self.model(pending))
                     pending = []
             if pending:

@@ -121,9 +121,18 @@ def test_cli_text_lines_and_usage_errors(trained_run, dataset, tmp_path, capsys)
     assert main(["predict", "--run-dir", str(trained_run), "--stride", "1", str(folder)]) == 2
     assert "actrec: error: --stride needs --window" in capsys.readouterr().err
     assert main(["predict", "--run-dir", str(tmp_path / "no_run"), str(folder)]) == 2
-    with pytest.raises(SystemExit) as usage:  # no TFLite model until the export stage lands
-        main(["predict", "--run-dir", str(trained_run), "--model", "model.tflite", str(folder)])
-    assert usage.value.code == 2
+    capsys.readouterr()
+    assert main(["predict", "--run-dir", str(trained_run), "--model", str(tmp_path / "model.tflite"), str(folder)]) == 2
+    assert "model.tflite: no such file" in capsys.readouterr().err
+    assert main(["predict", "--run-dir", str(trained_run), "--model", str(tmp_path / "model.h5"), str(folder)]) == 2
+    assert "model.h5: not a .tflite file" in capsys.readouterr().err
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export/model_float.tflite").write_bytes(b"not a flatbuffer")
+    (tmp_path / "export/preprocessing.json").write_text('{"labels_file": "labels.txt", "inputs": []}')
+    (tmp_path / "export/labels.txt").write_text("a\n")
+    assert main(["predict", "--run-dir", str(trained_run), "--model", str(tmp_path / "export/model_float.tflite"), str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model_float.tflite: not a TFLite model" in err[0]
     with pytest.raises(UserError, match="--window and --stride must be > 0"):
         predict(trained_run, [folder], window=0.0)
 
@@ -138,7 +147,7 @@ def test_timeline_streams_a_long_video(trained_run, tmp_path):  # noqa: F811
     out = tmp_path / "timelines"
     # 1-s windows (15 frames) every 0.4 s (6 frames): starts 0, 6, 12, ... while start + 15 <= frames
     results = predict(trained_run, [normal, long, one_window, sound_ends], window=1.0, stride=0.4, out=out)
-    short_result, long_result, one_result, _ = results
+    short_result, long_result = results[:2]
     assert [r["windows"] for r in results] == [3, 48, 1, 3] and not any(r["error"] for r in results)
 
     with open(out / "long_timeline.csv") as f:
@@ -157,3 +166,28 @@ def test_timeline_streams_a_long_video(trained_run, tmp_path):  # noqa: F811
     ((window, frames, length),) = streamed
     assert (window.start, window.end, length) == (0, 15, 4)
     np.testing.assert_array_equal(frames, read_clip(one_window, num_frames=4, size=32).frames[0])
+
+
+@pytest.mark.slow
+def test_tflite_model_agrees_with_keras(trained_run, dataset, tmp_path, capsys):  # noqa: F811
+    """--model PATH.tflite (the exported graph: CNN, MFCC and head in one file) gives Keras' answers."""
+    from pipeline.export import export
+
+    export(trained_run, "float", progress=False)
+    tflite = trained_run / "export/model_float.tflite"
+    clips = sorted(dataset.glob("*/v_*_g01_*.mp4"))
+    long = write_video(tmp_path / "long.mp4", num_frames=60, fps=15, audio_seconds=4.0, tone_hz=1500.0)
+    keras_results = predict(trained_run, [*clips, long])
+    tflite_results = predict(trained_run, [*clips, long], model=str(tflite))
+    for k, t in zip(keras_results, tflite_results):
+        assert t["error"] is None and t["top"][0]["label"] == k["top"][0]["label"]
+        np.testing.assert_allclose(t["probs"], k["probs"], atol=1e-3)
+        assert t["ms"]["features"] == 0  # the frame CNN runs inside the .tflite graph
+    (keras_windows,) = predict(trained_run, [long], window=1.0, stride=0.5, out=tmp_path)
+    (tflite_windows,) = predict(trained_run, [long], model=str(tflite), window=1.0, stride=0.5, out=tmp_path)
+    assert tflite_windows["windows"] == keras_windows["windows"] == 7
+    np.testing.assert_allclose(tflite_windows["window_probs"], keras_windows["window_probs"], atol=1e-3)
+    assert tflite_windows["max_frames_held"] <= keras_windows["max_frames_held"] + 4  # + the one window (T=4) being classified
+
+    assert main(["predict", "--run-dir", str(trained_run), "--model", str(tflite), "--json", str(clips[0])]) == 0
+    assert json.loads(capsys.readouterr().out)["top"][0]["label"] == keras_results[0]["top"][0]["label"]
