@@ -8,6 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 
+# dev: pytest & co.; beam: Apache Beam for `actrec preprocess --runner beam`, whose tests run in CI too
+EXTRAS=dev,beam
+
 ensure_debian_packages() {
   local missing=()
   command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
@@ -32,13 +35,13 @@ find_python() {
 }
 
 ensure_venv() {
-  local stamp=".venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
+  local stamp=".venv/.installed-$( (cat setup.cfg pyproject.toml; echo "$EXTRAS") | sha256sum | cut -c1-16)"
   [ -f "$stamp" ] && return 0
   local py; py=$(find_python)
   [ -x .venv/bin/python ] || { log "creating .venv"; "$py" -m venv .venv; }
   log "installing Python packages into .venv (first run only: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
   rm -f .venv/.installed-*; touch "$stamp"
 }
 

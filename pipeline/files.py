@@ -17,6 +17,8 @@ os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: str | Path, content: bytes) -> None:
+    if hasattr(path, "atomic_write_bytes"):  # a URL (pipeline.storage.GFilePath): through tf.io.gfile
+        return path.atomic_write_bytes(content)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -40,5 +42,5 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def temp_path(path: str | Path) -> Path:
     """A hidden temporary sibling of path, for writers that need a file name (TFRecord, Keras)."""
-    path = Path(path)
+    path = path if hasattr(path, "atomic_write_bytes") else Path(path)  # a URL path keeps its type
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")

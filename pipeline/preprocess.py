@@ -18,7 +18,6 @@ import io
 import itertools
 import json
 import multiprocessing
-import shutil
 import time
 import zlib
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from data_prep.index import ManifestRow, index_dataset, read_manifest
+from pipeline import storage
 from pipeline.config import Config, load_config, section_hash, to_yaml
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text, temp_path
@@ -118,7 +118,7 @@ class ClipProcessor:
 
     def __init__(self, cfg: Config, encoder_dir: str | Path, encoder_threads: int | None = None):
         self.cfg = cfg
-        self.encoder_dir = Path(encoder_dir)
+        self.encoder_dir = storage.path(encoder_dir)  # a local folder or a URL (Beam workers on a cluster)
         self.encoder_threads = encoder_threads  # TFLite interpreter threads; None: one per CPU
         self.encoder = None
 
@@ -161,14 +161,15 @@ def load_frame_encoder(cfg: Config, encoder_dir: str | Path, threads: int | None
     from pipeline.features.encoders import FrameEncoder, build_encoder
 
     p = cfg.preprocess
-    encoder_dir = Path(encoder_dir)
+    encoder_dir = storage.path(encoder_dir)
     weights_file = encoder_dir / "encoder.weights.h5"
     if weights_file.is_file():
-        keras_encoder = build_encoder(p.encoder, p.image_size, str(weights_file), seed=cfg.seed)
+        with storage.local_copy(weights_file) as local_weights:
+            keras_encoder = build_encoder(p.encoder, p.image_size, str(local_weights), seed=cfg.seed)
     else:
         keras_encoder = build_encoder(p.encoder, p.image_size, p.weights, seed=cfg.seed)
         tmp = temp_path(weights_file).with_suffix(".weights.h5")
-        keras_encoder.save_weights(tmp)
+        keras_encoder.save_weights(str(tmp))  # Keras writes URLs through tf.io.gfile
         tmp.replace(weights_file)
     return FrameEncoder(keras_encoder, p.encoder_backend, p.encoder_batch, threads=threads)
 
@@ -271,7 +272,7 @@ def _check_run_dir(run_dir: Path, cfg: Config, overwrite: bool) -> bool:
                         f"{run_dir}: features were made with a different data/preprocess config; "
                         f"use --overwrite to redo them or choose another --run-dir"
                     )
-                shutil.rmtree(run_dir / "features")
+                storage.rmtree(run_dir / "features")
                 return False
             return existing == index_file
     return False
@@ -281,6 +282,8 @@ def resolve_rows(cfg: Config, manifest: str | Path | None = None) -> tuple[list[
     """(rows, classes, problems) from a manifest file or by indexing data.root."""
     d = cfg.data
     manifest = manifest or d.manifest
+    if not manifest and storage.is_url(d.root):
+        raise UserError(f"data.root={d.root}: indexing reads local folders only; pass --manifest (from `actrec index`) to read clips from a URL")
     if manifest:
         rows = read_manifest(manifest)
         classes = list(d.classes) or sorted({r.label for r in rows})
@@ -297,13 +300,26 @@ def preprocess(
     manifest: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    runner: str = "local",
+    beam_options: Sequence[str] = (),
 ) -> dict:
     """Cache features for every clip of the dataset into run_dir/features; returns the index.json dict.
 
     Resumable: shards that exist are kept; re-running a finished run does nothing.
+    runner: `local` (a process pool on this machine) or `beam` (an Apache Beam pipeline; beam_options are
+    its KEY=VALUE pipeline options, e.g. runner=DataflowRunner); both write the same files. run_dir may
+    be a URL (gs://...) that TensorFlow's file systems reach.
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
-    run_dir = Path(run_dir)
+    if runner == "beam":  # fail before any work when Beam is not installed or an option is wrong
+        from pipeline.preprocess_beam import pipeline_options, run_beam
+
+        beam_pipeline_options = pipeline_options(beam_options, cfg.preprocess.workers)
+    elif runner != "local":
+        raise UserError(f"--runner {runner}: expected local or beam")
+    elif storage.is_url(cfg.data.root):
+        raise UserError(f"data.root={cfg.data.root}: the local runner reads local folders; use --runner beam (its workers fetch clips from URLs)")
+    run_dir = storage.path(run_dir)
     if _check_run_dir(run_dir, cfg, overwrite):
         index = json.loads((run_dir / "features" / "index.json").read_text())
         print(f"{run_dir}: features already complete ({sum(index['counts'].values())} clips); nothing to do")
@@ -324,7 +340,10 @@ def preprocess(
     processor.setup()
     start = time.time()
     done_before = sum(len(s.rows) for s in shards) - sum(len(s.rows) for s in todo)
-    _run_local(cfg, processor, todo, features_dir, label_ids, done_before, len(rows), progress)
+    if runner == "beam":
+        run_beam(cfg, todo, features_dir, label_ids, beam_pipeline_options)
+    else:
+        _run_local(cfg, processor, todo, features_dir, label_ids, done_before, len(rows), progress)
     seconds = time.time() - start
 
     index = _finalize(cfg, run_dir, shards, classes, problems, processor)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -238,6 +239,104 @@ def train_hash(cfg: Config) -> str:
     return section_hash(cfg.model, cfg.train) + "-" + preprocess_hash(cfg)
 
 
+# ----------------------------------------------------------------------------- tf.distribute
+
+
+def make_strategy(cfg: Config):
+    """The tf.distribute strategy of train.strategy: `default` (one device), `mirrored` (every local
+    GPU, or the CPU), `multi_worker` (MultiWorkerMirroredStrategy over the cluster in TF_CONFIG).
+
+    Create it before any other TensorFlow op: the multi-worker strategy configures the runtime's collectives.
+    """
+    import tensorflow as tf
+
+    if cfg.train.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if cfg.train.strategy == "multi_worker":
+        check_tf_config(os.environ.get("TF_CONFIG"))
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def check_tf_config(text: str | None) -> None:
+    """One-line UserErrors for a missing or malformed TF_CONFIG (TensorFlow's own errors are long or hang)."""
+    example = 'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+    if not text:
+        raise UserError(f"train.strategy=multi_worker needs the TF_CONFIG environment variable on every worker, {example}")
+    try:
+        tf_config = json.loads(text)
+        workers = tf_config["cluster"][tf_config["task"]["type"]]
+        index = int(tf_config["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"TF_CONFIG: expected JSON with cluster and task (type, index), {example}") from None
+    if not 0 <= index < len(workers):
+        raise UserError(f"TF_CONFIG: task index {index} but the cluster lists {len(workers)} {tf_config['task']['type']}(s)")
+
+
+def cluster_task(strategy) -> tuple[str | None, int | None, int]:
+    """(task type, task index, number of worker processes) of this process; (None, None, 1) off a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return None, None, 1
+    return resolver.task_type, resolver.task_id, len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+def worker_output_dir(run_dir: Path, strategy) -> Path:
+    """Where this worker writes: the run dir on the chief; on the other workers a private folder
+    (every worker runs the same training and holds the same weights, but only the chief's files count).
+    The chief is task `chief`, or worker 0 when the cluster has no chief (TensorFlow's convention)."""
+    task_type, task_id, _ = cluster_task(strategy)
+    if task_type is None:
+        return run_dir
+    has_chief = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief):
+        return run_dir
+    return run_dir / "train_workers" / f"{task_type}-{task_id}"
+
+
+def shard_for_workers(dataset, strategy, num_files: int):
+    """Tell tf.distribute how to split a (globally batched) dataset between workers.
+
+    With at least 4 TFRecord shards per worker each worker reads only its own shards (FILE, via AUTO;
+    the uneven last shards then matter little). With fewer, every worker reads all of them and keeps
+    its part of each global batch (DATA): the same batches and steps per epoch as one worker. Keras then
+    splits each worker's part between its replicas; train.batch_size stays the global batch size.
+    """
+    import tensorflow as tf
+
+    workers = cluster_task(strategy)[2]
+    if workers <= 1:
+        return dataset
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.AUTO if num_files >= 4 * workers else policy.DATA
+    return dataset.with_options(options)
+
+
+def prepare_multi_worker_fit(model, dataset, strategy) -> None:
+    """Work around the two places where Keras 3.15's fit() fails under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585, tensorflow/tensorflow#72388); the two-worker test catches a Keras change.
+
+    1. fit() builds the metric and optimizer state from the first distributed batch averaged with
+       strategy.reduce, which fails on dict inputs ("Attempt to convert a value ({'mfcc': PerReplica...})").
+       The shapes are all the build needs: build from the dataset's element_spec and skip Keras' attempt.
+    2. The per-step logs (scalar loss and metrics) are averaged with strategy.reduce(..., axis=0), which
+       fails on scalars ("Invalid reduction dimension 0 for input with 0 dimensions"). Those values are
+       already global (metric variables are summed over every replica of every worker), so Keras' local
+       path (mean over this worker's replicas) gives the same numbers: make Keras take it.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    with strategy.scope():
+        model._symbolic_build(data_batch=dataset.element_spec)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    keras_tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
+
+
 def train(
     config: Config | str | Path | None = None,
     run_dir: str | Path = "runs/default",
@@ -270,12 +369,19 @@ def train(
         shutil.rmtree(run_dir / "train_state", ignore_errors=True)
         (run_dir / "history.csv").unlink(missing_ok=True)
 
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    strategy = make_strategy(cfg)  # first: the multi-worker strategy must configure TensorFlow before any op
+    out_dir = worker_output_dir(run_dir, strategy)
+    atomic_write_text(out_dir / "config.yaml", to_yaml(cfg))
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.train.strategy != "default":
-        raise UserError(f"train.strategy={cfg.train.strategy}: distributed training is not available yet; use default")
 
-    model = build_model(model_spec(cfg, index), cfg.model)
+    steps = max(1, math.ceil(index["counts"]["train"] / cfg.train.batch_size))
+    with strategy.scope():  # model, optimizer and metric variables are mirrored on every replica and worker
+        model = build_model(model_spec(cfg, index), cfg.model)
+        model.compile(
+            optimizer=make_optimizer(cfg, steps),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
+            metrics=["accuracy"],
+        )
     names = model_input_names(model)
     val_split = "val" if index["counts"]["val"] else "test"
     if cfg.train.source == "raw_audio":  # the WAVs, decoded and resampled in tf.data
@@ -286,20 +392,17 @@ def train(
     else:
         train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True)
         val_ds = make_dataset(run_dir, index, val_split, cfg, names)
-    steps = max(1, math.ceil(index["counts"]["train"] / cfg.train.batch_size))
-    model.compile(
-        optimizer=make_optimizer(cfg, steps),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
-        metrics=["accuracy"],
-    )
+    train_ds = shard_for_workers(train_ds, strategy, len(index["shards"]["train"]))
+    val_ds = shard_for_workers(val_ds, strategy, len(index["shards"][val_split]))
+    prepare_multi_worker_fit(model, train_ds, strategy)
 
-    state_dir = run_dir / "train_state"
+    state_dir = out_dir / "train_state"
     nan_guard = StopOnNaN()
     callbacks = [
         AtomicBackupAndRestore(str(state_dir / "backup")),
         nan_guard,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False),
         BestWeights(state_dir, cfg.train.early_stopping),
     ]
     if cfg.train.schedule == "plateau":
@@ -315,12 +418,12 @@ def train(
     best = callbacks[-1]
     best.restore(model)
 
-    tmp = temp_path(run_dir / "model.keras").with_suffix(".keras")
+    tmp = temp_path(out_dir / "model.keras").with_suffix(".keras")
     model.save(tmp)
-    tmp.replace(run_dir / "model.keras")
-    history = read_history(run_dir / "history.csv")
-    plot_history(history, run_dir / "training_curves.png")
-    val = model.evaluate(val_ds, verbose=0, return_dict=True)
+    tmp.replace(out_dir / "model.keras")
+    history = read_history(out_dir / "history.csv")
+    plot_history(history, out_dir / "training_curves.png")
+    val = model.evaluate(val_ds, verbose=0, return_dict=True)  # every worker: evaluation is a collective op too
     result = {
         "train_hash": train_hash(cfg),
         "val_split": val_split,
@@ -330,8 +433,16 @@ def train(
         "best_epoch": best.best_epoch + 1,
         "params": int(model.count_params()),
     }
-    atomic_write_json(done_file, result)
+    atomic_write_json(out_dir / done_file.name, result)
     shutil.rmtree(state_dir, ignore_errors=True)
+    if out_dir != run_dir:  # a non-chief worker: its copy of the model is the chief's
+        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            out_dir.parent.rmdir()  # train_workers/, once the last worker is done
+        except OSError:
+            pass
+        print(f"train ({out_dir.name}): {result['epochs']} epochs done; the chief worker writes {run_dir / 'model.keras'}")
+        return result
     print(f"train: {result['epochs']} epochs, best epoch {result['best_epoch']}, {val_split} accuracy {result['val_accuracy']:.3f} -> {run_dir / 'model.keras'}")
     return result
 
