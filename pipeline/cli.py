@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and testing_list.txt (split by speaker). Needs espeak-ng.",
     )
     commands.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    commands.add_argument("--per-word", type=int, default=60, metavar="N", help="utterances per word (default 60)")
+    commands.add_argument("--per-word", type=int, default=200, metavar="N", help="utterances per word (default 200: what configs/commands.yaml needs to generalise to unseen speakers)")
     commands.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
     commands.add_argument("--workers", type=int, default=2, metavar="N", help="parallel synthesis processes (default 2)")
 
@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--manifest", metavar="FILE", help="use this manifest.csv (from `actrec index`) instead of indexing data.root")
     pre.add_argument("--overwrite", action="store_true", help="redo the features when the run dir holds features of a different config")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.add_argument("--runner", choices=["local", "beam"], default="local",
+                     help="local: a process pool on this machine (default); beam: an Apache Beam pipeline (pip install -e .[beam]), "
+                     "locally on the DirectRunner or on a cluster with --beam-option runner=DataflowRunner|FlinkRunner|SparkRunner")
+    pre.add_argument("--beam-option", dest="beam_options", action="append", default=[], metavar="KEY=VALUE",
+                     help="a Beam pipeline option, e.g. --beam-option runner=DataflowRunner --beam-option project=P "
+                     "(repeatable; see README 'Scaling out')")
 
     # actrec train
     tr = sub.add_parser(
@@ -102,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run-dir", required=True, metavar="DIR", help="run directory holding features/ (from `actrec preprocess`)")
     tr.add_argument("--overwrite", action="store_true", help="retrain when the run dir holds a model trained with another model/train config")
     tr.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
+    tr.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"],
+                    help="tf.distribute strategy (sets train.strategy): mirrored = all local devices, multi_worker = "
+                    "one process per machine, cluster from TF_CONFIG (see README 'Scaling out')")
 
     # actrec evaluate
     ev = sub.add_parser(
@@ -134,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("paths", nargs="+", metavar="PATH", help="video clips, audio files, or folders of them")
     pr.add_argument("--run-dir", required=True, metavar="DIR", help="a trained run (model.keras)")
-    pr.add_argument("--model", default="keras", choices=["keras"], help="model to run: keras (the only one until TFLite export lands)")
+    pr.add_argument("--model", default="keras", metavar="keras|PATH.tflite",
+                    help="keras (DIR/model.keras, default) or an exported .tflite file (e.g. DIR/export/model_float.tflite), "
+                    "run through the TFLite interpreter on raw frames and waveforms")
     pr.add_argument("--top-k", type=int, default=3, metavar="K", help="labels per file (default 3)")
     pr.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     pr.add_argument("--window", type=float, metavar="SECONDS", help="classify sliding windows of this length and write a timeline")
@@ -157,10 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # actrec demo
     dm = sub.add_parser(
-        "demo", help="run the main job on the embedded data: generate, preprocess, train (no network)",
+        "demo", help="run the main job on the embedded data: generate, preprocess, train, evaluate, export, predict (no network)",
         description="Generate the embedded action clips and spoken commands into DIR/data, then preprocess and train "
-        "the audio-visual action model (DIR/runs/actions_av) and the speech model (DIR/runs/commands). Finished "
-        "stages are reused when run again.",
+        "the audio-visual action model (DIR/runs/actions_av) and the speech model (DIR/runs/commands), evaluate them "
+        "on their test splits, export them to SavedModel and TFLite, and predict a few unseen clips with the exported "
+        "float TFLite file. Finished stages are reused when run again.",
     )
     dm.add_argument("--out", default="demo", metavar="DIR", help="output folder (default: demo)")
     dm.add_argument("--quick", action="store_true", help="tiny data and 3 epochs: checks the pipeline in a few minutes")
@@ -233,14 +245,16 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from pipeline.preprocess import preprocess
 
-    preprocess(args.config, args.run_dir, args.overrides, manifest=args.manifest, overwrite=args.overwrite, progress=not args.no_progress)
+    preprocess(args.config, args.run_dir, args.overrides, manifest=args.manifest, overwrite=args.overwrite, progress=not args.no_progress,
+               runner=args.runner, beam_options=args.beam_options)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.train import train
 
-    train(args.config, args.run_dir, args.overrides, overwrite=args.overwrite, progress=not args.no_progress)
+    overrides = args.overrides + ([f"train.strategy={args.strategy}"] if args.strategy else [])
+    train(args.config, args.run_dir, overrides, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
 

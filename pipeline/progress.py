@@ -14,3 +14,9 @@ def progress_bar(iterable=None, **kwargs):
         kwargs.setdefault("mininterval", 30.0)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def keras_verbosity(progress: bool) -> int:
+    """Keras fit() verbosity: a live bar on a terminal, one line per epoch in logs and CI (Keras'
+    bar redraws every batch and would flood them), one line per epoch when progress is off too."""
+    return 1 if progress and sys.stdout.isatty() else 2

@@ -26,6 +26,7 @@ from pipeline.config import Config, load_config, section_hash, to_yaml
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text, temp_path
 from pipeline.preprocess import preprocess_hash
+from pipeline.progress import keras_verbosity
 
 # Keras warns about finite tf.data datasets and their own shuffling; both are intended here.
 warnings.filterwarnings("ignore", message=".*ran out of data.*")
@@ -409,7 +410,7 @@ def train(
         callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(2, cfg.train.early_stopping // 3)))
     weights = class_weights(run_dir, index, cfg)
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
-              class_weight=weights, verbose=1 if progress else 2)
+              class_weight=weights, verbose=keras_verbosity(progress))
     if nan_guard.nan_epoch is not None:
         raise UserError(
             f"training loss became NaN in epoch {nan_guard.nan_epoch + 1}: lower train.learning_rate or set "

@@ -17,11 +17,26 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path):
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "actrec demo finished" in first.stdout
+    assert (out / "data/actions/classInd.txt").is_file() and (out / "data/commands/testing_list.txt").is_file()
     for name in ("actions_av", "commands"):
         run = out / "runs" / name
         assert (run / "model.keras").is_file() and (run / "features/index.json").is_file()
         assert json.loads((run / "train_done.json").read_text())["epochs"] == 3
-    assert (out / "data/actions/classInd.txt").is_file() and (out / "data/commands/testing_list.txt").is_file()
+        metrics = json.loads((run / "eval/test/metrics.json").read_text())
+        assert metrics["num_clips"] > 0 and 0.0 <= metrics["top1"] <= 1.0
+        assert (run / "eval/test/report.md").is_file()
+        export_dir = run / "export"
+        for file in ("saved_model/saved_model.pb", "model_float.tflite", "model_dynamic.tflite", "labels.txt", "preprocessing.json"):
+            assert (export_dir / file).is_file(), file
+        parity = json.loads((export_dir / "parity.json").read_text())
+        assert parity["formats"]["float"]["top1_agreement"] == 1.0 and not parity["errors"]
+        # the summary table quotes the measured numbers, not others
+        assert f"{metrics['top1']:.3f}" in first.stdout
+    # the predict stage printed one line per unseen clip, through the exported model, with no errors
+    predicted = [line for line in first.stdout.splitlines() if line.startswith(str(out / "data"))]
+    assert len(predicted) == 4 and not any(": error:" in line for line in predicted)
+    assert first.stdout.count("2 predicted, 0 failed") == 2
+
     # the run dirs are ordinary: every command accepts them
     shown = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--run-dir", str(out / "runs/commands")],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -30,3 +45,4 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path):
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("nothing to do") == 4  # 2 x preprocess + 2 x train
+    assert second.stdout.count(": reusing ") == 4  # 2 x evaluate + 2 x export
