@@ -52,6 +52,22 @@ def run(name: str, config: str, data_root: Path, work: Path, overrides: list[str
     return row
 
 
+def summarize(rows: list[dict]) -> dict:
+    """The issue's goals against the measured rows (accuracies rounded to 4 places: 190/200 is 0.95, not 0.9499999)."""
+    by_name = {r["model"]: round(r["test_accuracy"], 4) for r in rows}
+    fusion = by_name["actions_av_fusion"]
+    best_single = max(by_name["actions_video_rnn"], by_name["actions_audio_rnn"])
+    return {
+        "fusion_minus_best_single": round(fusion - best_single, 4),
+        "goals": {
+            "fusion >= 0.95": fusion >= 0.95,
+            "fusion >= best single + 0.05": fusion - best_single >= 0.05,
+            "commands >= 0.95": by_name["commands_audio_rnn"] >= 0.95,
+            **({"hybrid >= 0.90": by_name["actions_hybrid"] >= 0.90} if "actions_hybrid" in by_name else {}),
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips-per-class", type=int, default=32)
@@ -81,18 +97,7 @@ def main() -> None:
     print("spoken commands", flush=True)
     rows.append({"task": "commands", **run("commands_audio_rnn", "commands.yaml", commands, work, [])})
 
-    by_name = {r["model"]: r["test_accuracy"] for r in rows}
-    fusion = by_name["actions_av_fusion"]
-    best_single = max(by_name["actions_video_rnn"], by_name["actions_audio_rnn"])
-    summary = {
-        "fusion_minus_best_single": fusion - best_single,
-        "goals": {
-            "fusion >= 0.95": fusion >= 0.95,
-            "fusion >= best single + 0.05": fusion - best_single >= 0.05,
-            "commands >= 0.95": by_name["commands_audio_rnn"] >= 0.95,
-            **({"hybrid >= 0.90": by_name["actions_hybrid"] >= 0.90} if "actions_hybrid" in by_name else {}),
-        },
-    }
+    summary = summarize(rows)
     table = ["| task | model | test top-1 | test clips | train clips | epochs | train time (s) | params |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     table += [f"| {r['task']} | {r['model']} | {r['test_accuracy']:.3f} | {r['test_clips']} | {r['train_clips']} | {r['epochs']} | "
               f"{r['train_seconds']:.0f} | {r['params']:,} |" for r in rows]

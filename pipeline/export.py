@@ -253,7 +253,11 @@ def convert(saved_model: Path, mode: str, representative: Path | None = None) ->
             content = converter.convert()
         # Dynamic range: an FC with int8 weights quantizes its input on the fly, and the MFCC's mel
         # projection takes a power spectrum (measured: -3 points on a speech model); keep it float.
-        return strip_tensor_names(dequantize_kept_float(content) if mode == "dynamic" else content)
+        if mode == "dynamic":
+            content = dequantize_kept_float(content)
+        if mode == "float16":
+            content = widen_small_float16_constants(drop_metadata(content, FP16_INFERENCE_HINT))
+        return strip_tensor_names(content)
 
     samples = dict(np.load(representative))
     count = len(next(iter(samples.values())))
@@ -328,6 +332,51 @@ def dequantize_kept_float(content: bytes) -> bytes:
                 buffer.data = np.frombuffer(values.tobytes(), np.uint8)
                 model.buffers.append(buffer)  # a new buffer: the int8 one may be shared
                 tensor.buffer, tensor.type, tensor.quantization = len(model.buffers) - 1, schema.TensorType.FLOAT32, None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# Two fixes to the float16 converter's output, both for XNNPACK (the default CPU runtime):
+# - it stores every constant as float16, scalars included; under XNNPACK (not the reference kernels) the
+#   action model then gave NaN probabilities (measured on the demo run; 2e-4 once the small constants
+#   are float32 again). Only the big weight tensors make the file smaller, so the rest stays float32.
+# - it marks the file "reduced_precision_support: fp16accfp32", which invites XNNPACK to compute in
+#   float16 on CPUs with float16 arithmetic (ARMv8.2+ phones): the MFCC's power spectrum (up to ~3e5)
+#   overflows float16's 65504. Without the mark, float16 weights are widened to float32 at load time.
+FP16_INFERENCE_HINT = "reduced_precision_support"
+FLOAT16_MIN_ELEMENTS = 1024  # constants smaller than this stay float32 in model_float16.tflite
+
+
+def drop_metadata(content: bytes, name: str) -> bytes:
+    """The flatbuffer without its metadata entry `name`."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def widen_small_float16_constants(content: bytes, min_elements: int = FLOAT16_MIN_ELEMENTS) -> bytes:
+    """Replace each float16 constant of fewer than min_elements values, and the DEQUANTIZE op that widened
+    it at run time, by a float32 constant (the op's output tensor, now holding the values)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    for subgraph in model.subgraphs:
+        kept_ops = []
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE:
+                source, widened = subgraph.tensors[op.inputs[0]], subgraph.tensors[op.outputs[0]]
+                data = model.buffers[source.buffer].data
+                if source.type == schema.TensorType.FLOAT16 and data is not None and 0 < len(data) < 2 * min_elements:
+                    buffer = schema.BufferT()
+                    buffer.data = np.frombuffer(np.frombuffer(bytes(data), np.float16).astype(np.float32).tobytes(), np.uint8)
+                    model.buffers.append(buffer)
+                    widened.buffer = len(model.buffers) - 1
+                    continue
+            kept_ops.append(op)
+        subgraph.operators = kept_ops
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -534,6 +583,9 @@ class TFLiteClassifier:
         self.inputs = {spec["name"]: spec for spec in graph["inputs"]}
         try:
             self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=threads)
+            # allocate_tensors() applies the default XNNPACK delegate, as an app's runtime does; a signature
+            # runner made before it runs the reference kernels, which hid an XNNPACK-only float16 failure
+            self.interpreter.allocate_tensors()
             self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         except (ValueError, RuntimeError) as e:  # a truncated or foreign file: the interpreter's message is long
             raise UserError(f"{self.path}: not a TFLite model `actrec export` wrote ({str(e).splitlines()[0][:120]})") from None

@@ -411,7 +411,8 @@ def _markdown(title: str, metrics: Mapping, class_names: Sequence[str], worst: S
 # ----------------------------------------------------------------------------- plots
 
 
-def _figure(width: float, height: float, dpi: int = 100):
+def new_figure(width: float, height: float, dpi: int = 100):
+    """A matplotlib Figure on its own Agg canvas (headless; pyplot's global backend untouched)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -420,7 +421,8 @@ def _figure(width: float, height: float, dpi: int = 100):
     return fig
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write fig as a PNG atomically (temporary name, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path).with_suffix(".png")
@@ -441,7 +443,7 @@ def plot_confusion(confusion: Any, class_names: Sequence[str], path: str | Path,
     cell = 0.6 if k <= ANNOTATE_MAX_CLASSES else 0.18  # inches per class
     side = float(np.clip(cell * k, 3.0, 24.0))
     label_room = longest * 0.075 if k <= TICK_LABELS_MAX_CLASSES else 0.3
-    fig = _figure(side + label_room + 1.8, side + label_room + 0.8, dpi=100 if k <= 40 else 130)
+    fig = new_figure(side + label_room + 1.8, side + label_room + 0.8, dpi=100 if k <= 40 else 130)
     ax = fig.add_subplot()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal")
     fig.colorbar(image, ax=ax, shrink=0.6 if k > 20 else 0.8, label="fraction of the true class")
@@ -466,7 +468,7 @@ def plot_confusion(confusion: Any, class_names: Sequence[str], path: str | Path,
     ax.set_ylabel("true class")
     n = int(counts.sum())
     ax.set_title(title or f"Confusion matrix, row-normalised ({n} clips)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(per_class: Mapping[str, Mapping], path: str | Path, metric: str = "f1") -> Path:
@@ -486,7 +488,7 @@ def plot_per_class(per_class: Mapping[str, Mapping], path: str | Path, metric: s
         subtitle = f" — worst {half} and best {half} of {total} classes" + subtitle
     label = {"f1": "F1", "recall": "recall", "precision": "precision"}.get(metric, metric)
     longest = max((len(r[0]) for r in rows), default=1)
-    fig = _figure(6.0 + min(longest, 40) * 0.07, max(2.5, 0.3 * len(rows) + 1.2))
+    fig = new_figure(6.0 + min(longest, 40) * 0.07, max(2.5, 0.3 * len(rows) + 1.2))
     ax = fig.add_subplot()
     if rows:
         y = np.arange(len(rows))
@@ -505,12 +507,12 @@ def plot_per_class(per_class: Mapping[str, Mapping], path: str | Path, metric: s
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel(f"{label} (n = true clips)")
     ax.set_title(f"Per-class {label}{subtitle}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(reliability: Sequence[Mapping], ece: float | None, path: str | Path, num_clips: int | None = None) -> Path:
     """Reliability diagram (PNG): per-bin accuracy bars against the diagonal, and a histogram of clip counts."""
-    fig = _figure(6.0, 6.5)
+    fig = new_figure(6.0, 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     lower = np.array([b["lower"] for b in reliability], dtype=float)
     upper = np.array([b["upper"] for b in reliability], dtype=float)
@@ -537,7 +539,7 @@ def plot_reliability(reliability: Sequence[Mapping], ece: float | None, path: st
     bottom.set_xlabel("confidence (max class probability)")
     bottom.set_ylabel("clips")
     bottom.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- long videos
@@ -576,7 +578,7 @@ def plot_timeline(times: Any, probs: Any, class_names: Sequence[str], path: str 
     else:
         edges = np.array([times[0] - 0.5, times[0] + 0.5])
     longest = max(len(n) for n in names)
-    fig = _figure(10.0 + min(longest, 30) * 0.05, 2.6 + 0.35 * top + 2.2)
+    fig = new_figure(10.0 + min(longest, 30) * 0.05, 2.6 + 0.35 * top + 2.2)
     heat, lines = fig.subplots(2, 1, sharex=True, height_ratios=[0.35 * top + 0.6, 2.2])
     mesh = heat.pcolormesh(edges, np.arange(top + 1) - 0.5, probs[:, chosen].T, cmap="viridis", vmin=0.0, vmax=1.0, shading="flat")
     heat.set_yticks(range(top), names, fontsize=9)
@@ -594,7 +596,7 @@ def plot_timeline(times: Any, probs: Any, class_names: Sequence[str], path: str 
     lines.grid(alpha=0.3)
     lines.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(top, 5), fontsize=8, frameon=False)
     lines.set_xlim(edges[0], edges[-1])
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_timeline_csv(path: str | Path, starts: Any, ends: Any, probs: Any, class_names: Sequence[str]) -> Path:

@@ -479,15 +479,14 @@ def read_history(path: Path) -> dict[str, list[float]]:
 
 
 def plot_history(history: dict, path: Path) -> None:
-    """Loss and accuracy per epoch, train vs validation (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss and accuracy per epoch, train vs validation (PNG). Drawn on its own Agg canvas: the global
+    matplotlib backend stays as it is (a notebook keeps showing its plots after train())."""
+    from pipeline.report import new_figure, save_figure
 
     if not history:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = new_figure(10, 3.5)
+    axes = fig.subplots(1, 2)
     epochs = [e + 1 for e in history["epoch"]]
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, history.get(metric, []), label="train")
@@ -496,8 +495,4 @@ def plot_history(history: dict, path: Path) -> None:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    tmp = temp_path(path).with_suffix(".png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
