@@ -22,16 +22,18 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from data_prep.index import ManifestRow, index_dataset, read_manifest
 from pipeline import storage
 from pipeline.config import Config, load_config, section_hash, to_yaml
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text, temp_path
 from pipeline.media import MediaError
+
+if TYPE_CHECKING:  # data_prep.index imports pipeline, whose __init__ imports this module: import it late
+    from data_prep.index import ManifestRow
 
 SPLITS = ("train", "val", "test")
 
@@ -280,6 +282,8 @@ def _check_run_dir(run_dir: Path, cfg: Config, overwrite: bool) -> bool:
 
 def resolve_rows(cfg: Config, manifest: str | Path | None = None) -> tuple[list[ManifestRow], list[str], list[tuple[str, str]]]:
     """(rows, classes, problems) from a manifest file or by indexing data.root."""
+    from data_prep.index import index_dataset, read_manifest
+
     d = cfg.data
     manifest = manifest or d.manifest
     if not manifest and storage.is_url(d.root):

@@ -27,24 +27,25 @@ def _tone(rate: int, seconds: float = 1.0, hz: float = TONE_HZ) -> np.ndarray:
 
 
 def write_clip(path, video_codec="libx264", audio_codec="aac", audio_rate=44100, layout="mono", seconds=1.0, faststart=False):
-    """A tiny clip: 10 fps 64x64 frames, plus `_tone` in an audio track unless audio_codec is None.
+    """A tiny clip: 10 fps 64x64 frames unless video_codec is None, plus `_tone` in an audio track unless
+    audio_codec is None.
 
     faststart puts the MP4 index (moov) before the media data, as streaming sites do.
     """
     options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        video = container.add_stream(video_codec, rate=10)
+    with av.open(str(path), "w", format="mp4" if path.suffix == ".m4a" else None, options=options) as container:
+        video = container.add_stream(video_codec or "libx264", rate=10)
         video.width = video.height = 64
         video.pix_fmt = "yuv420p"
         audio = None
         if audio_codec:
             audio = container.add_stream(audio_codec, rate=audio_rate)
             audio.layout = layout
-        for i in range(int(10 * seconds)):
+        for i in range(int(10 * seconds) if video_codec else 0):
             image = np.full((64, 64, 3), (i * 25) % 256, np.uint8)
             for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
-        for packet in video.encode():
+        for packet in video.encode() if video_codec else []:
             container.mux(packet)
         if audio is not None:
             tone = _tone(audio_rate, seconds)
@@ -115,6 +116,18 @@ def test_flac_and_ogg(media_dir):
         waveform = load_audio(path, SR)
         assert abs(waveform.shape[0] - SR) <= 1
         assert peak_hz(waveform, SR) == pytest.approx(TONE_HZ, abs=2)
+
+
+def test_voice_memo_m4a(media_dir):
+    """AAC in an audio-only MP4 (.m4a, what phones record): libsndfile cannot read it, FFmpeg does."""
+    from pipeline.media.probe import probe_media
+
+    path = write_clip(media_dir / "memo.m4a", video_codec=None, audio_rate=44100)
+    info = probe_media(path)
+    assert info.has_audio and not info.has_video
+    waveform = load_audio(path, SR)
+    assert abs(waveform.shape[0] - SR) <= 0.05 * SR  # AAC priming and padding add a few ms
+    assert peak_hz(waveform, SR) == pytest.approx(TONE_HZ, abs=2)
 
 
 @pytest.mark.parametrize(

@@ -131,3 +131,11 @@ def test_cli_index_reports_faults(ucf_tree, tmp_path):
     assert "skipped Walk/v_Walk_g02_c02.mp4: empty file (0 bytes)" in result.stdout
     assert "warning Clap/v_Clap_g03_c02.mp4: no audio track" in result.stdout
     assert out.is_file() and out.read_text().startswith("path,label,split,group")
+
+
+def test_every_entry_module_imports_first_in_a_fresh_interpreter():
+    """data_prep.index imports pipeline, whose __init__ imports the stages: no import cycle whatever comes first."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for module in ("data_prep.index", "data_prep.actions", "pipeline.preprocess", "pipeline.cli"):
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=root)
+        assert done.returncode == 0, (module, done.stderr[-500:])

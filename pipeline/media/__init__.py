@@ -4,7 +4,7 @@ Nothing here knows about Keras; arrays in, arrays out.
 """
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus")  # .m4a: phone voice memos
 
 
 class MediaError(Exception):

@@ -29,11 +29,12 @@ def probe_media(path: str | Path) -> MediaInfo:
     if path.suffix.lower() in AUDIO_EXTENSIONS:
         try:
             info = soundfile.info(str(path))
-        except Exception as e:  # soundfile raises its own LibsndfileError with a multi-line text
-            raise MediaError(f"not a readable audio file ({str(e).splitlines()[0][:120]})") from None
-        if info.frames == 0:
-            raise MediaError("audio file has no samples")
-        return MediaInfo(False, True, info.frames / info.samplerate, sample_rate=info.samplerate)
+        except Exception:  # not a format libsndfile reads (AAC in .m4a, some MP3s): FFmpeg below decides
+            info = None
+        if info is not None:
+            if info.frames == 0:
+                raise MediaError("audio file has no samples")
+            return MediaInfo(False, True, info.frames / info.samplerate, sample_rate=info.samplerate)
     try:
         with av.open(str(path)) as container:
             video = container.streams.video[0] if container.streams.video else None
