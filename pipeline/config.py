@@ -121,7 +121,7 @@ class TrainConfig:
     schedule: str = option("cosine", "Learning-rate schedule: `cosine` decay over all epochs, `plateau` (halve when val loss stalls), or `constant`.", ["cosine", "plateau", "constant"])
     early_stopping: int = option(10, "Stop after this many epochs without val-loss improvement and restore the best weights (0 = off).", minimum=0)
     class_weights: bool = option(False, "Weight the loss by inverse class frequency (for imbalanced data).")
-    augment: bool = option(True, "Temporal jitter of frames and SpecAugment masks on MFCCs during training.")
+    augment: bool = option(True, "During training: temporal jitter of frames, SpecAugment masks on MFCCs, and flips, crops and colour jitter of raw frames (hybrid).")
     time_masks: int = option(2, "SpecAugment: time masks per MFCC sequence.", minimum=0)
     time_mask_width: int = option(10, "SpecAugment: maximum width of a time mask (frames).", minimum=0)
     freq_masks: int = option(2, "SpecAugment: frequency masks per MFCC sequence.", minimum=0)

@@ -148,6 +148,8 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
         if "frame_features" in x or "frames" in x:
             key = "frame_features" if "frame_features" in x else "frames"
             x[key] = temporal_jitter(x[key], x["frame_lengths"])
+        if "frames" in x:  # the end-to-end model sees pixels: unseen actors and backgrounds need spatial variety
+            x["frames"] = spatial_augment(x["frames"])
         if "mfcc" in x:
             x["mfcc"] = spec_augment(x["mfcc"], t.time_masks, t.time_mask_width, t.freq_masks, t.freq_mask_width)
         return x, y, clip_id
@@ -180,6 +182,24 @@ def temporal_jitter(steps, lengths, max_shift: int = 1):
     source = tf.clip_by_value(tf.range(t) + shift, 0, length - 1)
     source = tf.where(tf.range(t) < length, tf.sort(source), tf.range(t))  # keep order, leave padding alone
     return tf.gather(steps, source)
+
+
+def spatial_augment(frames, min_crop: float = 0.8, max_brightness: float = 0.15, contrast: tuple = (0.8, 1.25)):
+    """One random transform for all frames of a clip, uint8 [T, S, S, 3] -> uint8 [T, S, S, 3]: a horizontal
+    flip (actions here read the same mirrored), a crop of min_crop..1 of the side resized back (zoom and
+    shift), and brightness/contrast jitter (cameras and lighting)."""
+    import tensorflow as tf
+
+    size = tf.shape(frames)[1]
+    x = tf.cast(frames, tf.float32) / 255.0
+    x = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(x, axis=[2]), lambda: x)
+    side = tf.cast(tf.cast(size, tf.float32) * tf.random.uniform([], min_crop, 1.0), tf.int32)
+    top = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
+    left = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
+    x = tf.image.resize(x[:, top : top + side, left : left + side, :], tf.stack([size, size]))
+    mean = tf.reduce_mean(x)
+    x = (x - mean) * tf.random.uniform([], *contrast) + mean + tf.random.uniform([], -max_brightness, max_brightness)
+    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
 
 
 def spec_augment(mfcc, time_masks: int, time_width: int, freq_masks: int, freq_width: int):

@@ -101,3 +101,33 @@ def test_resume_after_sigkill(dataset, feature_run, tmp_path):  # noqa: F811
     assert sorted(set(logged)) == list(range(epochs))  # every epoch exactly once after merging
     assert logged.count(0) == 1  # resumed, not restarted from scratch
     assert (run / "model.keras").is_file()
+
+
+def test_augmentations_keep_shapes_and_meaning():
+    """Train-time augmentation: the shapes and dtypes models expect, one transform per clip, padding untouched."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.train import spatial_augment, spec_augment, temporal_jitter
+
+    tf.random.set_seed(0)
+    # spatial_augment: a clip of 4 identical frames stays 4 identical frames (one transform per clip)
+    frame = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    clip = np.repeat(frame[None], 4, axis=0)
+    changed = 0
+    for _ in range(8):
+        out = spatial_augment(tf.constant(clip)).numpy()
+        assert out.shape == clip.shape and out.dtype == np.uint8
+        assert all(np.array_equal(out[0], out[t]) for t in range(1, 4))
+        changed += not np.array_equal(out, clip)
+    assert changed >= 6  # flips, crops and colour jitter almost always change the pixels
+    # temporal_jitter: source steps stay in order within the valid length; padded steps stay where they are
+    steps = tf.reshape(tf.range(6, dtype=tf.float32), [6, 1])
+    jittered = temporal_jitter(steps, 4).numpy()[:, 0]
+    assert list(jittered[4:]) == [4.0, 5.0] and all(np.diff(jittered[:4]) >= 0) and jittered[:4].max() <= 3
+    # spec_augment: same shape, masked values are the sequence mean
+    mfcc = tf.random.normal([50, 13])
+    masked = spec_augment(mfcc, 2, 5, 2, 3).numpy()
+    assert masked.shape == (50, 13)
+    replaced = masked != mfcc.numpy()
+    assert np.allclose(masked[replaced], float(tf.reduce_mean(mfcc)))
