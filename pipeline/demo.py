@@ -74,29 +74,18 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
 
     _stage("5/7 evaluate on the test splits (raw clips, the run's own preprocessing)", started)
     for name, run_dir in run_dirs.items():
-        metrics_file = run_dir / "eval" / "test" / "metrics.json"
-        if _newer(metrics_file, run_dir / "model.keras"):
-            print(f"  {name}: reusing {metrics_file}")
-            metrics = json.loads(metrics_file.read_text())
-        else:
-            metrics = evaluate(run_dir, split="test", name="test")
+        metrics = _reuse_or_run(run_dir, "eval/test/metrics.json", lambda: evaluate(run_dir, split="test", name="test"))
         results[name]["test_accuracy"] = metrics["top1"]
-        results[name]["report"] = str(metrics_file.parent / "report.md")
+        results[name]["report"] = str(run_dir / "eval" / "test" / "report.md")
 
     _stage("6/7 export: SavedModel + TFLite, with parity on the test split", started)
     for name, run_dir in run_dirs.items():
-        parity_file = run_dir / "export" / "parity.json"
-        if _newer(parity_file, run_dir / "model.keras"):
-            print(f"  {name}: reusing {parity_file}")
-            parity = json.loads(parity_file.read_text())
-        else:
-            parity = export(run_dir)
-        results[name]["export"] = parity
+        results[name]["export"] = _reuse_or_run(run_dir, "export/parity.json", lambda: export(run_dir))
 
     _stage("7/7 predict unseen clips with the exported float TFLite model", started)
     for name, run_dir in run_dirs.items():
         model_file = run_dir / "export" / "model_float.tflite"
-        clips = _unseen_clips(out / "data" / RUNS[name], configs[name])[:PREDICT_FILES]
+        clips = _unseen_clips(configs[name])[:PREDICT_FILES]
         results[name]["predictions"] = predict(run_dir, clips, model=str(model_file), top=3, output="text")
 
     minutes = (time.time() - started) / 60
@@ -126,7 +115,7 @@ def _parity_rows(parity: dict) -> list[dict]:
     return [{"format": fmt, **row} for fmt, row in parity.get("formats", {}).items() if "top1_agreement" in row]
 
 
-def _unseen_clips(root: Path, cfg) -> list[Path]:
+def _unseen_clips(cfg) -> list[Path]:
     """Test-split files (actors or speakers the model never saw in training), one class after another."""
     from pipeline.preprocess import resolve_rows
 
@@ -134,12 +123,17 @@ def _unseen_clips(root: Path, cfg) -> list[Path]:
     first_of_each_class = {}
     for r in rows:
         if r.split == "test":
-            first_of_each_class.setdefault(r.label, root / r.path)
+            first_of_each_class.setdefault(r.label, Path(cfg.data.root) / r.path)
     return list(first_of_each_class.values())
 
 
-def _newer(path: Path, than: Path) -> bool:
-    return path.is_file() and than.is_file() and path.stat().st_mtime >= than.stat().st_mtime
+def _reuse_or_run(run_dir: Path, result_file: str, run) -> dict:
+    """The JSON a stage wrote into run_dir when it is newer than model.keras, else run() (which writes it)."""
+    path, model = run_dir / result_file, run_dir / "model.keras"
+    if path.is_file() and model.is_file() and path.stat().st_mtime >= model.stat().st_mtime:
+        print(f"  {run_dir.name}: reusing {path}")
+        return json.loads(path.read_text())
+    return run()
 
 
 def _stage(title: str, started: float) -> None:
