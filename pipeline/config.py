@@ -105,6 +105,7 @@ class ModelConfig:
     recurrent_dropout: float = option(0.0, "Dropout on the recurrent state (slower: disables the fused kernel).", minimum=0.0)
     pooling: str = option("attention", "How the sequence of states becomes one vector: `last` state, `mean` over valid steps, or learned `attention` weights over steps.", ["last", "mean", "attention"])
     fusion: str = option("mid", "Audio-visual fusion: `late` averages the two heads' probabilities, `mid` concatenates their pooled states and classifies.", ["late", "mid"])
+    audio_stack: int = option(1, "MFCC frames stacked into one audio RNN step (low frame rate: 3-4 = 30-40 ms steps, a 3-4x shorter RNN).", minimum=1)
     l2: float = option(1e-4, "L2 penalty on kernel weights (0 = off).", minimum=0.0)
     encoder_trainable: str = option("false", "Hybrid model: train the CNN `false` (frozen), `true` (all layers) or `last_n` layers.", ["false", "true", "last_n"])
     encoder_last_n: int = option(10, "Hybrid model: layers trained when encoder_trainable is `last_n`.", minimum=0)

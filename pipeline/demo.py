@@ -27,8 +27,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUICK = {
     "clips_per_class": 4,
     "per_word": 12,
-    # int8 is left out: calibrating and converting the unrolled RNN takes minutes (the full demo does it)
-    "overrides": ["train.epochs=3", "export.formats=[saved_model,float,dynamic]", "export.latency_runs=3"],
+    "overrides": ["train.epochs=3", "export.formats=[saved_model,float,dynamic,int8]", "export.latency_runs=3"],
 }
 FULL = {"clips_per_class": 16, "per_word": 100, "overrides": []}
 RUNS = {"actions_av": "actions", "commands": "commands"}  # run name -> data folder

@@ -15,11 +15,11 @@ app-side recipe is written to preprocessing.json.
 
 The graph is rebuilt from the run's config (batch 1, dropout off) with the weights of
 DIR/model.keras copied by layer name; the training model itself is never converted (its
-dynamic batch does not convert for LSTM/GRU, see ../shared/DESIGN.md). The int8 graph is the
-same model with its RNNs unrolled over the fixed T, because the TFLite calibrator crashes on
-WHILE loops. In the int8 file the MFCC, its normalisation and attention pooling stay float, in
-the dynamic file the MFCC's mel projection (see `kept_float`: with them quantized, the speech
-and action models fell to chance).
+dynamic batch does not convert for LSTM/GRU, see ../shared/DESIGN.md). Every file keeps the
+RNNs as WHILE loops, int8 included (see `calibratable_while_loops` for why the stock converter
+crashes on them and how export avoids it). In the int8 file the MFCC, its normalisation and
+attention pooling stay float, in the dynamic file the MFCC's mel projection (see `kept_float`:
+with them quantized, the speech and action models fell to chance).
 
     DIR/export/
       saved_model/            serving signature `serving_default`: the inputs above (any batch) -> {'probabilities'}
@@ -38,6 +38,7 @@ half-overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -91,7 +92,7 @@ class InputSpec:
 class InferenceGraphs:
     """The run's inference graphs, rebuilt from its config with the trained weights.
 
-    deployable(batch_size, unroll) -> keras.Model: the raw inputs of `inputs()` -> probabilities [B, K]
+    deployable(batch_size) -> keras.Model: the raw inputs of `inputs()` -> probabilities [B, K]
     head(batch_size)               -> keras.Model: the cached-feature inputs (frame_features, mfcc, lengths) -> [B, K]
     """
 
@@ -149,8 +150,8 @@ class InferenceGraphs:
         p = self.cfg.preprocess
         return round(p.audio_seconds * p.sample_rate)
 
-    def rebuilt(self, unroll: bool = False):
-        """The trained architecture rebuilt for inference (dropout off, optionally unrolled), trained weights copied.
+    def rebuilt(self):
+        """The trained architecture rebuilt for inference (dropout off), trained weights copied.
 
         Dropout is an identity at inference, but its seed-generator state would end up in the
         TFLite file as variable ops (VAR_HANDLE, CALL_ONCE).
@@ -158,14 +159,14 @@ class InferenceGraphs:
         from pipeline.models import build_model
 
         model_cfg = dataclasses.replace(self.cfg.model, dropout=0.0, recurrent_dropout=0.0)
-        model = build_model(self.spec, model_cfg, unroll=unroll)
+        model = build_model(self.spec, model_cfg)
         copy_weights(self.trained, model)
         return model
 
-    def head(self, batch_size: int | None = 1, unroll: bool = False):
-        return with_batch(self.rebuilt(unroll), self.head_inputs(), batch_size, name="head")
+    def head(self, batch_size: int | None = 1):
+        return with_batch(self.rebuilt(), self.head_inputs(), batch_size, name="head")
 
-    def deployable(self, batch_size: int | None = 1, unroll: bool = False):
+    def deployable(self, batch_size: int | None = 1):
         """Raw frames and waveform in, probabilities out; the whole pipeline after decoding."""
         import keras
 
@@ -173,7 +174,7 @@ class InferenceGraphs:
         from pipeline.features.mfcc import MFCC, MFCCParams
         from pipeline.models.hybrid import SamplesToFrames
 
-        model = self.rebuilt(unroll)
+        model = self.rebuilt()
         if self.end_to_end:
             return with_batch(model, self.inputs(), batch_size, name="deployable")
         p = self.cfg.preprocess
@@ -275,11 +276,127 @@ def convert(saved_model: Path, mode: str, representative: Path | None = None) ->
     from tensorflow.lite.python import convert as tflite_convert
 
     converter._experimental_calibrate_only = True
-    with quiet_converter():
+    with quiet_converter(), calibratable_while_loops():
         calibrated = converter.convert()
         content = tflite_convert.mlir_quantize(calibrated, denylisted_nodes=kept_float(calibrated),
                                                input_data_type=tf.float32, output_data_type=tf.float32)
-    return strip_tensor_names(tflite_convert.deduplicate_readonly_buffers(content))
+    return strip_tensor_names(int8_float_constants(tflite_convert.deduplicate_readonly_buffers(content)))
+
+
+@contextlib.contextmanager
+def calibratable_while_loops():
+    """Within: the int8 calibrator gets models whose WHILE-loop bodies pass no input through unchanged.
+
+    The converter turns the weights and inputs an RNN loop reads into loop variables that its body
+    returns untouched. The WHILE kernel frees such pass-through outputs and the calibrator then
+    reads the freed memory: SIGSEGV on any LSTM/GRU (tensorflow/tensorflow#75140, #87468). Until
+    that is fixed upstream, the float model handed to the calibrator returns a RESHAPE copy of each
+    pass-through instead; the copies are identities and stay in the file (a few ops per loop).
+    """
+    from tensorflow.lite.python import lite
+
+    stock = lite._calibrator.Calibrator
+
+    class Calibrator(stock):
+        def __init__(self, model_content, *args, **kwargs):
+            super().__init__(copy_while_passthrough_outputs(model_content), *args, **kwargs)
+
+    lite._calibrator.Calibrator = Calibrator
+    try:
+        yield
+    finally:
+        lite._calibrator.Calibrator = stock
+
+
+def copy_while_passthrough_outputs(content: bytes) -> bytes:
+    """Each WHILE body output that is the body's own input tensor becomes a RESHAPE (to the same shape) of it."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    reshape = _opcode_index(model, schema.BuiltinOperator.RESHAPE)
+    bodies = {op.builtinOptions.bodySubgraphIndex for subgraph in model.subgraphs for op in subgraph.operators
+              if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "WHILE"}
+    for body in (model.subgraphs[i] for i in sorted(bodies)):
+        outputs = body.outputs.tolist()
+        for position, (source, output) in enumerate(zip(body.inputs.tolist(), outputs)):
+            tensor = body.tensors[source]
+            if source != output or tensor.type not in (schema.TensorType.FLOAT32, schema.TensorType.INT32):
+                continue
+            shape = schema.BufferT()
+            shape.data = np.frombuffer(np.asarray(tensor.shape, np.int32).tobytes(), np.uint8)
+            model.buffers.append(shape)
+            shape_tensor = schema.TensorT()
+            shape_tensor.shape, shape_tensor.type, shape_tensor.buffer = np.array([len(tensor.shape)], np.int32), schema.TensorType.INT32, len(model.buffers) - 1
+            copy = schema.TensorT()
+            copy.shape, copy.shapeSignature, copy.type, copy.buffer = tensor.shape, tensor.shapeSignature, tensor.type, 0
+            body.tensors += [shape_tensor, copy]
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = reshape, np.array([source, len(body.tensors) - 2], np.int32), np.array([len(body.tensors) - 1], np.int32)
+            body.operators.append(op)
+            outputs[position] = len(body.tensors) - 1
+        body.outputs = np.array(outputs, np.int32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _opcode_index(model, builtin: int) -> int:
+    """Index of `builtin` in the model's operator codes, added when missing."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+INT8_WEIGHT_MIN_ELEMENTS = 1024  # float32 constants of the int8 file this big are stored as int8
+
+
+def int8_float_constants(content: bytes, min_elements: int = INT8_WEIGHT_MIN_ELEMENTS) -> bytes:
+    """Store each float32 constant of at least min_elements values as int8 (symmetric, per row of axis 0)
+    widened back to float32 by a DEQUANTIZE op at run time.
+
+    The ops `kept_float` keeps float (the mel projection, attention pooling) still compute in float,
+    but their weights shrink 4x like the rest of the int8 file (max error: half a step of 1/127
+    of each row's largest value).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    dequantize = _opcode_index(model, schema.BuiltinOperator.DEQUANTIZE)
+    widened: dict[int, int] = {}  # float32 buffer -> its int8 buffer (buffers are shared across subgraphs)
+    for subgraph in model.subgraphs:
+        new_ops = []
+        for index, tensor in enumerate(subgraph.tensors):
+            data = model.buffers[tensor.buffer].data
+            if tensor.type != schema.TensorType.FLOAT32 or data is None or len(data) < 4 * min_elements or len(tensor.shape) < 1:
+                continue
+            values = np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
+            scale = np.maximum(np.abs(values).reshape(len(values), -1).max(axis=1), 1e-30) / 127.0  # [rows]
+            if tensor.buffer not in widened:
+                quantized = np.round(values / scale.reshape((-1,) + (1,) * (values.ndim - 1))).astype(np.int8)
+                buffer = schema.BufferT()
+                buffer.data = np.frombuffer(quantized.tobytes(), np.uint8)
+                model.buffers.append(buffer)
+                widened[tensor.buffer] = len(model.buffers) - 1
+            source = schema.TensorT()
+            source.shape, source.type, source.buffer = tensor.shape, schema.TensorType.INT8, widened[tensor.buffer]
+            source.quantization = schema.QuantizationParametersT()
+            source.quantization.scale, source.quantization.zeroPoint = scale.astype(np.float32), np.zeros(len(scale), np.int64)
+            source.quantization.quantizedDimension = 0
+            subgraph.tensors.append(source)
+            tensor.buffer = 0  # now computed: the DEQUANTIZE op's output
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = dequantize, np.array([len(subgraph.tensors) - 1], np.int32), np.array([index], np.int32)
+            new_ops.append(op)
+        subgraph.operators = new_ops + list(subgraph.operators)  # their inputs are constants: first is in order
+    for old in widened:
+        model.buffers[old].data = None  # no tensor reads the float32 copy any more
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def kept_float(content: bytes) -> list[str]:
@@ -383,8 +500,8 @@ def widen_small_float16_constants(content: bytes, min_elements: int = FLOAT16_MI
 def strip_tensor_names(content: bytes) -> bytes:
     """Drop the names of intermediate tensors (inputs, outputs and the signature keep theirs).
 
-    The converter names every tensor after the ops it came from; in an unrolled int8 graph
-    those names were ~75% of the file (3 MB of a 4 MB model with 200 RNN steps).
+    The converter names every tensor after the ops it came from, often with long fused scopes;
+    in an RNN unrolled over 200 steps those names were ~75% of the file (3 MB of 4 MB).
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -401,17 +518,16 @@ def strip_tensor_names(content: bytes) -> bytes:
 def _convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
     """Child process: write each target into `work`, logging start/ok/error lines to work/status.jsonl."""
     graphs = InferenceGraphs(run_dir)
-    saved_models: dict[tuple, Path] = {}
+    saved_models: dict[str, Path] = {}
 
-    def saved_model_for(kind: str, unroll: bool = False) -> Path:
-        """A batch-1 SavedModel of the deployable graph or the head, written once per (kind, unroll)."""
-        key = (kind, unroll)
-        if key not in saved_models:
-            path = work / f".saved_model_{kind}{'_unrolled' if unroll else ''}"
-            model = graphs.deployable(1, unroll) if kind == "deployable" else graphs.head(1, unroll)
+    def saved_model_for(kind: str) -> Path:
+        """A batch-1 SavedModel of the deployable graph or the head, written once per kind."""
+        if kind not in saved_models:
+            path = work / f".saved_model_{kind}"
+            model = graphs.deployable(1) if kind == "deployable" else graphs.head(1)
             save_model(model, path, graphs.inputs() if kind == "deployable" else graphs.head_inputs(), 1)
-            saved_models[key] = path
-        return saved_models[key]
+            saved_models[kind] = path
+        return saved_models[kind]
 
     for target in targets:
         _status(work, "start", target)
@@ -424,8 +540,7 @@ def _convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
             elif target == "head_float":
                 (work / TFLITE_FILES[target]).write_bytes(convert(saved_model_for("head"), "float"))
             else:
-                unroll = target == "int8"
-                content = convert(saved_model_for("deployable", unroll), target, work / REPRESENTATIVE_FILE)
+                content = convert(saved_model_for("deployable"), target, work / REPRESENTATIVE_FILE)
                 (work / TFLITE_FILES[target]).write_bytes(content)
         except Exception as e:  # noqa: BLE001  (the converter raises many types; the format fails, the export goes on)
             _status(work, "error", target, error=_one_line(e))
@@ -518,11 +633,7 @@ def tflite_ops(path: str | Path) -> dict[str, int]:
 
 
 def tflite_weight_bytes(path: str | Path) -> int:
-    """Bytes of constant data (weights) in a .tflite file; the rest is the graph itself.
-
-    An unrolled int8 graph repeats its RNN step's ops T times: its weights are 4x smaller than
-    float32 but its op list grows with T, so the file can outgrow the float one (WHILE loop) for long sequences.
-    """
+    """Bytes of constant data (weights) in a .tflite file; the rest is the graph itself (ops, tensors, quantization)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(Path(path).read_bytes()))

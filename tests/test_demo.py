@@ -26,7 +26,7 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path):
         assert metrics["num_clips"] > 0 and 0.0 <= metrics["top1"] <= 1.0
         assert (run / "eval/test/report.md").is_file()
         export_dir = run / "export"
-        for file in ("saved_model/saved_model.pb", "model_float.tflite", "model_dynamic.tflite", "labels.txt", "preprocessing.json"):
+        for file in ("saved_model/saved_model.pb", "model_float.tflite", "model_dynamic.tflite", "model_int8.tflite", "labels.txt", "preprocessing.json"):
             assert (export_dir / file).is_file(), file
         parity = json.loads((export_dir / "parity.json").read_text())
         assert parity["formats"]["float"]["top1_agreement"] == 1.0 and not parity["errors"]

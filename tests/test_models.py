@@ -70,3 +70,30 @@ def test_learns_order_dependent_task():
     model.fit({"frame_features": x[:192].astype("float32"), "frame_lengths": lengths[:192]}, y[:192], epochs=8, batch_size=32, verbose=0)
     _, accuracy = model.evaluate({"frame_features": x[192:].astype("float32"), "frame_lengths": lengths[192:]}, y[192:], verbose=0)
     assert accuracy > 0.9
+
+
+def test_stack_steps_values_and_lengths():
+    """k frames per step: [B, T, C] -> [B, ceil(T/k), k*C], frame order kept, lengths rounded up."""
+    from pipeline.models.heads import StackSteps
+
+    x = np.arange(2 * 7 * 3, dtype="float32").reshape(2, 7, 3)
+    stacked, lengths = StackSteps(3)(x, np.array([7, 4]))
+    stacked = np.asarray(stacked)
+    assert stacked.shape == (2, 3, 9)
+    np.testing.assert_array_equal(stacked[0, 1], x[0, 3:6].reshape(-1))  # frames 3, 4, 5 side by side
+    np.testing.assert_array_equal(stacked[0, 2], np.concatenate([x[0, 6], np.zeros(6)]))  # zero-padded tail
+    np.testing.assert_array_equal(np.asarray(lengths), [3, 2])
+
+
+def test_audio_stack_shortens_the_audio_rnn_and_still_masks():
+    """model.audio_stack=4: the audio GRU runs ceil(F/4) steps; padding past the length still changes nothing."""
+    cfg = model_cfg("model.name=audio_rnn", "model.units=8", "model.audio_stack=4")
+    model = build_model(ModelSpec(num_classes=3, mfcc=(50, 13)), cfg)
+    assert model.get_layer("audio_bigru0").output.shape[1] == 13
+    rng = np.random.default_rng(0)
+    mfcc = rng.normal(size=(1, 50, 13)).astype("float32")
+    noisy = mfcc.copy()
+    noisy[:, 40:] = 5.0  # frames 40+ are past the length: steps 10+ are masked
+    a = model({"mfcc": mfcc, "mfcc_length": np.array([40])})
+    b = model({"mfcc": noisy, "mfcc_length": np.array([40])})
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -18,7 +18,7 @@ import keras
 from keras import layers
 
 from pipeline.errors import UserError
-from pipeline.models.heads import rnn_head
+from pipeline.models.heads import SequenceMask, StackSteps, rnn_head
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,17 @@ def classifier(x, cfg, num_classes: int, name: str):
     return layers.Dense(num_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32", name=f"{name}_probs")(x)
 
 
-def video_branch(spec: ModelSpec, cfg, unroll: bool = False):
+def video_branch(spec: ModelSpec, cfg):
     """Inputs and pooled state of the frame-feature branch: [B, T, D] -> [B, H]."""
     t, d = spec.frame_features
     features = keras.Input((t, d), name="frame_features")
     lengths = keras.Input((), dtype="int32", name="frame_lengths")
     # Per-frame LayerNorm: frozen-CNN features have arbitrary scales; the RNN wants unit-scale inputs.
     x = layers.LayerNormalization(name="video_norm")(features)
-    return [features, lengths], rnn_head(x, lengths, cfg, "video", unroll)
+    return [features, lengths], rnn_head(x, lengths, cfg, "video")
 
 
-def audio_branch(spec: ModelSpec, cfg, unroll: bool = False):
+def audio_branch(spec: ModelSpec, cfg):
     """Inputs and pooled state of the MFCC branch: [B, F, C] -> [B, H].
 
     A spec with a waveform and no cached MFCCs (train.source: raw_audio) gets the waveform branch
@@ -62,12 +62,20 @@ def audio_branch(spec: ModelSpec, cfg, unroll: bool = False):
     if spec.mfcc is None and spec.waveform is not None:
         from pipeline.models.hybrid import waveform_branch
 
-        return waveform_branch(spec, cfg, unroll)
+        return waveform_branch(spec, cfg)
     f, c = spec.mfcc
     mfcc = keras.Input((f, c), name="mfcc")
     lengths = keras.Input((), dtype="int32", name="mfcc_length")
-    x = mfcc_normalization(spec)(mfcc)
-    return [mfcc, lengths], rnn_head(x, lengths, cfg, "audio", unroll)
+    return [mfcc, lengths], audio_head(mfcc, lengths, spec, cfg)
+
+
+def audio_head(mfcc, lengths, spec: ModelSpec, cfg):
+    """MFCCs [B, F, C] (lengths [B]) -> normalised, stacked model.audio_stack frames per step -> rnn_head -> [B, H]."""
+    # Per-utterance statistics over the valid frames only: padding must not shift the mean.
+    x = mfcc_normalization(spec)(mfcc, mask=SequenceMask(name="mfcc_norm_mask")(mfcc, lengths))
+    if cfg.audio_stack > 1:
+        x, lengths = StackSteps(cfg.audio_stack, name="audio_stack")(x, lengths)
+    return rnn_head(x, lengths, cfg, "audio")
 
 
 def mfcc_normalization(spec: ModelSpec):
@@ -88,24 +96,24 @@ def fuse(pooled: list, cfg, num_classes: int):
     return classifier(layers.Concatenate(name="mid_fusion")(pooled), cfg, num_classes, "fusion")
 
 
-def video_rnn(spec: ModelSpec, cfg, unroll: bool = False) -> keras.Model:
+def video_rnn(spec: ModelSpec, cfg) -> keras.Model:
     _need(spec, "frame_features", "video_rnn")
-    inputs, pooled = video_branch(spec, cfg, unroll)
+    inputs, pooled = video_branch(spec, cfg)
     return keras.Model(inputs, fuse([pooled], cfg, spec.num_classes), name="video_rnn")
 
 
-def audio_rnn(spec: ModelSpec, cfg, unroll: bool = False) -> keras.Model:
+def audio_rnn(spec: ModelSpec, cfg) -> keras.Model:
     if spec.waveform is None:
         _need(spec, "mfcc", "audio_rnn")
-    inputs, pooled = audio_branch(spec, cfg, unroll)
+    inputs, pooled = audio_branch(spec, cfg)
     return keras.Model(inputs, fuse([pooled], cfg, spec.num_classes), name="audio_rnn")
 
 
-def av_fusion(spec: ModelSpec, cfg, unroll: bool = False) -> keras.Model:
+def av_fusion(spec: ModelSpec, cfg) -> keras.Model:
     _need(spec, "frame_features", "av_fusion")
     _need(spec, "mfcc", "av_fusion")
-    video_inputs, video_pooled = video_branch(spec, cfg, unroll)
-    audio_inputs, audio_pooled = audio_branch(spec, cfg, unroll)
+    video_inputs, video_pooled = video_branch(spec, cfg)
+    audio_inputs, audio_pooled = audio_branch(spec, cfg)
     probs = fuse([video_pooled, audio_pooled], cfg, spec.num_classes)
     return keras.Model(video_inputs + audio_inputs, probs, name=f"av_fusion_{cfg.fusion}")
 
@@ -120,10 +128,10 @@ def _need(spec: ModelSpec, feature: str, model: str) -> None:
         raise UserError(f"model.name={model} needs cached '{feature}' features, which the run dir does not have: {hint}, then run `actrec preprocess`")
 
 
-def _hybrid(spec: ModelSpec, cfg, unroll: bool = False) -> keras.Model:
+def _hybrid(spec: ModelSpec, cfg) -> keras.Model:
     from pipeline.models.hybrid import hybrid_cnn_rnn
 
-    return hybrid_cnn_rnn(spec, cfg, unroll)
+    return hybrid_cnn_rnn(spec, cfg)
 
 
 MODEL_REGISTRY: dict[str, Callable[..., keras.Model]] = {
@@ -134,8 +142,8 @@ MODEL_REGISTRY: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-def build_model(spec: ModelSpec, cfg, unroll: bool = False) -> keras.Model:
+def build_model(spec: ModelSpec, cfg) -> keras.Model:
     """The model named by cfg.name (ModelConfig); unknown names are one-line errors."""
     if cfg.name not in MODEL_REGISTRY:
         raise UserError(f"model.name: unknown model {cfg.name!r}; known: {', '.join(MODEL_REGISTRY)}")
-    return MODEL_REGISTRY[cfg.name](spec, cfg, unroll)
+    return MODEL_REGISTRY[cfg.name](spec, cfg)

@@ -23,6 +23,13 @@ CELLS = {"lstm": layers.LSTM, "gru": layers.GRU, "simple_rnn": layers.SimpleRNN}
 class SequenceMask(layers.Layer):
     """lengths: int [B] -> mask: bool [B, T] (True for valid steps), T taken from `steps`."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # `steps` only gives T; a mask already on it is replaced, not an error
+
+    def compute_mask(self, *args, **kwargs):
+        return None
+
     def call(self, steps, lengths):
         positions = ops.arange(ops.shape(steps)[1])
         return ops.less(positions[None, :], ops.cast(ops.reshape(lengths, (-1, 1)), "int32"))
@@ -75,12 +82,40 @@ class AttentionPooling(layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def rnn_head(steps, lengths, cfg, name: str, unroll: bool = False):
+@keras.saving.register_keras_serializable(package="actrec")
+class StackSteps(layers.Layer):
+    """Low frame rate: k consecutive steps become one, steps [B, T, C] -> [B, ceil(T / k), k * C].
+
+    lengths [B] -> ceil(lengths / k). Stacking 3-4 MFCC frames (30-40 ms per RNN step, as in
+    low-frame-rate acoustic models) keeps every coefficient but makes the RNN k times shorter:
+    faster on CPUs and phones and shorter gradient paths.
+    """
+
+    def __init__(self, k: int, **kwargs):
+        super().__init__(**kwargs)
+        self.k = k
+        self.supports_masking = True  # the frame mask does not fit the stacked steps: rnn_head makes a new one from the lengths
+
+    def compute_mask(self, *args, **kwargs):
+        return None
+
+    def call(self, steps, lengths):
+        t, c = steps.shape[1], steps.shape[2]
+        padded = -(-t // self.k) * self.k
+        if padded != t:
+            steps = ops.pad(steps, [[0, 0], [0, padded - t], [0, 0]])
+        stacked = ops.reshape(steps, (-1, padded // self.k, self.k * c))
+        return stacked, ops.floor_divide(ops.cast(lengths, "int32") + self.k - 1, self.k)
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}
+
+
+def rnn_head(steps, lengths, cfg, name: str):
     """Stacked (bi)directional RNN over `steps` with padding masked, then pooled.
 
     steps: float32 [B, T, D]; lengths: int [B]; cfg: ModelConfig -> float32 [B, H]
     (H = units, or 2 x units for a concatenating bidirectional layer).
-    unroll=True builds the same layers unrolled over the fixed T (for int8 TFLite export).
     """
     mask = SequenceMask(name=f"{name}_mask")(steps, lengths)
     regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
@@ -93,7 +128,6 @@ def rnn_head(steps, lengths, cfg, name: str, unroll: bool = False):
             dropout=cfg.dropout,
             recurrent_dropout=cfg.recurrent_dropout,
             kernel_regularizer=regularizer,
-            unroll=unroll,
             name=f"{name}_{cfg.cell}{i}",
         )
         if cfg.bidirectional:

@@ -1,7 +1,7 @@
 """Hybrid CNN-RNN trained end to end: raw uint8 frames (and a raw waveform) in, probabilities out.
 
     frames uint8 [B, T, S, S, 3] --TimeDistributed(frame encoder)--> [B, T, D] --rnn_head--> [B, H]
-    waveform float32 [B, N] --MFCC layer--> [B, F, C] --normalise, rnn_head--> [B, H]   (when audio is cached)
+    waveform float32 [B, N] --MFCC layer--> [B, F, C] --audio_head (normalise, stack, rnn_head)--> [B, H]   (when audio is cached)
         --> fused like av_fusion --> probabilities [B, num_classes]
 
 This is the graph that export can ship as is: everything from pixels and samples to
@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from pipeline.models.fusion import ModelSpec, _need, fuse, mfcc_normalization
+from pipeline.models.fusion import ModelSpec, _need, audio_head, fuse
 from pipeline.models.heads import rnn_head
 
 
@@ -57,7 +57,7 @@ class SamplesToFrames(layers.Layer):
         return {**super().get_config(), "hop_length": self.hop_length, "max_frames": self.max_frames}
 
 
-def hybrid_cnn_rnn(spec: ModelSpec, cfg, unroll: bool = False, encoder: keras.Model | None = None) -> keras.Model:
+def hybrid_cnn_rnn(spec: ModelSpec, cfg, encoder: keras.Model | None = None) -> keras.Model:
     """The end-to-end model; `encoder` defaults to preprocess.encoder (weights: preprocess.weights)."""
     from pipeline.features.encoders import build_encoder
 
@@ -72,16 +72,16 @@ def hybrid_cnn_rnn(spec: ModelSpec, cfg, unroll: bool = False, encoder: keras.Mo
     frame_lengths = keras.Input((), dtype="int32", name="frame_lengths")
     features = layers.TimeDistributed(encoder, name="frame_encoder")(frames)  # [B, T, D]
     features = layers.LayerNormalization(name="video_norm")(features)
-    inputs, pooled = [frames, frame_lengths], [rnn_head(features, frame_lengths, cfg, "video", unroll)]
+    inputs, pooled = [frames, frame_lengths], [rnn_head(features, frame_lengths, cfg, "video")]
 
     if spec.waveform is not None:
-        audio_inputs, audio_pooled = waveform_branch(spec, cfg, unroll)
+        audio_inputs, audio_pooled = waveform_branch(spec, cfg)
         inputs += audio_inputs
         pooled.append(audio_pooled)
     return keras.Model(inputs, fuse(pooled, cfg, spec.num_classes), name="hybrid_cnn_rnn")
 
 
-def waveform_branch(spec: ModelSpec, cfg, unroll: bool = False):
+def waveform_branch(spec: ModelSpec, cfg):
     """Inputs and pooled state of an audio branch on raw samples: waveform [B, N] --MFCC layer--> [B, F, C] -> [B, H].
 
     Inputs: waveform float32 [B, N] (N = spec.waveform) and num_samples int32 [B] (valid samples;
@@ -94,5 +94,4 @@ def waveform_branch(spec: ModelSpec, cfg, unroll: bool = False):
     num_samples = keras.Input((), dtype="int32", name="num_samples")
     mfcc = MFCC.from_params(params, name="mfcc")(waveform)  # [B, F, C]
     mfcc_length = SamplesToFrames(params.hop_length, params.num_frames(spec.waveform), name="mfcc_length")(num_samples)
-    x = mfcc_normalization(spec)(mfcc)
-    return [waveform, num_samples], rnn_head(x, mfcc_length, cfg, "audio", unroll)
+    return [waveform, num_samples], audio_head(mfcc, mfcc_length, spec, cfg)
