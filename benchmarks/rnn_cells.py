@@ -1,7 +1,8 @@
 """LSTM vs GRU vs SimpleRNN, measured on this project's tasks and on a long-sequence toy.
 
 1. Project tasks. Spoken commands (configs/commands.yaml) and action clips (configs/actions_av.yaml),
-   each trained with only `model.cell` (and the seed) changed, through the `preprocess` and `train`
+   each trained with only `model.cell` (and the seed) changed, one MFCC frame per audio step
+   (`model.audio_stack=1`), through the `preprocess` and `train`
    functions the CLI calls: parameters, training seconds per epoch, Keras inference latency per
    sequence, test-split top-1 as mean ± std over seeds. A seed is the config's global `seed`: it
    draws the validation speakers/groups, the (random) frame-encoder weights, the initialisation and
@@ -107,7 +108,10 @@ def project_task(task: str, data_root: Path, work: Path, seeds: int, epochs: int
     learning_rate = load_config(config).train.learning_rate * lr_scale
     rows = []
     for seed in range(seeds):
-        base = [f"data.root={data_root}", f"seed={seed}", f"train.epochs={epochs}", f"train.learning_rate={learning_rate:g}"]
+        # One MFCC frame per RNN step (the shipped configs stack 2-4): the cells are compared over the full
+        # 101 / 401 audio steps, where their differences in memory show.
+        base = [f"data.root={data_root}", f"seed={seed}", f"train.epochs={epochs}", f"train.learning_rate={learning_rate:g}",
+                "model.audio_stack=1"]
         features = work / "runs" / f"{task}_features_seed{seed}"
         preprocess(load_config(config, base), features, progress=False)
         for cell in CELLS:

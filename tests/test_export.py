@@ -15,7 +15,9 @@ from pipeline.export import (
     SIGNATURE,
     TFLiteClassifier,
     export,
+    int8_float_constants,
     tflite_ops,
+    tflite_weight_bytes,
     write_representative_data,
 )
 from pipeline.preprocess import preprocess, resolve_rows
@@ -84,6 +86,26 @@ def test_files_and_builtin_ops(fusion_run):
     assert loop_body_tensor_types(out / "model_int8.tflite")["INT8"] > loop_body_tensor_types(out / "model_int8.tflite")["FLOAT32"]
     assert parity["formats"]["int8"]["bytes"] < parity["formats"]["float"]["bytes"]
     assert not list(run.glob(".export.*"))  # the temporary folder was renamed into place
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_int8_float_constants_shrink_weights_and_keep_outputs(fusion_run, tmp_path):
+    """The float file with its big float32 constants stored as int8 + DEQUANTIZE: under half the weight bytes, same probabilities."""
+    import shutil
+
+    run, _ = fusion_run
+    for name in ("preprocessing.json", "labels.txt"):
+        shutil.copy(run / "export" / name, tmp_path / name)
+    float_file = run / "export/model_float.tflite"
+    compressed = tmp_path / "model_compressed.tflite"
+    compressed.write_bytes(int8_float_constants(float_file.read_bytes()))
+    assert tflite_weight_bytes(compressed) < tflite_weight_bytes(float_file) / 2  # int32 and small constants stay
+    assert tflite_ops(compressed)["DEQUANTIZE"] > tflite_ops(float_file).get("DEQUANTIZE", 0)
+
+    rng = np.random.default_rng(0)
+    clip = {"frames": rng.integers(0, 256, (4, 32, 32, 3)), "waveform": 0.1 * rng.normal(size=4000)}  # full lengths by default
+    probs = [TFLiteClassifier(path).predict(clip) for path in (float_file, compressed)]
+    assert np.abs(probs[0] - probs[1]).max() < 0.02
 
 
 @pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
