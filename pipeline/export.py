@@ -368,23 +368,24 @@ def int8_float_constants(content: bytes, min_elements: int = INT8_WEIGHT_MIN_ELE
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     dequantize = _opcode_index(model, schema.BuiltinOperator.DEQUANTIZE)
-    widened: dict[int, int] = {}  # float32 buffer -> its int8 buffer (buffers are shared across subgraphs)
+    widened: dict[int, tuple[int, np.ndarray]] = {}  # float32 buffer -> (its int8 buffer, row scales); buffers are shared across subgraphs
     for subgraph in model.subgraphs:
         new_ops = []
-        for index, tensor in enumerate(subgraph.tensors):
+        for index, tensor in enumerate(list(subgraph.tensors)):  # a copy: the int8 sources are appended below
             data = model.buffers[tensor.buffer].data
             if tensor.type != schema.TensorType.FLOAT32 or data is None or len(data) < 4 * min_elements or len(tensor.shape) < 1:
                 continue
-            values = np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
-            scale = np.maximum(np.abs(values).reshape(len(values), -1).max(axis=1), 1e-30) / 127.0  # [rows]
             if tensor.buffer not in widened:
+                values = np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
+                scale = np.maximum(np.abs(values).reshape(len(values), -1).max(axis=1), 1e-30) / 127.0  # [rows]
                 quantized = np.round(values / scale.reshape((-1,) + (1,) * (values.ndim - 1))).astype(np.int8)
                 buffer = schema.BufferT()
                 buffer.data = np.frombuffer(quantized.tobytes(), np.uint8)
                 model.buffers.append(buffer)
-                widened[tensor.buffer] = len(model.buffers) - 1
+                widened[tensor.buffer] = (len(model.buffers) - 1, scale)
+            int8_buffer, scale = widened[tensor.buffer]
             source = schema.TensorT()
-            source.shape, source.type, source.buffer = tensor.shape, schema.TensorType.INT8, widened[tensor.buffer]
+            source.shape, source.type, source.buffer = tensor.shape, schema.TensorType.INT8, int8_buffer
             source.quantization = schema.QuantizationParametersT()
             source.quantization.scale, source.quantization.zeroPoint = scale.astype(np.float32), np.zeros(len(scale), np.int64)
             source.quantization.quantizedDimension = 0

@@ -83,7 +83,8 @@ def test_files_and_builtin_ops(fusion_run):
     # Both keep their RNNs as WHILE loops (the stock calibrator crashes on them: export works around it),
     # and the int8 loop bodies compute in int8, so the int8 file is the smaller one.
     assert tflite_ops(out / "model_float.tflite")["WHILE"] == tflite_ops(out / "model_int8.tflite").get("WHILE") >= 2
-    assert loop_body_tensor_types(out / "model_int8.tflite")["INT8"] > loop_body_tensor_types(out / "model_int8.tflite")["FLOAT32"]
+    body_types = loop_body_tensor_types(out / "model_int8.tflite")
+    assert body_types["INT8"] > body_types["FLOAT32"]
     assert parity["formats"]["int8"]["bytes"] < parity["formats"]["float"]["bytes"]
     assert not list(run.glob(".export.*"))  # the temporary folder was renamed into place
 

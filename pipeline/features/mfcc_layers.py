@@ -235,10 +235,7 @@ class MFCCNormalization(keras.layers.Layer):
         self.mean = None if mean is None else [float(v) for v in np.ravel(mean)]
         self.std = None if std is None else [float(v) for v in np.ravel(std)]
         self.epsilon = float(epsilon)
-        self.supports_masking = True  # uses the frame mask it is given; emits none (rnn_head masks from lengths)
-
-    def compute_mask(self, *args, **kwargs):
-        return None
+        self.supports_masking = True
 
     def call(self, mfcc, mask=None):
         mfcc = tf.convert_to_tensor(mfcc, dtype=tf.float32)

@@ -19,16 +19,24 @@ from keras import layers, ops
 CELLS = {"lstm": layers.LSTM, "gru": layers.GRU, "simple_rnn": layers.SimpleRNN}
 
 
-@keras.saving.register_keras_serializable(package="actrec")
-class SequenceMask(layers.Layer):
-    """lengths: int [B] -> mask: bool [B, T] (True for valid steps), T taken from `steps`."""
+class MaskConsumer(layers.Layer):
+    """A layer that takes the padding mask explicitly (from the lengths) and emits none.
+
+    Keras would otherwise carry a mask left on its input past it, or warn that it drops one; the
+    RNN layers after it get a fresh mask made from the (possibly changed) lengths instead.
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.supports_masking = True  # `steps` only gives T; a mask already on it is replaced, not an error
+        self.supports_masking = True
 
     def compute_mask(self, *args, **kwargs):
         return None
+
+
+@keras.saving.register_keras_serializable(package="actrec")
+class SequenceMask(MaskConsumer):
+    """lengths: int [B] -> mask: bool [B, T] (True for valid steps), T taken from `steps`."""
 
     def call(self, steps, lengths):
         positions = ops.arange(ops.shape(steps)[1])
@@ -36,15 +44,8 @@ class SequenceMask(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="actrec")
-class MaskedMean(layers.Layer):
+class MaskedMean(MaskConsumer):
     """Mean over valid steps: states [B, T, H], mask [B, T] -> [B, H]."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True  # consumes the mask it is given explicitly; emits none
-
-    def compute_mask(self, *args, **kwargs):
-        return None
 
     def call(self, states, mask):
         weights = ops.cast(mask, states.dtype)[..., None]
@@ -52,7 +53,7 @@ class MaskedMean(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="actrec")
-class AttentionPooling(layers.Layer):
+class AttentionPooling(MaskConsumer):
     """Learned weights over time: a_t = softmax_t(v . tanh(W h_t)), pooled = sum_t a_t h_t.
 
     states [B, T, H], mask [B, T] -> [B, H]; masked steps get zero weight.
@@ -60,13 +61,9 @@ class AttentionPooling(layers.Layer):
 
     def __init__(self, units: int = 64, **kwargs):
         super().__init__(**kwargs)
-        self.supports_masking = True  # consumes the mask it is given explicitly; emits none
         self.units = units
         self.project = layers.Dense(units, activation="tanh", name="project")
         self.score = layers.Dense(1, use_bias=False, name="score")
-
-    def compute_mask(self, *args, **kwargs):
-        return None
 
     def build(self, states_shape, mask_shape=None):
         self.project.build(states_shape)
@@ -83,7 +80,7 @@ class AttentionPooling(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="actrec")
-class StackSteps(layers.Layer):
+class StackSteps(MaskConsumer):
     """Low frame rate: k consecutive steps become one, steps [B, T, C] -> [B, ceil(T / k), k * C].
 
     lengths [B] -> ceil(lengths / k). Stacking 3-4 MFCC frames (30-40 ms per RNN step, as in
@@ -94,10 +91,6 @@ class StackSteps(layers.Layer):
     def __init__(self, k: int, **kwargs):
         super().__init__(**kwargs)
         self.k = k
-        self.supports_masking = True  # the frame mask does not fit the stacked steps: rnn_head makes a new one from the lengths
-
-    def compute_mask(self, *args, **kwargs):
-        return None
 
     def call(self, steps, lengths):
         t, c = steps.shape[1], steps.shape[2]
