@@ -1,13 +1,17 @@
 """Test-split accuracy of every model on the embedded data (groups and speakers never seen in training).
 
-    action clips, cached features: video_rnn, audio_rnn, av_fusion (mid, the shipped config; and late)
-    action clips, end to end:      hybrid (small CNN on raw 64x64 frames + in-model MFCC on the waveform)
-    spoken commands:               audio_rnn
+    action clips, end to end:      hybrid (configs/actions_hybrid.yaml: small CNN on 64x64 frame differences
+                                   + in-model MFCC on the waveform), and the same on video only, whose trained
+                                   CNN becomes the frame encoder of the next rows
+    action clips, cached features: video_rnn, audio_rnn, av_fusion (mid; and late), twice: with the random
+                                   small CNN of configs/actions_av.yaml, and with the trained CNN
+                                   (configs/actions_av_trained_cnn.yaml)
+    spoken commands:               audio_rnn (configs/commands.yaml)
 
-Each model is trained with the shipped config (configs/actions_av.yaml, configs/commands.yaml) and only the
-model name changed, through the same `preprocess` and `train` functions the CLI calls.
+Each model is trained with a shipped config and only the model name changed, through the same
+`preprocess` and `train` functions the CLI calls.
 
-Usage: python benchmarks/accuracy.py [--clips-per-class 32] [--per-word 200] [--work DIR] [--skip-hybrid]
+Usage: python benchmarks/accuracy.py [--clips-per-class 32] [--per-word 200] [--work DIR]
 Prints a markdown table and writes benchmarks/results/accuracy.json and accuracy.md.
 """
 
@@ -30,7 +34,9 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
 from pipeline.train import evaluate_split, train  # noqa: E402
 
-HYBRID = ["preprocess.encoder=none", "preprocess.image_size=64", "model.name=hybrid"]
+FEATURE_MODELS = {"video_rnn": ["model.name=video_rnn"], "audio_rnn": ["model.name=audio_rnn"], "av_fusion": ["model.name=av_fusion"],
+                  # late fusion averages the two heads' probabilities: a weak modality can only blur the strong one
+                  "av_fusion_late": ["model.name=av_fusion", "model.fusion=late"]}
 
 
 def run(name: str, config: str, data_root: Path, work: Path, overrides: list[str], features_from: Path | None = None) -> dict:
@@ -53,19 +59,42 @@ def run(name: str, config: str, data_root: Path, work: Path, overrides: list[str
 
 
 def summarize(rows: list[dict]) -> dict:
-    """The issue's goals against the measured rows (accuracies rounded to 4 places: 190/200 is 0.95, not 0.9499999)."""
+    """The issue's goals against the measured rows (accuracies rounded to 4 places: 190/200 is 0.95, not 0.9499999).
+
+    The fusion goals are checked on the trained-CNN rows: the shipped random-CNN rows show what the
+    video features are worth without any trained or pretrained encoder.
+    """
     by_name = {r["model"]: round(r["test_accuracy"], 4) for r in rows}
-    fusion = by_name["actions_av_fusion"]
-    best_single = max(by_name["actions_video_rnn"], by_name["actions_audio_rnn"])
+    fusion = by_name["actions_trained_cnn_av_fusion"]
+    best_single = max(by_name["actions_trained_cnn_video_rnn"], by_name["actions_trained_cnn_audio_rnn"])
     return {
         "fusion_minus_best_single": round(fusion - best_single, 4),
         "goals": {
             "fusion >= 0.95": fusion >= 0.95,
             "fusion >= best single + 0.05": fusion - best_single >= 0.05,
             "commands >= 0.95": by_name["commands_audio_rnn"] >= 0.95,
-            **({"hybrid >= 0.90": by_name["actions_hybrid"] >= 0.90} if "actions_hybrid" in by_name else {}),
+            "hybrid >= 0.90": by_name["actions_hybrid"] >= 0.90,
         },
     }
+
+
+def action_rows(actions: Path, work: Path) -> list[dict]:
+    """Hybrid (audio-visual and video only), then the feature-level models on the random and on the trained CNN."""
+    rows = []
+    print("action clips, end to end", flush=True)
+    rows.append({"task": "actions", **run("actions_hybrid", "actions_hybrid.yaml", actions, work, [])})
+    # video only, the CNN must carry every class it can: a better frame encoder than the audio-visual run's
+    rows.append({"task": "actions", **run("actions_hybrid_video", "actions_hybrid.yaml", actions, work, ["preprocess.modalities=[video]"])})
+    trained_cnn = work / "runs/actions_hybrid_video/frame_encoder.weights.h5"
+    for title, config, overrides in (("random CNN", "actions_av.yaml", []),
+                                     ("trained CNN", "actions_av_trained_cnn.yaml", [f"preprocess.weights={trained_cnn}"])):
+        print(f"action clips, cached features, {title}", flush=True)
+        prefix = "actions_" + ("trained_cnn_" if overrides else "")
+        features = work / f"runs/{prefix}features"
+        preprocess(load_config(ROOT / "configs" / config, [f"data.root={actions}", *overrides]), features, progress=False)
+        for model, model_overrides in FEATURE_MODELS.items():
+            rows.append({"task": "actions", **run(prefix + model, config, actions, work, [*overrides, *model_overrides], features)})
+    return rows
 
 
 def main() -> None:
@@ -73,7 +102,7 @@ def main() -> None:
     parser.add_argument("--clips-per-class", type=int, default=32)
     parser.add_argument("--per-word", type=int, default=200)
     parser.add_argument("--work", default="/tmp/actrec-accuracy", help="data and run dirs (reused when present)")
-    parser.add_argument("--skip-hybrid", action="store_true", help="skip the slow end-to-end model")
+    parser.add_argument("--tasks", default="actions,commands", help="tasks to (re)run; the other task's rows are kept from --out")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/accuracy.json"))
     args = parser.parse_args()
 
@@ -83,19 +112,16 @@ def main() -> None:
         make_actions(actions, clips_per_class=args.clips_per_class, seed=0, progress=False)
     make_commands(commands, per_word=args.per_word, seed=0, progress=False)
 
-    rows = []
-    print("action clips, cached features", flush=True)
-    features = work / "runs/actions_features"
-    preprocess(load_config(ROOT / "configs/actions_av.yaml", [f"data.root={actions}"]), features, progress=False)
-    for model in ("video_rnn", "audio_rnn", "av_fusion"):
-        rows.append({"task": "actions", **run(f"actions_{model}", "actions_av.yaml", actions, work, [f"model.name={model}"], features)})
-    # late fusion averages the two heads' probabilities: a weak modality can only blur the strong one
-    rows.append({"task": "actions", **run("actions_av_fusion_late", "actions_av.yaml", actions, work, ["model.fusion=late"], features)})
-    if not args.skip_hybrid:
-        print("action clips, end to end", flush=True)
-        rows.append({"task": "actions", **run("actions_hybrid", "actions_av.yaml", actions, work, HYBRID)})
-    print("spoken commands", flush=True)
-    rows.append({"task": "commands", **run("commands_audio_rnn", "commands.yaml", commands, work, [])})
+    tasks = set(args.tasks.split(","))
+    out = Path(args.out)
+    kept = json.loads(out.read_text())["rows"] if out.is_file() else []
+    rows = [r for r in kept if r["task"] not in tasks]  # rows of the tasks not rerun, from the last full run
+    if "actions" in tasks:
+        rows += action_rows(actions, work)
+    if "commands" in tasks:
+        print("spoken commands", flush=True)
+        rows.append({"task": "commands", **run("commands_audio_rnn", "commands.yaml", commands, work, [])})
+    rows.sort(key=lambda r: r["task"])  # actions first, in the order they ran
 
     summary = summarize(rows)
     table = ["| task | model | test top-1 | test clips | train clips | epochs | train time (s) | params |", "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -104,7 +130,6 @@ def main() -> None:
     text = "\n".join(table)
     print("\n" + text)
     print(f"\nfusion - best single modality = {summary['fusion_minus_best_single']:+.3f}; goals: {summary['goals']}")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, **summary, "clips_per_class": args.clips_per_class, "per_word": args.per_word}, indent=2) + "\n")
     out.with_suffix(".md").write_text(text + "\n")

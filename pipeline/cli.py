@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train the configured RNN model on a run's cached features",
         description="Train model.name (video_rnn, audio_rnn, av_fusion, hybrid) on DIR/features with gradient clipping, "
         "dropout, L2, masking, a cosine learning rate, early stopping and per-epoch checkpoints. Writes DIR/model.keras, "
-        "history.csv, training_curves.png, tensorboard/. A killed run resumes when the same command is run again.",
+        "history.csv, training_curves.png, tensorboard/ (a hybrid run also frame_encoder.weights.h5: its trained CNN, for "
+        "preprocess.weights). A killed run resumes when the same command is run again.",
     )
     _add_config_args(tr)
     tr.add_argument("--run-dir", required=True, metavar="DIR", help="run directory holding features/ (from `actrec preprocess`)")

@@ -170,7 +170,7 @@ class InferenceGraphs:
         """Raw frames and waveform in, probabilities out; the whole pipeline after decoding."""
         import keras
 
-        from pipeline.features.encoders import build_encoder
+        from pipeline.features.encoders import FrameDifference, build_encoder
         from pipeline.features.mfcc import MFCC, MFCCParams
         from pipeline.models.hybrid import SamplesToFrames
 
@@ -185,13 +185,29 @@ class InferenceGraphs:
             if not weights.is_file():
                 raise UserError(f"{weights}: the run's frame encoder weights are missing (preprocessing writes them); re-run `actrec preprocess`")
             encoder = build_encoder(p.encoder, p.image_size, str(weights), seed=self.cfg.seed)
-            features["frame_features"] = keras.layers.TimeDistributed(encoder, name="frame_encoder")(inputs["frames"])
+            pixels = FrameDifference(name="frame_difference")(inputs["frames"]) if p.frame_difference else inputs["frames"]
+            features["frame_features"] = _encode_frames(encoder, pixels)
             features["frame_lengths"] = inputs["frame_lengths"]
         if "waveform" in inputs:
             params = MFCCParams.from_config(p)
             features["mfcc"] = MFCC.from_params(params, name="mfcc")(inputs["waveform"])
             features["mfcc_length"] = SamplesToFrames(params.hop_length, params.num_frames(self.num_samples), name="mfcc_length")(inputs["num_samples"])
         return keras.Model(inputs, call_by_name(model, features), name="deployable")
+
+
+def _encode_frames(encoder, frames):
+    """encoder ([N, S, S, 3] -> [N, D]) on every frame of frames [B, T, S, S, 3] -> [B, T, D], as one batch of B*T images.
+
+    keras.layers.TimeDistributed unrolls a known T into T copies of the encoder: T times the conv ops,
+    and in the int8 file T times their bias tensors and quantization parameters, each copy calibrated
+    on its own frame position (measured on the 16-frame action model: 64 CONV_2D ops instead of 4,
+    float file 16 KB and int8 file 26 KB smaller).
+    """
+    import keras
+
+    num_frames, image_shape = frames.shape[1], tuple(frames.shape[2:])
+    features = encoder(keras.ops.reshape(frames, (-1, *image_shape)))
+    return keras.ops.reshape(features, (-1, num_frames, features.shape[-1]))
 
 
 def require_trained_model(run_dir: Path) -> None:
@@ -258,6 +274,8 @@ def convert(saved_model: Path, mode: str, representative: Path | None = None) ->
             content = dequantize_kept_float(content)
         if mode == "float16":
             content = widen_small_float16_constants(drop_metadata(content, FP16_INFERENCE_HINT))
+        else:
+            content = fill_splat_constants(content)
         return strip_tensor_names(content)
 
     samples = dict(np.load(representative))
@@ -273,14 +291,21 @@ def convert(saved_model: Path, mode: str, representative: Path | None = None) ->
     # hold 48, int8 utterance normalisation gave NaNs, masked attention scores are -1e9 (measured:
     # speech and action models fell to chance with them quantized). The quantizer's node denylist is
     # only reachable through mlir_quantize, the function TFLiteConverter itself calls after calibrating.
+    # FULLY_CONNECTED weights get one scale per tensor (convolutions keep one per output channel,
+    # which depthwise MobileNets need): an RNN has 3 x units channels per kernel, and each channel
+    # cost its weights and bias a scale and a zero point (measured: 14 KB of the int8 action model's
+    # 412, 1 point of the file's size relative to float; agreement with float stayed 100% on the
+    # action and speech test clips, accuracy unchanged).
     from tensorflow.lite.python import convert as tflite_convert
 
     converter._experimental_calibrate_only = True
     with quiet_converter(), calibratable_while_loops():
         calibrated = converter.convert()
         content = tflite_convert.mlir_quantize(calibrated, denylisted_nodes=kept_float(calibrated),
-                                               input_data_type=tf.float32, output_data_type=tf.float32)
-    return strip_tensor_names(int8_float_constants(tflite_convert.deduplicate_readonly_buffers(content)))
+                                               input_data_type=tf.float32, output_data_type=tf.float32,
+                                               disable_per_channel_for_dense_layers=True)
+    content = fill_splat_constants(tflite_convert.deduplicate_readonly_buffers(content))
+    return strip_tensor_names(float16_float_constants(int8_float_constants(content)))
 
 
 @contextlib.contextmanager
@@ -323,20 +348,46 @@ def copy_while_passthrough_outputs(content: bytes) -> bytes:
             tensor = body.tensors[source]
             if source != output or tensor.type not in (schema.TensorType.FLOAT32, schema.TensorType.INT32):
                 continue
-            shape = schema.BufferT()
-            shape.data = np.frombuffer(np.asarray(tensor.shape, np.int32).tobytes(), np.uint8)
-            model.buffers.append(shape)
-            shape_tensor = schema.TensorT()
-            shape_tensor.shape, shape_tensor.type, shape_tensor.buffer = np.array([len(tensor.shape)], np.int32), schema.TensorType.INT32, len(model.buffers) - 1
+            shape = _add_constant(model, body, np.asarray(tensor.shape, np.int32), schema.TensorType.INT32)
             copy = schema.TensorT()
             copy.shape, copy.shapeSignature, copy.type, copy.buffer = tensor.shape, tensor.shapeSignature, tensor.type, 0
-            body.tensors += [shape_tensor, copy]
+            body.tensors.append(copy)
             op = schema.OperatorT()
-            op.opcodeIndex, op.inputs, op.outputs = reshape, np.array([source, len(body.tensors) - 2], np.int32), np.array([len(body.tensors) - 1], np.int32)
+            op.opcodeIndex, op.inputs, op.outputs = reshape, np.array([source, shape], np.int32), np.array([len(body.tensors) - 1], np.int32)
             body.operators.append(op)
             outputs[position] = len(body.tensors) - 1
         body.outputs = np.array(outputs, np.int32)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return _serialize(model)
+
+
+def _serialize(model) -> bytes:
+    """The flatbuffer of a ModelT (flatbuffer_utils' object API), each distinct vector written once.
+
+    flatbuffer_utils writes every vector anew: the per-channel zero points (int64, all 0) of each
+    int8 weight and bias, and the shape of each tensor. A flatbuffer may point many tables at one
+    vector (the format is read-only, the TFLite verifier accepts it); shared, the int8 action model
+    is 14 KB smaller (398 -> 383 KB; its float file 1337 -> 1328 KB). Buffer data (uint8) is left
+    to `deduplicate_readonly_buffers`, which knows which constants may share.
+    """
+    import flatbuffers
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    class SharingBuilder(flatbuffers.Builder):
+        def __init__(self, size: int):
+            super().__init__(size)
+            self.written: dict[tuple[str, bytes], int] = {}
+
+        def CreateNumpyVector(self, x):  # noqa: N802  (flatbuffers' name)
+            if x.dtype == np.uint8:
+                return super().CreateNumpyVector(x)
+            key = (x.dtype.str, x.tobytes())
+            if key not in self.written:
+                self.written[key] = super().CreateNumpyVector(x)
+            return self.written[key]
+
+    builder = SharingBuilder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=flatbuffer_utils._TFLITE_FILE_IDENTIFIER)
+    return bytes(builder.Output())
 
 
 def _opcode_index(model, builtin: int) -> int:
@@ -352,6 +403,114 @@ def _opcode_index(model, builtin: int) -> int:
     return len(model.operatorCodes) - 1
 
 
+def _add_buffer(model, values: np.ndarray) -> int:
+    """Index of a new buffer holding `values`' bytes."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(values.tobytes(), np.uint8)
+    model.buffers.append(buffer)
+    return len(model.buffers) - 1
+
+
+def _add_constant(model, subgraph, values: np.ndarray, tensor_type: int) -> int:
+    """Index of a new constant tensor of `subgraph` holding `values` (shape and all)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    tensor = schema.TensorT()
+    tensor.shape, tensor.type, tensor.buffer = np.array(values.shape, np.int32), tensor_type, _add_buffer(model, values)
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1
+
+
+def _computed_constants(content: bytes, source) -> bytes:
+    """The flatbuffer with each constant tensor for which source(model, subgraph, index, data) gives
+    (operator code index, input tensor indices) computed by that op instead, at the start of its subgraph.
+
+    `source` adds the op's inputs (constants: first is in order) or returns None to keep the tensor.
+    A buffer can be shared by several tensors (across subgraphs too): it is emptied once none reads it.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    replaced = set()
+    for subgraph in model.subgraphs:
+        new_ops = []
+        for index, tensor in enumerate(list(subgraph.tensors)):  # a copy: `source` appends tensors
+            data = model.buffers[tensor.buffer].data
+            computed = None if data is None or len(data) == 0 or tensor.isVariable else source(model, subgraph, index, bytes(data))
+            if computed is None:
+                continue
+            replaced.add(tensor.buffer)
+            tensor.buffer = 0
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = computed[0], np.array(computed[1], np.int32), np.array([index], np.int32)
+            new_ops.append(op)
+        subgraph.operators = new_ops + list(subgraph.operators)
+    still_read = {tensor.buffer for subgraph in model.subgraphs for tensor in subgraph.tensors}
+    for buffer in replaced - still_read:
+        model.buffers[buffer].data = None
+    return _serialize(model)
+
+
+SPLAT_MIN_ELEMENTS = 1024  # constants this big that repeat one value are filled in at run time
+
+
+def fill_splat_constants(content: bytes, min_elements: int = SPLAT_MIN_ELEMENTS) -> bytes:
+    """Replace each float32 or int32 constant of at least min_elements copies of one value that only
+    WHILE ops read by a FILL op.
+
+    The converter gives each RNN loop its zero-initialised outputs (one row per step) as a constant
+    of zeros: 29 KB of the float action model (101 and 16 steps x 64 units), and in the int8 file
+    int8 zeros with a scale per step (8 KB). Only loop inputs: XNNPACK runs a convolution or dense
+    layer only when its weights and bias are constants (a zero bias filled in would leave it to the
+    slower reference kernels).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    dtypes = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT32: np.int32}
+
+    def fill(model, subgraph, index, data):
+        tensor = subgraph.tensors[index]
+        readers = {flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in subgraph.operators if index in op.inputs}
+        if tensor.type not in dtypes or len(data) < 4 * min_elements or readers != {"WHILE"}:
+            return None
+        values = np.frombuffer(data, dtypes[tensor.type])
+        if not (values == values[0]).all():
+            return None
+        dims = _add_constant(model, subgraph, np.asarray(tensor.shape, np.int32), schema.TensorType.INT32)
+        return _opcode_index(model, schema.BuiltinOperator.FILL), [dims, _add_constant(model, subgraph, values[0], tensor.type)]
+
+    return _computed_constants(content, fill)
+
+
+def _narrowed_float_constants(content: bytes, min_elements: int, narrow) -> bytes:
+    """Each float32 constant of at least min_elements values stored as narrow(values) -> (tensor type,
+    stored values, quantization or None), widened back to float32 by a DEQUANTIZE op at run time
+    (narrow returns None for values it cannot store)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    stored: dict[int, tuple | None] = {}  # float32 buffer -> (tensor type, its narrow buffer, quantization), once per buffer
+
+    def dequantized(model, subgraph, index, data):
+        tensor = subgraph.tensors[index]
+        if tensor.type != schema.TensorType.FLOAT32 or len(data) < 4 * min_elements or len(tensor.shape) < 1:
+            return None
+        if tensor.buffer not in stored:
+            narrowed = narrow(np.frombuffer(data, np.float32).reshape(tensor.shape))
+            stored[tensor.buffer] = None if narrowed is None else (narrowed[0], _add_buffer(model, narrowed[1]), narrowed[2])
+        if stored[tensor.buffer] is None:
+            return None
+        source = schema.TensorT()
+        source.shape, (source.type, source.buffer, source.quantization) = tensor.shape, stored[tensor.buffer]
+        subgraph.tensors.append(source)
+        return _opcode_index(model, schema.BuiltinOperator.DEQUANTIZE), [len(subgraph.tensors) - 1]
+
+    return _computed_constants(content, dequantized)
+
+
 INT8_WEIGHT_MIN_ELEMENTS = 1024  # float32 constants of the int8 file this big are stored as int8
 
 
@@ -364,40 +523,36 @@ def int8_float_constants(content: bytes, min_elements: int = INT8_WEIGHT_MIN_ELE
     of each row's largest value).
     """
     from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-    dequantize = _opcode_index(model, schema.BuiltinOperator.DEQUANTIZE)
-    widened: dict[int, tuple[int, np.ndarray]] = {}  # float32 buffer -> (its int8 buffer, row scales); buffers are shared across subgraphs
-    for subgraph in model.subgraphs:
-        new_ops = []
-        for index, tensor in enumerate(list(subgraph.tensors)):  # a copy: the int8 sources are appended below
-            data = model.buffers[tensor.buffer].data
-            if tensor.type != schema.TensorType.FLOAT32 or data is None or len(data) < 4 * min_elements or len(tensor.shape) < 1:
-                continue
-            if tensor.buffer not in widened:
-                values = np.frombuffer(bytes(data), np.float32).reshape(tensor.shape)
-                scale = np.maximum(np.abs(values).reshape(len(values), -1).max(axis=1), 1e-30) / 127.0  # [rows]
-                quantized = np.round(values / scale.reshape((-1,) + (1,) * (values.ndim - 1))).astype(np.int8)
-                buffer = schema.BufferT()
-                buffer.data = np.frombuffer(quantized.tobytes(), np.uint8)
-                model.buffers.append(buffer)
-                widened[tensor.buffer] = (len(model.buffers) - 1, scale)
-            int8_buffer, scale = widened[tensor.buffer]
-            source = schema.TensorT()
-            source.shape, source.type, source.buffer = tensor.shape, schema.TensorType.INT8, int8_buffer
-            source.quantization = schema.QuantizationParametersT()
-            source.quantization.scale, source.quantization.zeroPoint = scale.astype(np.float32), np.zeros(len(scale), np.int64)
-            source.quantization.quantizedDimension = 0
-            subgraph.tensors.append(source)
-            tensor.buffer = 0  # now computed: the DEQUANTIZE op's output
-            op = schema.OperatorT()
-            op.opcodeIndex, op.inputs, op.outputs = dequantize, np.array([len(subgraph.tensors) - 1], np.int32), np.array([index], np.int32)
-            new_ops.append(op)
-        subgraph.operators = new_ops + list(subgraph.operators)  # their inputs are constants: first is in order
-    for old in widened:
-        model.buffers[old].data = None  # no tensor reads the float32 copy any more
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    def int8_rows(values):
+        scale = np.maximum(np.abs(values).reshape(len(values), -1).max(axis=1), 1e-30) / 127.0  # [rows]
+        quantization = schema.QuantizationParametersT()
+        quantization.scale, quantization.zeroPoint = scale.astype(np.float32), np.zeros(len(scale), np.int64)
+        quantization.quantizedDimension = 0
+        return schema.TensorType.INT8, np.round(values / scale.reshape((-1,) + (1,) * (values.ndim - 1))).astype(np.int8), quantization
+
+    return _narrowed_float_constants(content, min_elements, int8_rows)
+
+
+FLOAT16_CONSTANT_MIN_ELEMENTS = 256  # smaller float32 constants of the int8 file (below int8's threshold) this big are stored as float16
+
+
+def float16_float_constants(content: bytes, min_elements: int = FLOAT16_CONSTANT_MIN_ELEMENTS) -> bytes:
+    """Store each float32 constant of at least min_elements values as float16, widened back by DEQUANTIZE.
+
+    Run after `int8_float_constants`, it takes the MFCC's window, difference and gain constants
+    (257 and 512 values) and DCT: int8 steps (1/254 of the largest value) would be noise above the
+    MFCC's 80 dB floor, float16 rounding (2^-11 relative) is below it, and far below the int8
+    steps of the quantized layers the MFCCs feed (measured on the action model: 7 KB of 390,
+    test agreement with float still 100%). Constants beyond float16's range (the inverse gains of
+    the lowest bins reach 4e7) stay float32.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    def float16(values):
+        return None if np.abs(values).max() > np.finfo(np.float16).max else (schema.TensorType.FLOAT16, values.astype(np.float16), None)
+
+    return _narrowed_float_constants(content, min_elements, float16)
 
 
 def kept_float(content: bytes) -> list[str]:
@@ -446,11 +601,9 @@ def dequantize_kept_float(content: bytes) -> bytes:
                 shape[q.quantizedDimension] = -1
                 scale, zero = np.reshape(q.scale, shape), np.reshape(q.zeroPoint, shape)
                 values = ((np.frombuffer(bytes(data), np.int8).reshape(tensor.shape) - zero) * scale).astype(np.float32)
-                buffer = schema.BufferT()
-                buffer.data = np.frombuffer(values.tobytes(), np.uint8)
-                model.buffers.append(buffer)  # a new buffer: the int8 one may be shared
-                tensor.buffer, tensor.type, tensor.quantization = len(model.buffers) - 1, schema.TensorType.FLOAT32, None
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+                # a new buffer: the int8 one may be shared
+                tensor.buffer, tensor.type, tensor.quantization = _add_buffer(model, values), schema.TensorType.FLOAT32, None
+    return _serialize(model)
 
 
 # Two fixes to the float16 converter's output, both for XNNPACK (the default CPU runtime):
@@ -470,7 +623,7 @@ def drop_metadata(content: bytes, name: str) -> bytes:
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return _serialize(model)
 
 
 def widen_small_float16_constants(content: bytes, min_elements: int = FLOAT16_MIN_ELEMENTS) -> bytes:
@@ -488,14 +641,11 @@ def widen_small_float16_constants(content: bytes, min_elements: int = FLOAT16_MI
                 source, widened = subgraph.tensors[op.inputs[0]], subgraph.tensors[op.outputs[0]]
                 data = model.buffers[source.buffer].data
                 if source.type == schema.TensorType.FLOAT16 and data is not None and 0 < len(data) < 2 * min_elements:
-                    buffer = schema.BufferT()
-                    buffer.data = np.frombuffer(np.frombuffer(bytes(data), np.float16).astype(np.float32).tobytes(), np.uint8)
-                    model.buffers.append(buffer)
-                    widened.buffer = len(model.buffers) - 1
+                    widened.buffer = _add_buffer(model, np.frombuffer(bytes(data), np.float16).astype(np.float32))
                     continue
             kept_ops.append(op)
         subgraph.operators = kept_ops
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return _serialize(model)
 
 
 def strip_tensor_names(content: bytes) -> bytes:
@@ -513,7 +663,7 @@ def strip_tensor_names(content: bytes) -> bytes:
         for i, tensor in enumerate(subgraph.tensors):
             if i not in keep:
                 tensor.name = None
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return _serialize(model)
 
 
 def _convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:

@@ -2,7 +2,7 @@
 
     dataset root --index--> rows (path, label, split, group)
         --decode_clip (worker processes)--> frames uint8 [V, T, S, S, 3], waveform float32 [N] -> MFCC [F, C]
-        --FrameEncoder (main process, batched)--> frame_features float32 [V, T, D]
+        --(FrameDifference, if preprocess.frame_difference)--FrameEncoder (main process, batched)--> frame_features float32 [V, T, D]
         --> DIR/features/<split>-<i>-of-<n>.tfrecord, index.json, DIR/preprocess_errors.csv
 
 Shards are fixed slices of the sorted rows, so an interrupted run resumes by skipping the
@@ -133,6 +133,10 @@ class ClipProcessor:
         if self.encoder is None:
             return list(decoded)
         frames = [d["frames"] for d in decoded]
+        if self.cfg.preprocess.frame_difference:  # per view: [V, T, S, S, 3] is a batch of V clips
+            from pipeline.features.encoders import FrameDifference
+
+            frames = [np.asarray(FrameDifference()(f)) for f in frames]
         shapes = [f.shape[:2] for f in frames]  # (V, T) per clip
         flat = np.concatenate([f.reshape(-1, *f.shape[2:]) for f in frames])
         features = self.encoder.encode(flat)

@@ -1,4 +1,5 @@
-"""Train stage: cached features in DIR/features -> DIR/model.keras, history.csv, curves, TensorBoard logs.
+"""Train stage: cached features in DIR/features -> DIR/model.keras, history.csv, curves, TensorBoard logs
+(and, for the hybrid model, DIR/frame_encoder.weights.h5: its trained CNN, reusable as preprocess.weights).
 
     features/*.tfrecord --parse--> {frame_features [T, D], frame_lengths, mfcc [F, C], mfcc_length, ...}
         --augment (train only: temporal jitter, SpecAugment)--> batches --model--> probabilities
@@ -358,6 +359,9 @@ def prepare_multi_worker_fit(model, dataset, strategy) -> None:
     keras_tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
 
 
+FRAME_ENCODER_WEIGHTS = "frame_encoder.weights.h5"  # written by hybrid runs
+
+
 def train(
     config: Config | str | Path | None = None,
     run_dir: str | Path = "runs/default",
@@ -442,6 +446,10 @@ def train(
     tmp = temp_path(out_dir / "model.keras").with_suffix(".keras")
     model.save(tmp)
     tmp.replace(out_dir / "model.keras")
+    if cfg.model.name == "hybrid":  # its trained CNN can encode frames for feature-level runs (preprocess.weights)
+        tmp = temp_path(out_dir / FRAME_ENCODER_WEIGHTS).with_suffix(".weights.h5")
+        model.get_layer("frame_encoder").layer.save_weights(str(tmp))
+        tmp.replace(out_dir / FRAME_ENCODER_WEIGHTS)
     history = read_history(out_dir / "history.csv")
     plot_history(history, out_dir / "training_curves.png")
     val = model.evaluate(val_ds, verbose=0, return_dict=True)  # every worker: evaluation is a collective op too

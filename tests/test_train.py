@@ -69,11 +69,34 @@ def test_nan_loss_stops_with_a_clear_message(dataset, feature_run, tmp_path):  #
                                      "train.optimizer=adam", "train.schedule=constant", "train.epochs=5"), progress=False)
 
 
-def test_hybrid_trains_end_to_end(dataset, tmp_path):  # noqa: F811
-    run = tmp_path / "run"
-    preprocess(None, run, FAST + [f"data.root={dataset}", "preprocess.encoder=none"], progress=False)
-    result = train(None, run, config_args(dataset, "preprocess.encoder=none", "model.name=hybrid", "train.epochs=2"), progress=False)
+def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path):  # noqa: F811
+    """The hybrid model on frame differences; its trained CNN, saved by train, is the frame encoder of a feature run."""
+    import numpy as np
+
+    from pipeline.features.encoders import FrameDifference, build_encoder
+    from pipeline.models import load_model
+    from tests.test_preprocess import read_examples
+
+    run, features = tmp_path / "hybrid", tmp_path / "features"
+    raw = FAST + [f"data.root={dataset}", "preprocess.encoder=none", "preprocess.frame_difference=true"]
+    preprocess(None, run, raw, progress=False)
+    result = train(None, run, raw + TINY + ["model.name=hybrid", "train.epochs=2"], progress=False)
     assert result["epochs"] == 2 and (run / "model.keras").is_file()
+    cnn = load_model(run / "model.keras").get_layer("frame_encoder").layer
+    weights = run / "frame_encoder.weights.h5"
+    reloaded = build_encoder("small_cnn", 32, str(weights), seed=1)  # another seed: every weight must come from the file
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(reloaded(frames)), np.asarray(cnn(frames)))
+
+    preprocess(None, features, FAST + [f"data.root={dataset}", f"preprocess.weights={weights}", "preprocess.frame_difference=true"], progress=False)
+    _, clips = read_examples(run)
+    _, encoded = read_examples(features)
+    clip = "Fast/v_Fast_g01_c01.mp4"
+    clip_frames = np.frombuffer(clips[clip]["frames"][0], np.uint8).reshape(1, 4, 32, 32, 3)
+    differences = np.asarray(FrameDifference()(clip_frames))[0]
+    assert (differences[0] == 128).all() and differences.dtype == np.uint8  # no change before the first frame
+    cached = np.asarray(encoded[clip]["frame_features"]).reshape(4, -1)
+    np.testing.assert_allclose(cached, np.asarray(cnn(differences)), atol=1e-4)  # cached through TFLite, same features
 
 
 @pytest.mark.slow

@@ -121,6 +121,26 @@ class _ToFloat(keras.layers.Layer):
         return keras.ops.cast(x, "float32")
 
 
+@keras.saving.register_keras_serializable(package="actrec")
+class FrameDifference(keras.layers.Layer):
+    """uint8 frames [B, T, S, S, 3] -> uint8 [B, T, S, S, 3]: (frame_t - frame_t-1) // 2 + 128, and 128 (no change) at t = 0.
+
+    The RGB difference of Temporal Segment Networks: a static background and the actor's colours cancel,
+    what moved remains. It stays uint8 (mid-grey = no change) so any frame encoder takes it as it
+    takes frames, and its values are exact integers: the same in Keras, SavedModel and TFLite.
+    """
+
+    def call(self, frames):
+        # Float arithmetic on integer values (exact): TFLite would store integer scalars broadcast to the
+        # frames' shape as [1, T, S, S, 3] int32 constants. PAD gives "no change" at t = 0 without a zeros constant.
+        pixels = keras.ops.cast(frames, "float32")
+        change = keras.ops.pad(pixels[:, 1:] - pixels[:, :-1], [[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]])
+        return keras.ops.cast(keras.ops.floor(change * 0.5) + 128.0, "uint8")
+
+    def compute_output_spec(self, frames):
+        return keras.KerasTensor(frames.shape, dtype="uint8")
+
+
 def feature_dim(encoder: keras.Model) -> int:
     return int(encoder.output.shape[-1])
 

@@ -92,7 +92,7 @@ class MFCC(keras.layers.Layer):
         # center=True with zeros: frame t is centred on sample t * hop.
         half = p.n_fft // 2
         padded = tf.pad(waveform, [[0, 0], [half, half]])
-        frames = tf.signal.frame(padded, frame_length=p.n_fft, frame_step=p.hop_length, axis=-1)  # [B, F, n_fft]
+        frames = frame_signal(padded, p.n_fft, p.hop_length)  # [B, F, n_fft]
         power = self._power_spectrum(frames)  # [B, F, n_fft/2+1]
         mel = tf.matmul(power, self._mel)  # [B, F, n_mels]
         log_mel = (10.0 / math.log(10.0)) * tf.math.log(tf.maximum(mel, AMIN))
@@ -190,6 +190,31 @@ class MFCC(keras.layers.Layer):
         config = super().get_config()
         config.update(self.params.to_dict())
         return config
+
+
+def frame_signal(signal, frame_length: int, frame_step: int):
+    """signal [B, L] -> frames [B, F, frame_length], F = 1 + (L - frame_length) // frame_step: frame t is
+    signal[:, t * frame_step : t * frame_step + frame_length], exactly tf.signal.frame(..., axis=-1).
+
+    tf.signal.frame converts to a GATHER with an int32 table of F x (frame_length / gcd) indices (25 KB
+    in each TFLite file of the 4 s action model, float and int8 alike). Here the signal is cut into blocks of one
+    hop and frame t is blocks t, t+1, ... side by side, the last one cut short: a RESHAPE, a few
+    STRIDED_SLICEs and a CONCATENATION, no table. Only values are moved, so the frames are identical.
+    """
+    batch, length = tf.shape(signal)[0], signal.shape[-1]
+    if length is None:  # a model with a variable number of samples
+        length = tf.shape(signal)[-1]
+    num_frames = 1 + (length - frame_length) // frame_step
+    whole, rest = divmod(frame_length, frame_step)  # blocks a frame spans in full, samples of the last one
+    num_blocks = num_frames + whole - (0 if rest else 1)
+    used = num_blocks * frame_step  # up to one hop past the signal's end: zeros no frame reads
+    extra = max(used - length, 0) if isinstance(length, int) else tf.maximum(used - length, 0)
+    signal = tf.pad(signal, [[0, 0], [0, extra]])[:, :used]
+    blocks = tf.reshape(signal, [batch, num_blocks, frame_step])
+    pieces = [blocks[:, j : j + num_frames] for j in range(whole)]
+    if rest:
+        pieces.append(blocks[:, whole : whole + num_frames, :rest])
+    return tf.concat(pieces, axis=-1)
 
 
 def _difference_constants(n_fft: int) -> tuple[np.ndarray, ...]:

@@ -59,7 +59,7 @@ class SamplesToFrames(layers.Layer):
 
 def hybrid_cnn_rnn(spec: ModelSpec, cfg, encoder: keras.Model | None = None) -> keras.Model:
     """The end-to-end model; `encoder` defaults to preprocess.encoder (weights: preprocess.weights)."""
-    from pipeline.features.encoders import build_encoder
+    from pipeline.features.encoders import FrameDifference, build_encoder
 
     _need(spec, "frames", "hybrid")
     p = spec.preprocess
@@ -70,7 +70,8 @@ def hybrid_cnn_rnn(spec: ModelSpec, cfg, encoder: keras.Model | None = None) -> 
 
     frames = keras.Input((t, s, s, 3), dtype="uint8", name="frames")
     frame_lengths = keras.Input((), dtype="int32", name="frame_lengths")
-    features = layers.TimeDistributed(encoder, name="frame_encoder")(frames)  # [B, T, D]
+    pixels = FrameDifference(name="frame_difference")(frames) if p.frame_difference else frames
+    features = layers.TimeDistributed(encoder, name="frame_encoder")(pixels)  # [B, T, D]
     features = layers.LayerNormalization(name="video_norm")(features)
     inputs, pooled = [frames, frame_lengths], [rnn_head(features, frame_lengths, cfg, "video")]
 
