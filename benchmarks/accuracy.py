@@ -1,8 +1,11 @@
 """Test-split accuracy of every model on the embedded data (groups and speakers never seen in training).
 
     action clips, end to end:      hybrid (configs/actions_hybrid.yaml: small CNN on 64x64 frame differences
-                                   + in-model MFCC on the waveform), and the same on video only, whose trained
-                                   CNN becomes the frame encoder of the next rows
+                                   + in-model MFCC on the waveform), trained in two stages: first on video only
+                                   (its CNN must carry every class it can), then audio-visual with the CNN
+                                   started from stage 1's frame_encoder.weights.h5; and, for comparison, the
+                                   audio-visual model from scratch. Stage 1's CNN is also the frame encoder
+                                   of the trained-CNN rows below
     action clips, cached features: video_rnn, audio_rnn, av_fusion (mid; and late), twice: with the random
                                    small CNN of configs/actions_av.yaml, and with the trained CNN
                                    (configs/actions_av_trained_cnn.yaml)
@@ -31,9 +34,11 @@ sys.path.insert(0, str(ROOT))
 from data_prep.actions import make_actions  # noqa: E402
 from data_prep.commands import make_commands  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.features.encoders import FRAME_ENCODER_WEIGHTS  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
 from pipeline.train import evaluate_split, train  # noqa: E402
 
+STAGE1 = ["preprocess.modalities=[video]", "train.epochs=80"]  # the two-stage hybrid's first stage (configs/actions_hybrid.yaml)
 FEATURE_MODELS = {"video_rnn": ["model.name=video_rnn"], "audio_rnn": ["model.name=audio_rnn"], "av_fusion": ["model.name=av_fusion"],
                   # late fusion averages the two heads' probabilities: a weak modality can only blur the strong one
                   "av_fusion_late": ["model.name=av_fusion", "model.fusion=late"]}
@@ -61,31 +66,40 @@ def run(name: str, config: str, data_root: Path, work: Path, overrides: list[str
 def summarize(rows: list[dict]) -> dict:
     """The issue's goals against the measured rows (accuracies rounded to 4 places: 190/200 is 0.95, not 0.9499999).
 
-    The fusion goals are checked on the trained-CNN rows: the shipped random-CNN rows show what the
-    video features are worth without any trained or pretrained encoder.
+    The fusion goals are checked on the two-stage hybrid (audio-visual end to end, its CNN from the video-only
+    stage) against the best single-modality row of any kind. Feature-level fusion on the trained CNN is
+    reported beside it: it scored 0.889-0.972 in three runs, too unsteady for the goal row.
     """
     by_name = {r["model"]: round(r["test_accuracy"], 4) for r in rows}
-    fusion = by_name["actions_trained_cnn_av_fusion"]
-    best_single = max(by_name["actions_trained_cnn_video_rnn"], by_name["actions_trained_cnn_audio_rnn"])
+    fusion = by_name["actions_hybrid"]
+    singles = {name: by_name[name] for name in ("actions_hybrid_video", "actions_video_rnn", "actions_trained_cnn_video_rnn",
+                                                 "actions_audio_rnn", "actions_trained_cnn_audio_rnn")}
+    best_single = max(singles, key=singles.get)
     return {
-        "fusion_minus_best_single": round(fusion - best_single, 4),
+        "fusion_model": "actions_hybrid",
+        "best_single_modality": best_single,
+        "fusion_minus_best_single": round(fusion - singles[best_single], 4),
+        "feature_fusion_trained_cnn_minus_best_single": round(by_name["actions_trained_cnn_av_fusion"] - singles[best_single], 4),
         "goals": {
             "fusion >= 0.95": fusion >= 0.95,
-            "fusion >= best single + 0.05": fusion - best_single >= 0.05,
+            "fusion >= best single + 0.05": fusion - singles[best_single] >= 0.05,
             "commands >= 0.95": by_name["commands_audio_rnn"] >= 0.95,
-            "hybrid >= 0.90": by_name["actions_hybrid"] >= 0.90,
+            "hybrid >= 0.90": fusion >= 0.90,
         },
     }
 
 
 def action_rows(actions: Path, work: Path) -> list[dict]:
-    """Hybrid (audio-visual and video only), then the feature-level models on the random and on the trained CNN."""
+    """Hybrid (video only, then audio-visual from its CNN, and from scratch), then the feature-level models on the random and on the trained CNN."""
     rows = []
     print("action clips, end to end", flush=True)
-    rows.append({"task": "actions", **run("actions_hybrid", "actions_hybrid.yaml", actions, work, [])})
-    # video only, the CNN must carry every class it can: a better frame encoder than the audio-visual run's
-    rows.append({"task": "actions", **run("actions_hybrid_video", "actions_hybrid.yaml", actions, work, ["preprocess.modalities=[video]"])})
-    trained_cnn = work / "runs/actions_hybrid_video/frame_encoder.weights.h5"
+    # stage 1, video only: with no audio to lean on, the CNN must carry every class it can (it still improves at 40 epochs)
+    rows.append({"task": "actions", **run("actions_hybrid_video", "actions_hybrid.yaml", actions, work, STAGE1)})
+    trained_cnn = work / "runs/actions_hybrid_video" / FRAME_ENCODER_WEIGHTS
+    # stage 2, audio-visual from stage 1's CNN (the goal row). From scratch it scores lower, we think because
+    # the audio branch fits the training clips first and leaves the CNN little loss to learn from
+    rows.append({"task": "actions", **run("actions_hybrid", "actions_hybrid.yaml", actions, work, [f"preprocess.weights={trained_cnn}"])})
+    rows.append({"task": "actions", **run("actions_hybrid_scratch", "actions_hybrid.yaml", actions, work, [])})
     for title, config, overrides in (("random CNN", "actions_av.yaml", []),
                                      ("trained CNN", "actions_av_trained_cnn.yaml", [f"preprocess.weights={trained_cnn}"])):
         print(f"action clips, cached features, {title}", flush=True)
@@ -129,7 +143,8 @@ def main() -> None:
               f"{r['train_seconds']:.0f} | {r['params']:,} |" for r in rows]
     text = "\n".join(table)
     print("\n" + text)
-    print(f"\nfusion - best single modality = {summary['fusion_minus_best_single']:+.3f}; goals: {summary['goals']}")
+    print(f"\nfusion ({summary['fusion_model']}) - best single modality ({summary['best_single_modality']}) = "
+          f"{summary['fusion_minus_best_single']:+.3f}; goals: {summary['goals']}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, **summary, "clips_per_class": args.clips_per_class, "per_word": args.per_word}, indent=2) + "\n")
     out.with_suffix(".md").write_text(text + "\n")

@@ -77,7 +77,7 @@ class PreprocessConfig:
     image_size: int = option(112, "Side of the square frame fed to the encoder (aspect-preserving resize, then centre crop).", minimum=16)
     encoder: str = option("mobilenet_v3_small", "Frame encoder: a keras.applications CNN, `small_cnn`, or `none` to cache the uint8 frames themselves (for the hybrid model).", ENCODERS)
     frame_difference: bool = option(False, "Encode the difference of consecutive sampled frames (TSN's RGB difference: what moved, without the static background and the actor's colours) instead of the frames; the hybrid model and the exported graph compute it in-model.")
-    weights: Optional[str] = option(None, "Encoder weights: `imagenet` (downloaded once, needs the network), a path to a .weights.h5 file, or null (random init).")
+    weights: Optional[str] = option(None, "Encoder weights: `imagenet` (downloaded once, needs the network), a path to a .weights.h5 file (e.g. a hybrid run's frame_encoder.weights.h5; with encoder `none` it starts the hybrid model's small_cnn), or null (random init).")
     encoder_backend: str = option("tflite", "Run the frozen encoder through the TFLite interpreter (XNNPACK, ~8x faster on CPU) or through Keras.", ["tflite", "keras"])
     encoder_batch: int = option(64, "Frames per encoder call.", minimum=1)
     workers: int = option(2, "Worker processes that decode clips, compute MFCCs and (tflite backend) encode frames in parallel, each with its own interpreter of cpus/workers threads (0 = all in the main process).", minimum=0)

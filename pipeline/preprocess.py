@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -41,6 +42,15 @@ SPLITS = ("train", "val", "test")
 def preprocess_hash(cfg: Config) -> str:
     """What decides the cached features: the data and preprocess sections and the seed."""
     return section_hash(cfg.data, cfg.preprocess) + f"-{cfg.seed}"
+
+
+def weights_digest(cfg: Config) -> str | None:
+    """A hash of the preprocess.weights file the encoder starts from, when it is one: retrained under the same
+    path (stage 1 of the two-stage hybrid recipe, run again), it encodes other features than the cached ones."""
+    p = cfg.preprocess
+    if p.encoder == "none" or p.weights in (None, "imagenet") or not storage.path(p.weights).is_file():
+        return None  # `none` caches raw frames, which no weights change; a missing file fails in build_encoder
+    return hashlib.sha256(storage.path(p.weights).read_bytes()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- the per-clip work
@@ -271,13 +281,14 @@ def _check_run_dir(run_dir: Path, cfg: Config, overwrite: bool) -> bool:
     state_file = run_dir / "features" / "preprocess_state.json"
     for existing in (index_file, state_file):
         if existing.is_file():
-            old = json.loads(existing.read_text()).get("config_hash")
-            if old != preprocess_hash(cfg):
+            state = json.loads(existing.read_text())
+            digest = weights_digest(cfg)
+            changed = ("a different data/preprocess config" if state.get("config_hash") != preprocess_hash(cfg)
+                       else f"another {cfg.preprocess.weights} (the file changed since)" if state.get("weights_sha256", digest) != digest
+                       else None)
+            if changed:
                 if not overwrite:
-                    raise UserError(
-                        f"{run_dir}: features were made with a different data/preprocess config; "
-                        f"use --overwrite to redo them or choose another --run-dir"
-                    )
+                    raise UserError(f"{run_dir}: features were made with {changed}; use --overwrite to redo them or choose another --run-dir")
                 storage.rmtree(run_dir / "features")
                 return False
             return existing == index_file
@@ -327,6 +338,9 @@ def preprocess(
         raise UserError(f"--runner {runner}: expected local or beam")
     elif storage.is_url(cfg.data.root):
         raise UserError(f"data.root={cfg.data.root}: the local runner reads local folders; use --runner beam (its workers fetch clips from URLs)")
+    from pipeline.features.encoders import check_encoder_weights  # imports Keras
+
+    check_encoder_weights(cfg.preprocess.encoder, cfg.preprocess.weights)  # also for `none`: the hybrid model starts from it
     run_dir = storage.path(run_dir)
     if _check_run_dir(run_dir, cfg, overwrite):
         index = json.loads((run_dir / "features" / "index.json").read_text())
@@ -339,7 +353,7 @@ def preprocess(
     features_dir = run_dir / "features"
     features_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    atomic_write_json(features_dir / "preprocess_state.json", {"config_hash": preprocess_hash(cfg)})
+    atomic_write_json(features_dir / "preprocess_state.json", {"config_hash": preprocess_hash(cfg), "weights_sha256": weights_digest(cfg)})
     label_ids = {c: i for i, c in enumerate(classes)}
     shards = plan_shards(rows, cfg.preprocess.shard_size)
     todo = [s for s in shards if not (features_dir / s.name).is_file()]
@@ -480,6 +494,7 @@ def _finalize(cfg: Config, run_dir: Path, shards: list[Shard], classes: list[str
     dim = processor.encoder.dim if processor.encoder is not None else None
     index = {
         "config_hash": preprocess_hash(cfg),
+        "weights_sha256": weights_digest(cfg),
         "classes": classes,
         "counts": counts,
         "shards": {s: [sh.name for sh in shards if sh.split == s] for s in SPLITS},

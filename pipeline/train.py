@@ -359,9 +359,6 @@ def prepare_multi_worker_fit(model, dataset, strategy) -> None:
     keras_tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
 
 
-FRAME_ENCODER_WEIGHTS = "frame_encoder.weights.h5"  # written by hybrid runs
-
-
 def train(
     config: Config | str | Path | None = None,
     run_dir: str | Path = "runs/default",
@@ -377,6 +374,7 @@ def train(
     import keras
 
     from pipeline.callbacks import AtomicBackupAndRestore, BestWeights, StopOnNaN
+    from pipeline.features.encoders import FRAME_ENCODER_WEIGHTS
     from pipeline.models import build_model
 
     run_dir = Path(run_dir)

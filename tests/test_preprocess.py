@@ -92,6 +92,25 @@ def test_changed_config_refuses_without_overwrite(dataset, tmp_path):
     assert "Fast/v_Fast_g02_c03.mp4" not in dict(tuple(e) for e in index["errors"])  # video-only: no audio is fine
 
 
+def test_retrained_weights_file_is_not_served_from_the_cache(dataset, tmp_path):
+    """The same preprocess.weights path with new contents (stage 1 retrained) gives other features, not the cached ones."""
+    from pipeline.features.encoders import build_encoder
+
+    run, weights = tmp_path / "run", tmp_path / "cnn.weights.h5"
+    args = FAST + [f"data.root={dataset}", "preprocess.modalities=[video]", f"preprocess.weights={weights}"]
+    build_encoder("small_cnn", 32, seed=1).save_weights(str(weights))
+    preprocess(None, run, args, progress=False)
+    _, before = read_examples(run)
+    preprocess(None, run, args, progress=False)  # unchanged file: the finished features are kept
+    build_encoder("small_cnn", 32, seed=2).save_weights(str(weights))
+    with pytest.raises(UserError, match=f"another {weights} \\(the file changed since\\).*--overwrite"):
+        preprocess(None, run, args, progress=False)
+    preprocess(None, run, args, overwrite=True, progress=False)
+    _, after = read_examples(run)
+    clip = "Slow/v_Slow_g01_c01.mp4"
+    assert not np.allclose(before[clip]["frame_features"], after[clip]["frame_features"])
+
+
 def test_raw_frames_for_the_hybrid_model(dataset, tmp_path):
     index = preprocess(None, tmp_path / "run", FAST + [f"data.root={dataset}", "preprocess.encoder=none"], progress=False)
     assert index["features"]["frames"] == {"shape": [1, 4, 32, 32, 3], "dtype": "uint8"}
@@ -146,6 +165,10 @@ def test_shard_plan_is_stable():
 def test_impossible_config_fails_before_work(dataset, tmp_path):
     with pytest.raises(UserError, match="preprocess.n_fft"):
         preprocess(None, tmp_path / "run", FAST + [f"data.root={dataset}", "preprocess.audio_seconds=0.1", "preprocess.n_fft=4096"], progress=False)
+    # the hybrid's stage 2 before its stage 1 ran: said at preprocess, not after caching the raw frames
+    missing = tmp_path / "runs/actions_cnn/frame_encoder.weights.h5"
+    with pytest.raises(UserError, match=f"preprocess.weights: file {missing} not found.*`actrec train` of a hybrid run writes it"):
+        preprocess(None, tmp_path / "run", FAST + [f"data.root={dataset}", "preprocess.encoder=none", f"preprocess.weights={missing}"], progress=False)
     assert not (tmp_path / "run").exists()
 
 

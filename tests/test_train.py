@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
+from pipeline.features.encoders import FRAME_ENCODER_WEIGHTS
 from pipeline.preprocess import preprocess
 from pipeline.train import read_history, train
 from tests.test_preprocess import FAST, dataset  # noqa: F401  (the module-scoped clip fixture)
@@ -83,7 +84,7 @@ def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path
     result = train(None, run, raw + TINY + ["model.name=hybrid", "train.epochs=2"], progress=False)
     assert result["epochs"] == 2 and (run / "model.keras").is_file()
     cnn = load_model(run / "model.keras").get_layer("frame_encoder").layer
-    weights = run / "frame_encoder.weights.h5"
+    weights = run / FRAME_ENCODER_WEIGHTS
     reloaded = build_encoder("small_cnn", 32, str(weights), seed=1)  # another seed: every weight must come from the file
     frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(np.asarray(reloaded(frames)), np.asarray(cnn(frames)))
@@ -97,6 +98,15 @@ def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path
     assert (differences[0] == 128).all() and differences.dtype == np.uint8  # no change before the first frame
     cached = np.asarray(encoded[clip]["frame_features"]).reshape(4, -1)
     np.testing.assert_allclose(cached, np.asarray(cnn(differences)), atol=1e-4)  # cached through TFLite, same features
+
+    # and a new hybrid model starts its CNN from the file (two-stage training: video only, then audio-visual)
+    from pipeline.config import load_config
+    from pipeline.models import build_model
+    from pipeline.train import model_spec, read_index
+
+    cfg = load_config(run / "config.yaml", [f"preprocess.weights={weights}", "seed=1"])
+    restarted = build_model(model_spec(cfg, read_index(run)), cfg.model).get_layer("frame_encoder").layer
+    np.testing.assert_array_equal(np.asarray(restarted(frames)), np.asarray(cnn(frames)))
 
 
 @pytest.mark.slow

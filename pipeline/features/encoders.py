@@ -76,6 +76,18 @@ def small_cnn(input_shape: tuple[int, int, int], width: int = 16) -> keras.Model
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
+FRAME_ENCODER_WEIGHTS = "frame_encoder.weights.h5"  # the CNN a hybrid run trained, saved by `actrec train` in its run dir
+
+
+def check_encoder_weights(name: str, weights: str | None) -> None:
+    """One-line errors for preprocess.weights, raised before any work (encoder `none`: the hybrid's small_cnn)."""
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        made_by = "; `actrec train` of a hybrid run writes it" if Path(weights).name == FRAME_ENCODER_WEIGHTS else ""
+        raise UserError(f"preprocess.weights: file {weights} not found (expected 'imagenet', a .weights.h5 path, or null{made_by})")
+    if weights == "imagenet" and name in ("small_cnn", "none"):
+        raise UserError("preprocess.weights: small_cnn has no ImageNet weights; use null or a .weights.h5 file")
+
+
 def build_encoder(name: str, image_size: int, weights: str | None = None, seed: int = 0) -> keras.Model:
     """The frame encoder `name` as a Keras model: uint8/float [B, S, S, 3] in 0..255 -> float32 [B, D].
 
@@ -85,10 +97,7 @@ def build_encoder(name: str, image_size: int, weights: str | None = None, seed: 
     if name not in ENCODERS and name != "small_cnn":
         known = ", ".join([*ENCODERS, "small_cnn", "none"])
         raise UserError(f"preprocess.encoder: unknown encoder {name!r}; known: {known}")
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise UserError(f"preprocess.weights: file {weights} not found (expected 'imagenet', a .weights.h5 path, or null)")
-    if weights == "imagenet" and name == "small_cnn":
-        raise UserError("preprocess.weights: small_cnn has no ImageNet weights; use null or a .weights.h5 file")
+    check_encoder_weights(name, weights)
     input_shape = (image_size, image_size, 3)
     keras.utils.set_random_seed(seed)  # a random-init encoder must be the same in every stage
     if name == "small_cnn":

@@ -65,7 +65,8 @@ def hybrid_cnn_rnn(spec: ModelSpec, cfg, encoder: keras.Model | None = None) -> 
     p = spec.preprocess
     t, s, _ = spec.frames
     encoder_name = p.encoder if p.encoder != "none" else "small_cnn"
-    encoder = encoder or build_encoder(encoder_name, s, p.weights if p.encoder != "none" else None, seed=spec.seed)
+    # preprocess.weights starts the CNN from a file, e.g. the frame_encoder.weights.h5 of a video-only hybrid run
+    encoder = encoder or build_encoder(encoder_name, s, p.weights, seed=spec.seed)
     set_encoder_trainable(encoder, cfg.encoder_trainable if p.encoder != "none" else "true", cfg.encoder_last_n)
 
     frames = keras.Input((t, s, s, 3), dtype="uint8", name="frames")
