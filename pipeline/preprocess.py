@@ -44,13 +44,14 @@ def preprocess_hash(cfg: Config) -> str:
     return section_hash(cfg.data, cfg.preprocess) + f"-{cfg.seed}"
 
 
-def weights_digest(cfg: Config) -> str | None:
-    """A hash of the preprocess.weights file the encoder starts from, when it is one: retrained under the same
-    path (stage 1 of the two-stage hybrid recipe, run again), it encodes other features than the cached ones."""
+def cache_key(cfg: Config) -> dict:
+    """What the cached features are checked against, saved in preprocess_state.json and index.json: the config hash,
+    and a hash of the preprocess.weights file when there is one (retrained under the same path, as when stage 1 of
+    the two-stage hybrid recipe runs again, it encodes other features). Read after check_encoder_weights passed."""
     p = cfg.preprocess
-    if p.encoder == "none" or p.weights in (None, "imagenet") or not storage.path(p.weights).is_file():
-        return None  # `none` caches raw frames, which no weights change; a missing file fails in build_encoder
-    return hashlib.sha256(storage.path(p.weights).read_bytes()).hexdigest()[:16]
+    from_file = p.encoder != "none" and p.weights not in (None, "imagenet")  # `none` caches raw frames, which no weights change
+    digest = hashlib.sha256(storage.path(p.weights).read_bytes()).hexdigest()[:16] if from_file else None
+    return {"config_hash": preprocess_hash(cfg), "weights_sha256": digest}
 
 
 # ----------------------------------------------------------------------------- the per-clip work
@@ -275,15 +276,15 @@ def plan_shards(rows: Sequence[ManifestRow], shard_size: int) -> list[Shard]:
     return shards
 
 
-def _check_run_dir(run_dir: Path, cfg: Config, overwrite: bool) -> bool:
-    """True when the run dir already holds finished features for this config."""
+def _check_run_dir(run_dir: Path, cfg: Config, key: dict, overwrite: bool) -> bool:
+    """True when the run dir already holds finished features for this config (key: its cache_key)."""
     index_file = run_dir / "features" / "index.json"
     state_file = run_dir / "features" / "preprocess_state.json"
     for existing in (index_file, state_file):
         if existing.is_file():
             state = json.loads(existing.read_text())
-            digest = weights_digest(cfg)
-            changed = ("a different data/preprocess config" if state.get("config_hash") != preprocess_hash(cfg)
+            digest = key["weights_sha256"]  # runs cached before it was recorded are not checked against it
+            changed = ("a different data/preprocess config" if state.get("config_hash") != key["config_hash"]
                        else f"another {cfg.preprocess.weights} (the file changed since)" if state.get("weights_sha256", digest) != digest
                        else None)
             if changed:
@@ -341,8 +342,9 @@ def preprocess(
     from pipeline.features.encoders import check_encoder_weights  # imports Keras
 
     check_encoder_weights(cfg.preprocess.encoder, cfg.preprocess.weights)  # also for `none`: the hybrid model starts from it
+    key = cache_key(cfg)
     run_dir = storage.path(run_dir)
-    if _check_run_dir(run_dir, cfg, overwrite):
+    if _check_run_dir(run_dir, cfg, key, overwrite):
         index = json.loads((run_dir / "features" / "index.json").read_text())
         print(f"{run_dir}: features already complete ({sum(index['counts'].values())} clips); nothing to do")
         return index
@@ -353,7 +355,7 @@ def preprocess(
     features_dir = run_dir / "features"
     features_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    atomic_write_json(features_dir / "preprocess_state.json", {"config_hash": preprocess_hash(cfg), "weights_sha256": weights_digest(cfg)})
+    atomic_write_json(features_dir / "preprocess_state.json", key)
     label_ids = {c: i for i, c in enumerate(classes)}
     shards = plan_shards(rows, cfg.preprocess.shard_size)
     todo = [s for s in shards if not (features_dir / s.name).is_file()]
@@ -368,7 +370,7 @@ def preprocess(
         _run_local(cfg, processor, todo, features_dir, label_ids, done_before, len(rows), progress)
     seconds = time.time() - start
 
-    index = _finalize(cfg, run_dir, shards, classes, problems, processor)
+    index = _finalize(cfg, key, run_dir, shards, classes, problems, processor)
     n_done, n_skipped = sum(index["counts"].values()), len(index["errors"])
     processed = sum(len(s.rows) for s in todo)
     rate = processed / seconds if seconds > 0 else 0.0
@@ -476,7 +478,7 @@ def write_shard(features_dir: Path, shard: Shard, examples: Iterable[bytes], err
     tmp.replace(features_dir / shard.name)
 
 
-def _finalize(cfg: Config, run_dir: Path, shards: list[Shard], classes: list[str], problems, processor: ClipProcessor) -> dict:
+def _finalize(cfg: Config, key: dict, run_dir: Path, shards: list[Shard], classes: list[str], problems, processor: ClipProcessor) -> dict:
     features_dir = run_dir / "features"
     counts = {s: 0 for s in SPLITS}
     errors = list(problems)
@@ -493,8 +495,7 @@ def _finalize(cfg: Config, run_dir: Path, shards: list[Shard], classes: list[str
     p = cfg.preprocess
     dim = processor.encoder.dim if processor.encoder is not None else None
     index = {
-        "config_hash": preprocess_hash(cfg),
-        "weights_sha256": weights_digest(cfg),
+        **key,
         "classes": classes,
         "counts": counts,
         "shards": {s: [sh.name for sh in shards if sh.split == s] for s in SPLITS},

@@ -74,8 +74,10 @@ def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path
     """The hybrid model on frame differences; its trained CNN, saved by train, is the frame encoder of a feature run."""
     import numpy as np
 
+    from pipeline.config import load_config
     from pipeline.features.encoders import FrameDifference, build_encoder
-    from pipeline.models import load_model
+    from pipeline.models import build_model, load_model
+    from pipeline.train import model_spec, read_index
     from tests.test_preprocess import read_examples
 
     run, features = tmp_path / "hybrid", tmp_path / "features"
@@ -100,10 +102,6 @@ def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path
     np.testing.assert_allclose(cached, np.asarray(cnn(differences)), atol=1e-4)  # cached through TFLite, same features
 
     # and a new hybrid model starts its CNN from the file (two-stage training: video only, then audio-visual)
-    from pipeline.config import load_config
-    from pipeline.models import build_model
-    from pipeline.train import model_spec, read_index
-
     cfg = load_config(run / "config.yaml", [f"preprocess.weights={weights}", "seed=1"])
     restarted = build_model(model_spec(cfg, read_index(run)), cfg.model).get_layer("frame_encoder").layer
     np.testing.assert_array_equal(np.asarray(restarted(frames)), np.asarray(cnn(frames)))
