@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The two commands of the README:
 #   ./run.sh demo [actrec demo flags]   install what is missing, then run the main job on the embedded data
-#   ./run.sh test [pytest flags]        install what is missing, then run the whole test suite
+#   ./run.sh test [pytest flags]        install what is missing, then the linter (ruff) and the whole test suite
+#                                       (./run.sh test -m "not slow" is the fast lane)
 # The install lives in .venv and is reused while setup.cfg is unchanged (a second run costs seconds).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -52,6 +53,8 @@ case "$cmd" in
     exec .venv/bin/actrec demo "$@" ;;
   test)
     ensure_debian_packages; ensure_venv
+    log "ruff check ."
+    .venv/bin/ruff check . || { log "ruff found problems (above): fix them, or run 'ruff check --fix .'"; exit 1; }
     exec .venv/bin/python -m pytest "$@" ;;
   *)
     echo "usage: ./run.sh demo [flags] | ./run.sh test [pytest flags]" >&2; exit 2 ;;

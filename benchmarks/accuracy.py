@@ -35,8 +35,8 @@ from data_prep.actions import make_actions  # noqa: E402
 from data_prep.commands import make_commands  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.features.encoders import FRAME_ENCODER_WEIGHTS  # noqa: E402
-from pipeline.preprocess import preprocess  # noqa: E402
-from pipeline.train import evaluate_split, train  # noqa: E402
+from pipeline.stages.preprocess import preprocess  # noqa: E402
+from pipeline.stages.train import evaluate_split, train  # noqa: E402
 
 STAGE1 = ["preprocess.modalities=[video]", "train.epochs=80"]  # the two-stage hybrid's first stage (configs/actions_hybrid.yaml)
 FEATURE_MODELS = {"video_rnn": ["model.name=video_rnn"], "audio_rnn": ["model.name=audio_rnn"], "av_fusion": ["model.name=av_fusion"],

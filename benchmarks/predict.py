@@ -32,16 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
-from data_prep.actions import make_actions  # noqa: E402
-from data_prep.index import index_dataset  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
-from pipeline.export import export  # noqa: E402
-from pipeline.media.probe import probe_media  # noqa: E402
 from pipeline.predict import Predictor, predict  # noqa: E402
 from pipeline.preprocess import preprocess  # noqa: E402
 from pipeline.train import train  # noqa: E402
+
+from data_prep.actions import make_actions  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.datasets import index_dataset  # noqa: E402
+from pipeline.media.probe import probe_media  # noqa: E402
+from pipeline.stages.export import export  # noqa: E402
 from tests.media_factory import write_video  # noqa: E402
 
 

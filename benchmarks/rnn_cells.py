@@ -43,15 +43,10 @@ from data_prep.actions import make_actions  # noqa: E402
 from data_prep.commands import make_commands  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.models import load_model, rnn_probes  # noqa: E402
-from pipeline.preprocess import preprocess  # noqa: E402
-from pipeline.train import (  # noqa: E402
-    evaluate_split,
-    make_dataset,
-    model_input_names,
-    read_index,
-    run_config,
-    train,
-)
+from pipeline.rundir import RunDir  # noqa: E402
+from pipeline.runtime.keras_model import input_names  # noqa: E402
+from pipeline.stages.preprocess import preprocess  # noqa: E402
+from pipeline.stages.train import evaluate_split, make_dataset, train  # noqa: E402
 
 CELLS = ("lstm", "gru", "simple_rnn")
 TASKS = {"commands": "commands.yaml", "actions": "actions_av.yaml"}
@@ -68,7 +63,7 @@ QUICK = {"tasks": ["commands"], "seeds": 1, "epochs": 2, "lr_scale": 3.0, "clips
 def inference_ms(run_dir: Path, runs: int = 30) -> float:
     """Median Keras latency of one sequence (batch 1, `predict_on_batch`, as `actrec predict` calls it)."""
     model = load_model(run_dir / "model.keras")
-    batch = make_dataset(run_dir, read_index(run_dir), "test", run_config(run_dir), model_input_names(model), batch_size=1)
+    batch = make_dataset(run_dir, RunDir(run_dir).read_index(), "test", RunDir(run_dir).config(), input_names(model), batch_size=1)
     inputs = next(iter(batch))[0]
     for _ in range(3):  # tracing and first-call allocations are not latency
         model.predict_on_batch(inputs)
@@ -129,7 +124,7 @@ def project_task(task: str, data_root: Path, work: Path, seeds: int, epochs: int
                    "train_seconds": round(seconds, 1), "first_epoch_seconds": round(epoch_times[0], 2),
                    "seconds_per_epoch": round(float(np.median(epoch_times[1:] or epoch_times)), 2),
                    "inference_ms": round(inference_ms(run_dir), 2), "test_accuracy": test["accuracy"], "test_clips": test["clips"],
-                   "val_accuracy": result["val_accuracy"], "train_clips": read_index(run_dir)["counts"]["train"]}
+                   "val_accuracy": result["val_accuracy"], "train_clips": RunDir(run_dir).read_index()["counts"]["train"]}
             print(f"  {task} {cell} seed {seed}: test {row['test_accuracy']:.3f}, {row['seconds_per_epoch']:.1f} s/epoch, "
                   f"{row['inference_ms']:.1f} ms/sequence", flush=True)
             rows.append(row)

@@ -1,7 +1,7 @@
 """The embedded spoken-commands dataset: espeak-ng says the 10 Speech Commands words.
 
-The models trained on this data are later tested on other voices (other TTS engines,
-real people), so the generator aims for WIDE variation rather than clean TTS:
+A model trained on this data should also recognise other voices (other TTS engines,
+real people), so the generator aims for wide variation rather than clean TTS:
 
   speaker   = an espeak-ng voice (8 English accents, 8 other languages speaking the
               English words, respelled so they sound like accented English) + a voice
@@ -13,7 +13,7 @@ real people), so the generator aims for WIDE variation rather than clean TTS:
               (clean, 20, 10, 5 dB), microphone colour (high-pass, low-pass, one EQ
               bell) and a random recording level.
 
-Output, in the Speech Commands layout (what `data_prep.index` reads):
+Output, in the Speech Commands layout (what `pipeline.datasets` reads):
 
   DIR/<word>/<speaker>_nohash_<n>.wav   16 kHz mono 16-bit PCM, exactly 16000 samples
   DIR/validation_list.txt               "<word>/<file>" lines, relative to DIR
@@ -69,8 +69,8 @@ ENGLISH_VOICES = (
 
 # Other languages speaking the English words. Read with the language's own spelling
 # rules some words come out as a different word (Swedish "go" -> [ɡuː]), so those are
-# respelled to sound like the English word said with that accent (checked with
-# `espeak-ng -v LANG -q --ipa TEXT`). Words not listed are read as written.
+# respelled to sound like the English word said with that accent (to see how a voice
+# reads a spelling: `espeak-ng -v LANG -q --ipa TEXT`). Words not listed are read as written.
 ACCENT_SPELLINGS: dict[str, dict[str, str]] = {
     "de": {"yes": "jess", "up": "app", "down": "daun", "right": "rait", "on": "onn", "stop": "stopp"},
     "nl": {"yes": "jes", "up": "ap", "down": "dauwn", "right": "rait"},
@@ -84,7 +84,8 @@ ACCENT_SPELLINGS: dict[str, dict[str, str]] = {
     "pl": {"no": "nou", "up": "ap", "down": "daun", "right": "rajt", "off": "of", "go": "gou"},
 }
 
-# Most listeners at test time speak English natively; accented speakers are a minority.
+# Share of speakers drawn from the English accents; the rest speak the words with another
+# language's accent (most people a deployed model hears are native English speakers).
 ENGLISH_SHARE = 0.65
 
 # Voice variants (`espeak-ng --voices=variant`, file names under voices/!v). "" is the
@@ -101,13 +102,14 @@ VARIANTS = (
     "edward2", "gustave", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "linda",
     "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob",
     "robert", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
-    # synthetic-sounding ones: rarer in tests, but they widen the spread of timbres
+    # synthetic-sounding ones: few real voices sound like them, but they widen the spread of timbres
     "Demonic", "RicishayMax", "RicishayMax2", "RicishayMax3", "Tweaky", "UniRobot", "anikaRobot",
     "announcer", "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6",
     "robosoft7", "robosoft8",
 )
 
-# Ranges from the issue: speed 110-230 wpm, pitch 10-90 (espeak's 0-99 scale).
+# Bounds of an utterance's jittered speed (words per minute) and pitch (espeak-ng's 0-99 scale);
+# a word too long for the 1-s window is then said faster still.
 SPEED_RANGE = (110, 230)
 PITCH_RANGE = (10, 90)
 

@@ -7,11 +7,14 @@ so `actrec --help` answers at once. A `UserError` prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
 from pipeline.errors import UserError
+
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 DESCRIPTION = """\
 actrec: recognise actions in video clips and spoken commands in audio with
@@ -32,6 +35,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --set train.epochs=5 (repeatable; values are YAML)",
     )
+
+
+def _add_allow_unfinished(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use model.keras although its training did not finish (no train_done.json): a crashed or killed run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default="keras", metavar="keras|PATH.tflite",
                     help="keras (DIR/model.keras, default) or an exported .tflite file, run through the TFLite interpreter on raw frames and waveforms")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_allow_unfinished(ev)
 
     # actrec predict
     pr = sub.add_parser(
@@ -153,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--stride", type=float, metavar="SECONDS", help="seconds between window starts (default: half the window)")
     pr.add_argument("--out", metavar="DIR", help="folder for timelines (default: DIR/predict of the run)")
     pr.add_argument("--verbose", action="store_true", help="also print each file's time split: decode, features, model (ms)")
+    _add_allow_unfinished(pr)
 
     # actrec export
     ex = sub.add_parser(
@@ -166,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--run-dir", required=True, metavar="DIR", help="a trained run (model.keras)")
     ex.add_argument("--formats", metavar="LIST", help="comma-separated: saved_model,float,float16,dynamic,int8 (default: the run's export.formats)")
     ex.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_allow_unfinished(ex)
 
     # actrec demo
     dm = sub.add_parser(
@@ -211,7 +222,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from data_prep.index import index_dataset, write_manifest
+    from pipeline.datasets import index_dataset, write_manifest
     from pipeline.media import AUDIO_EXTENSIONS
 
     root = Path(args.root)
@@ -244,7 +255,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from pipeline.preprocess import preprocess
+    from pipeline.stages.preprocess import preprocess
 
     preprocess(args.config, args.run_dir, args.overrides, manifest=args.manifest, overwrite=args.overwrite, progress=not args.no_progress,
                runner=args.runner, beam_options=args.beam_options)
@@ -252,7 +263,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     overrides = args.overrides + ([f"train.strategy={args.strategy}"] if args.strategy else [])
     train(args.config, args.run_dir, overrides, overwrite=args.overwrite, progress=not args.no_progress)
@@ -260,32 +271,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import demo
+    from pipeline.stages.demo import demo
 
     demo(args.out, quick=args.quick, seed=args.seed)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
 
     evaluate(args.run_dir, data=args.data, manifest=args.manifest, split=args.split, views=args.views, crops=args.crops,
-             name=args.name, progress=not args.no_progress, model=args.model)
+             name=args.name, progress=not args.no_progress, model=args.model, allow_unfinished=args.allow_unfinished)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.export import export
+    from pipeline.stages.export import export
 
-    export(args.run_dir, formats=args.formats, progress=not args.no_progress)
+    export(args.run_dir, formats=args.formats, progress=not args.no_progress, allow_unfinished=args.allow_unfinished)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pipeline.predict import predict
+    from pipeline.stages.predict import predict
 
     results = predict(args.run_dir, args.paths, model=args.model, top=args.top_k, window=args.window, stride=args.stride,
-                      out=args.out, output="json" if args.json else "text", verbose=args.verbose)
+                      out=args.out, output="json" if args.json else "text", verbose=args.verbose, allow_unfinished=args.allow_unfinished)
     return 1 if any(r["error"] is not None for r in results) else 0
 
 
@@ -304,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("actrec: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a file size limit, a read-only or foreign folder: the user's to fix
+        if e.errno not in WRITE_FAILURES:
+            raise
+        print(f"actrec: error: {e.filename or 'writing'}: {e.strerror}; nothing half-written is kept: free space "
+              f"(or fix permissions) and run the same command again to resume", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -495,7 +495,7 @@ def plot_per_class(per_class: Mapping[str, Mapping], path: str | Path, metric: s
         values = np.array([r[1] for r in rows])
         ax.barh(y, np.nan_to_num(values), color="#4c72b0", height=0.7)
         ax.set_yticks(y, [r[0] for r in rows], fontsize=9 if len(rows) <= 30 else 7)
-        for yi, (name, v, n) in zip(y, rows):
+        for yi, (_, v, n) in zip(y, rows):
             if n >= 0:
                 ax.text(min(v, 1.0) + 0.01, yi, f"{v:.2f} (n={n})", va="center", fontsize=8 if len(rows) <= 30 else 6)
         ax.set_ylim(-0.6, len(rows) - 0.4)

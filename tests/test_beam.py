@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 from data_prep.actions import make_actions
-from data_prep.index import ManifestRow, index_dataset, write_manifest
 from pipeline import storage
+from pipeline.datasets import ManifestRow, index_dataset, write_manifest
 from pipeline.errors import UserError
-from pipeline.preprocess import preprocess
+from pipeline.stages.preprocess import preprocess
 from tests.test_preprocess import read_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_beam_reads_and_writes_urls_through_tf_gfile(actions, local_run, tmp_pat
 
 
 def test_configuration_mistakes_are_one_line_errors(actions, tmp_path):
-    from pipeline.preprocess_beam import pipeline_options
+    from pipeline.stages.preprocess_beam import pipeline_options
 
     with pytest.raises(UserError, match="--beam-option runer: not a Beam pipeline option .did you mean 'runner'"):
         pipeline_options(["runer=DataflowRunner"], workers=2)

@@ -1,9 +1,10 @@
-"""Tests of the embedded action dataset (data_prep/actions.py).
+"""Tests of the embedded action dataset (data_prep/actions.py and the action_* modules it composes).
 
 Small datasets are generated once per module (a few seconds on 2 cores) and
 checked the way a user's tools would read them: OpenCV for video, PyAV for audio.
 """
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -13,11 +14,13 @@ import numpy as np
 import pytest
 
 from data_prep import actions
+from data_prep.action_settings import SAMPLE_RATES, SIZE_CHOICES, clip_settings
 from data_prep.actions import (
     ACTION_CLASSES,
     LOOK_ALIKE,
     SOUND_ALIKE,
     ClipJob,
+    clip_media,
     make_actions,
     render_clip,
 )
@@ -170,7 +173,7 @@ def test_clips_decode_as_chosen(faulty):
     root, _ = faulty
     for rel in regular_clips(root):
         name, group, clip = parse(rel)
-        chosen = actions.clip_settings(0, name, group, clip)
+        chosen = clip_settings(0, name, group, clip)
         path = root / rel
         cap = cv2.VideoCapture(str(path))
         fps, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -179,14 +182,14 @@ def test_clips_decode_as_chosen(faulty):
         assert count == len(frames) == chosen.n_frames > 0, rel
         assert fps == pytest.approx(chosen.fps, abs=0.01), rel
         assert frames.shape[1:] == (chosen.height, chosen.width, 3)
-        assert (chosen.width, chosen.height) in actions.SIZE_CHOICES
+        assert (chosen.width, chosen.height) in SIZE_CHOICES
         seconds = len(frames) / fps
         assert 1.5 - 1e-6 <= seconds <= 4.0 + 1e-6, rel
         with av.open(str(path)) as container:
             video, audio = container.streams.video[0], container.streams.audio[0]
             assert video.codec_context.name == "h264" and video.codec_context.pix_fmt == "yuv420p"
             assert audio.codec_context.name == "aac"
-            assert audio.codec_context.sample_rate == chosen.sample_rate in actions.SAMPLE_RATES
+            assert audio.codec_context.sample_rate == chosen.sample_rate in SAMPLE_RATES
         samples, sr = decode_audio(path)
         assert samples.shape[0] == chosen.channels
         assert samples.shape[1] / sr == pytest.approx(seconds, abs=0.1), rel  # AAC pads to 1024-sample frames
@@ -196,7 +199,7 @@ def test_clips_decode_as_chosen(faulty):
 def test_clips_vary(faulty):
     """Recording settings differ across clips (not one fps/size/rate for all)."""
     root, _ = faulty
-    chosen = [actions.clip_settings(0, *parse(rel)) for rel in regular_clips(root)]
+    chosen = [clip_settings(0, *parse(rel)) for rel in regular_clips(root)]
     for attribute in ("fps", "width", "sample_rate", "n_frames", "facing", "channels"):
         assert len({getattr(c, attribute) for c in chosen}) > 1, attribute
 
@@ -229,6 +232,50 @@ def test_pairs_share_their_generators():
 
 
 # ---------------------------------------------------------------- determinism
+
+# One clip of every class (and the unknown class) with seed 0, before encoding: frames uint8 [T, H, W, 3]
+# and sound track float32 [C, N], their shapes and sha256 (first 16 hex digits). The groups cover all
+# five backdrop styles. Recorded with data_prep/actions.py before it was split into the action_* modules.
+RENDERED = {
+    ("Walk", 1, 1): ((49, 120, 160, 3), (1, 144060), "ee73f2b201e84bd1", "737b3d36df563d03"),
+    ("Run", 2, 1): ((59, 120, 160, 3), (1, 62933), "72c886994244013e", "2972278064c42604"),
+    ("Jump", 3, 2): ((38, 240, 320, 3), (1, 40533), "02cedb1c90d7219d", "fba17006a6087a19"),
+    ("Kick", 11, 1): ((63, 240, 320, 3), (2, 69458), "04305ebd5d021eee", "7a7615e5a2dcb9cf"),
+    ("Wave", 5, 1): ((106, 240, 320, 3), (1, 56533), "7abc4896f68e9c98", "f6a6e9fffe07f9e5"),
+    ("Clap", 6, 1): ((32, 180, 240, 3), (1, 47040), "dbd2a8ba8214fe78", "9767253ced7bdd4b"),
+    ("Knock", 6, 1): ((61, 120, 160, 3), (2, 53802), "38368a6cb07682e1", "c2d7949e1f933a20"),
+    ("SitDown", 7, 2): ((40, 180, 240, 3), (1, 88200), "1d5905117f01e979", "b53c7952b32a2f16"),
+    ("StandUp", 8, 1): ((38, 120, 160, 3), (2, 111720), "85d678e028665a92", "b87bf1d91d7b2025"),
+    ("Dance", 1, 1): ((81, 240, 320, 3), (1, 74419), "f4e2f37ccc031760", "6f161f1ed70f84cb"),
+}
+
+
+def sha(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def test_rendered_clips_unchanged():
+    """The same seed still draws the same pictures and sound, bit for bit.
+
+    A failure means a change to motion, sound, drawing or the random draws: if it is meant, bump
+    GENERATOR_VERSION (so folders of old clips are not reused) and record the new checksums here.
+    Pinned on this stack's numpy and OpenCV: after upgrading only those, look at a few clips, then re-record.
+    """
+    for (action, group, clip), (frames_shape, audio_shape, frames_sha, audio_sha) in RENDERED.items():
+        settings, frames, audio = clip_media(0, action, group, clip)
+        frames = np.stack(list(frames))
+        assert frames.dtype == np.uint8 and audio.dtype == np.float32
+        assert (frames.shape, audio.shape) == (frames_shape, audio_shape), action
+        assert frames.shape == (settings.n_frames, settings.height, settings.width, 3)
+        assert (sha(frames), sha(audio)) == (frames_sha, audio_sha), action
+
+
+def test_split_files_unchanged(faulty):
+    """The split files of 4 clips per class with faults, seed 0: as recorded before the module split."""
+    root, _ = faulty
+    expected = {"classInd.txt": "d2f79778511a4521", "trainlist01.txt": "3ed59b63d59c6659", "testlist01.txt": "9e07c4e831f6574b"}
+    assert {name: hashlib.sha256((root / name).read_bytes()).hexdigest()[:16] for name in expected} == expected
+
 
 
 def test_same_seed_same_clip_whatever_the_order(faulty, small):
@@ -326,9 +373,9 @@ def test_output_must_be_a_folder_of_ours(tmp_path):
 def test_clips_of_another_seed_are_never_reused(tmp_path):
     root = tmp_path / "data"
     (root / "Walk").mkdir(parents=True)
-    (root / actions._STATE_FILE).write_text(f'{{"generator": {actions.GENERATOR_VERSION}, "seed": 0}}')
+    (root / actions.STATE_FILE).write_text(f'{{"generator": {actions.GENERATOR_VERSION}, "seed": 0}}')
     (root / "Walk/v_Walk_g01_c01.mp4").write_bytes(b"made with seed 0")
-    assert actions._prepare_root(root, seed=0) is True
-    assert actions._prepare_root(root, seed=1) is False
+    assert actions.prepare_root(root, seed=0) is True
+    assert actions.prepare_root(root, seed=1) is False
     assert not (root / "Walk/v_Walk_g01_c01.mp4").exists()
-    assert actions._prepare_root(root, seed=1) is True
+    assert actions.prepare_root(root, seed=1) is True

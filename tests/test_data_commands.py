@@ -149,7 +149,7 @@ def test_missing_espeak_is_a_one_line_error_saying_how_to_install(tmp_path, monk
 
 
 def test_the_index_reads_it_as_speech_commands(dataset):
-    index = pytest.importorskip("data_prep.index")
+    index = pytest.importorskip("pipeline.datasets")
     root, summary = dataset
     idx = index.index_dataset(root, kind="speech", probe=False)
     assert idx.layout == "speech_commands"

@@ -16,21 +16,13 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import UserError
-from pipeline.preprocess import preprocess
-from pipeline.train import check_tf_config, read_history, train
-from tests.test_preprocess import FAST, dataset  # noqa: F401  (the module-scoped clip fixture)
+from pipeline.stages.train import check_tf_config, read_history, train
+from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6
 TASK = ["model.name=audio_rnn", "model.units=8", "model.dropout=0.0", "train.batch_size=4", "train.early_stopping=0",
         "train.learning_rate=0.01", f"train.epochs={EPOCHS}"]
-
-
-@pytest.fixture(scope="module")
-def feature_run(dataset, tmp_path_factory):  # noqa: F811
-    run = tmp_path_factory.mktemp("features")
-    preprocess(None, run, FAST + [f"data.root={dataset}"], progress=False)
-    return run
 
 
 def new_run(feature_run, tmp_path, name):
@@ -41,7 +33,7 @@ def new_run(feature_run, tmp_path, name):
 
 
 @pytest.fixture(scope="module")
-def one_worker(dataset, feature_run, tmp_path_factory):  # noqa: F811
+def one_worker(dataset, feature_run, tmp_path_factory):
     """Single-worker training (train.strategy: default): the reference result and its val-loss curve."""
     run = new_run(feature_run, tmp_path_factory.mktemp("one"), "run")
     result = train(None, run, FAST + [f"data.root={dataset}"] + TASK, progress=False)
@@ -55,7 +47,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_workers_train_together_and_match_one_worker(dataset, feature_run, one_worker, tmp_path):  # noqa: F811
+def test_two_workers_train_together_and_match_one_worker(dataset, feature_run, one_worker, tmp_path):
     run = new_run(feature_run, tmp_path, "run")
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--run-dir", str(run), "--strategy", "multi_worker", "--no-progress"]
@@ -90,7 +82,7 @@ def test_two_workers_train_together_and_match_one_worker(dataset, feature_run, o
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_mirrored_strategy_matches_default(dataset, feature_run, one_worker, tmp_path):  # noqa: F811
+def test_mirrored_strategy_matches_default(dataset, feature_run, one_worker, tmp_path):
     """MirroredStrategy over this machine's devices (one CPU here): the same training as no strategy."""
     run = new_run(feature_run, tmp_path, "run")
     code = main(["train", "--run-dir", str(run), "--strategy", "mirrored", "--no-progress"]
@@ -102,7 +94,7 @@ def test_mirrored_strategy_matches_default(dataset, feature_run, one_worker, tmp
     assert "strategy: mirrored" in (run / "config.yaml").read_text()
 
 
-def test_multi_worker_needs_a_valid_tf_config(dataset, feature_run, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_multi_worker_needs_a_valid_tf_config(dataset, feature_run, tmp_path, monkeypatch, capsys):
     run = new_run(feature_run, tmp_path, "run")
     monkeypatch.delenv("TF_CONFIG", raising=False)
     code = main(["train", "--run-dir", str(run), "--strategy", "multi_worker"] + [x for a in FAST + [f"data.root={dataset}"] + TASK for x in ("--set", a)])

@@ -10,22 +10,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.evaluate import evaluate
-from pipeline.preprocess import preprocess
-from pipeline.train import evaluate_split, train
-from tests.test_preprocess import FAST, dataset  # noqa: F401
-from tests.test_train import TINY
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.train import evaluate_split
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def trained_run(dataset, tmp_path_factory):  # noqa: F811
-    run = tmp_path_factory.mktemp("run")
-    args = FAST + [f"data.root={dataset}"] + TINY + ["model.name=av_fusion", "train.epochs=6"]
-    preprocess(None, run, args, progress=False)
-    train(None, run, args, progress=False)
-    return run
 
 
 def test_raw_clips_match_cached_features(trained_run):
@@ -46,7 +34,7 @@ def test_multi_view_reports_single_and_multi(trained_run):
     assert "single-view (centre)" in saved["extra"] and "multi-view (9 views)" in saved["extra"]
 
 
-def test_folder_with_some_classes(trained_run, dataset, tmp_path):  # noqa: F811
+def test_folder_with_some_classes(trained_run, dataset, tmp_path):
     folder = tmp_path / "only_slow"
     (folder / "Slow").mkdir(parents=True)
     for clip in sorted((dataset / "Slow").glob("*_c01.mp4")):

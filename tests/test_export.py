@@ -2,6 +2,9 @@
 
 import dataclasses
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,24 +12,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.evaluate import RunModel, evaluate
-from pipeline.export import (
-    SIGNATURE,
-    TFLiteClassifier,
-    export,
+from pipeline import evaluate, export, preprocess, train
+from pipeline.datasets import resolve_rows
+from pipeline.deploy.convert import write_representative_data
+from pipeline.deploy.parity import checks
+from pipeline.deploy.tflite_edit import (
     fill_splat_constants,
     int8_float_constants,
     tflite_ops,
     tflite_weight_bytes,
-    write_representative_data,
 )
-from pipeline.preprocess import preprocess, resolve_rows
-from pipeline.train import run_config, train
-from tests.test_preprocess import FAST, dataset  # noqa: F401  (the module-scoped clip fixture)
-from tests.test_train import TINY
+from pipeline.errors import UserError
+from pipeline.rundir import RunDir
+from pipeline.runtime.keras_model import RunModel
+from pipeline.runtime.tflite import (
+    SIGNATURE,
+    TFLiteClassifier,
+    clip_inputs,
+    raw_input_config,
+)
+from pipeline.stages.export import remove_abandoned_work
+from tests.conftest import FAST, TINY
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE = sys.modules[export.__module__]  # the export stage's module, whose helpers some tests replace
 # A quarter second of sound (26 MFCC frames) keeps the tiny runs' training and parity checks fast.
 SHORT = ["preprocess.audio_seconds=0.25", "export.latency_runs=3", "export.representative_samples=8"]
 
@@ -104,7 +113,9 @@ def test_files_and_builtin_ops(fusion_run):
                  "labels.txt", "preprocessing.json", "parity.json"):
         assert (out / name).exists(), name
     assert (out / "labels.txt").read_text().split() == ["Fast", "Slow"]
-    assert parity["errors"] == {} and json.loads((out / "parity.json").read_text())["formats"].keys() == {"float", "head_float", "float16", "int8"}
+    written = json.loads((out / "parity.json").read_text())
+    assert parity["errors"] == {} and written["formats"].keys() == {"float", "head_float", "float16", "int8"}
+    assert "goals" not in written and list(written["checks"].values()).count(None) == 1  # dynamic: not exported
     for path in out.glob("*.tflite"):
         ops = tflite_ops(path)
         assert ops and not [op for op in ops if op.startswith("Flex")], (path.name, ops)
@@ -120,8 +131,6 @@ def test_files_and_builtin_ops(fusion_run):
 @pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
 def test_int8_float_constants_shrink_weights_and_keep_outputs(fusion_run, tmp_path):
     """The float file with its big float32 constants stored as int8 + DEQUANTIZE: under half the weight bytes, same probabilities."""
-    import shutil
-
     run, _ = fusion_run
     for name in ("preprocessing.json", "labels.txt"):
         shutil.copy(run / "export" / name, tmp_path / name)
@@ -168,8 +177,6 @@ def test_int8_file_spends_its_bytes_on_weights(fusion_run):
 def test_fill_splat_constants_keep_outputs(fusion_run, tmp_path):
     """The RNN loops' zero-initialised outputs become FILL ops, with the same outputs (the tiny model's are below
     the default 1024 values, so its float file is filled again with a lower threshold)."""
-    import shutil
-
     run, _ = fusion_run
     for name in ("preprocessing.json", "labels.txt"):
         shutil.copy(run / "export" / name, tmp_path / name)
@@ -188,8 +195,8 @@ def test_mfcc_framing_is_tf_signal_frame_without_a_table():
     import keras
     import tensorflow as tf
 
-    from pipeline.features.mfcc import MFCC, MFCCParams
-    from pipeline.features.mfcc_layers import frame_signal
+    from pipeline.features.mfcc import MFCCParams
+    from pipeline.features.mfcc_layers import MFCC, frame_signal
 
     rng = np.random.default_rng(0)
     variable_length = {}
@@ -233,7 +240,7 @@ def test_float_and_saved_model_match_keras(fusion_run):
     runner = RunModel(run)
     classifier = TFLiteClassifier(run / "export/model_float.tflite")
     serve = tf.saved_model.load(str(run / "export/saved_model")).signatures[SIGNATURE]
-    cfg = run_config(run)
+    cfg = RunDir(run).config()
     clip = next(r for r in resolve_rows(cfg)[0] if r.split == "test")
     keras_probs = runner.predict_clip(Path(cfg.data.root) / clip.path)[0]
     decoded_inputs = _raw_inputs(run, Path(cfg.data.root) / clip.path)
@@ -266,11 +273,9 @@ def test_float16_is_right_on_the_default_runtime(fusion_run):
 
 def _raw_inputs(run, path):
     """One clip decoded as an app would: frames uint8 [T, S, S, 3], frame_lengths, waveform float32 [N], num_samples."""
-    from data_prep.index import ManifestRow
-    from pipeline.export import clip_inputs, raw_input_config
-    from pipeline.preprocess import ClipJob, decode_clip
+    from pipeline.runtime.decode import decode_clip
 
-    return clip_inputs(decode_clip(ClipJob(str(path.parent), ManifestRow(path.name, "", "test", ""), 0), raw_input_config(run_config(run))))
+    return clip_inputs(decode_clip(path, raw_input_config(RunDir(run).config())))
 
 
 @pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
@@ -314,7 +319,7 @@ def test_bad_input_is_one_line(fusion_run, tmp_path):
         export(tmp_path, progress=False)
     with pytest.raises(UserError, match="unknown format 'onnx'; known: saved_model, float, float16, dynamic, int8"):
         export(run, "float,onnx", progress=False)
-    cfg = run_config(run)
+    cfg = RunDir(run).config()
     gone = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(tmp_path / "gone")))
     with pytest.raises(UserError, match="int8 needs training clips to calibrate on: data.root .*gone not found"):
         write_representative_data(gone, tmp_path / "r.npz", 4)
@@ -337,5 +342,145 @@ def test_converter_crash_costs_one_format(fusion_run, monkeypatch):
     parity = export(run, "saved_model,float16", progress=False)
     assert "crashed (signal SIGSEGV)" in parity["errors"]["float16"]
     assert (run / "export/saved_model/saved_model.pb").is_file() and not (run / "export/model_float16.tflite").exists()
-    assert not (run / "export/model_float.tflite").exists()  # the previous export was replaced as a whole
+    assert (run / "export/model_float.tflite").is_file()  # not redone: kept from the previous export
     assert not list(run.glob(".export.*"))
+
+
+# ----------------------------------------------------------------------------- nothing good replaced by something worse
+
+
+def test_acceptance_checks_and_their_thresholds():
+    measured = {"keras": {"predict_ms": {"median": 50.0}},
+                "formats": {"float": {"top1_agreement": 1.0, "max_abs_diff_prob": 5e-5, "accuracy": 0.9, "bytes": 1000,
+                                      "latency_ms": {"threads_1": {"median": 9.0}, "threads_2": {"median": 12.0}}},
+                            "float16": {"top1_agreement": 0.99},
+                            "int8": {"accuracy": 0.89, "bytes": 301}}}
+    assert list(checks(measured).values()) == [True, False, None, True, False, True]
+    measured["formats"]["float"].update(max_abs_diff_prob=2e-4, latency_ms={"threads_1": {"median": 11.0}})
+    measured["formats"]["float16"]["top1_agreement"] = 0.995
+    measured["formats"]["int8"].update(accuracy=0.85, bytes=300)
+    assert list(checks(measured).values()) == [False, True, None, False, True, False]
+    assert set(checks({}).values()) == {None}
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    return proc.pid
+
+
+def no_conversion(calls: list):
+    """A stand-in for run_conversions in which every target fails at once (no child process, no TensorFlow)."""
+    def run_conversions(run_dir, work, targets, progress=True):
+        calls.append("convert")
+        return {t: {"error": "RuntimeError: converter failed (test)"} for t in targets}
+    return run_conversions
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_conversion_comes_before_parity(fusion_run, monkeypatch):
+    """When no format converts, the export stops before measuring the Keras model (minutes on a real run)."""
+    run, _ = fusion_run
+    calls = []
+    monkeypatch.setattr(STAGE, "run_conversions", no_conversion(calls))
+    monkeypatch.setattr(STAGE, "measure_parity", lambda *args, **kwargs: calls.append("parity") or {})
+    with pytest.raises(UserError, match="no format written"):
+        export(run, "saved_model,float", progress=False)
+    assert calls == ["convert"]
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_folders_of_killed_exports_are_removed(fusion_run, monkeypatch):
+    """.export.tmp-PID / .export.old-PID of a PID no longer running go at the next export; a running export's stay."""
+    run, _ = fusion_run
+    dead = dead_pid()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    planted = [run / f".export.tmp-{dead}", run / f".export.old-{dead}", run / f".export.tmp-{alive.pid}"]
+    try:
+        for folder in planted:
+            folder.mkdir()
+            (folder / "model_float.tflite").write_bytes(b"half written")
+        monkeypatch.setattr(STAGE, "run_conversions", no_conversion([]))
+        with pytest.raises(UserError, match="no format written"):
+            export(run, "float", progress=False)
+        assert [folder.exists() for folder in planted] == [False, False, True]
+    finally:
+        alive.kill()
+        alive.wait()
+        shutil.rmtree(planted[2], ignore_errors=True)
+
+
+def test_an_export_killed_while_publishing_gets_the_previous_one_back(tmp_path):
+    """Killed between publish's two renames: RUN/export is missing and the previous export sits in .export.old-PID."""
+    dead = dead_pid()
+    (tmp_path / f".export.old-{dead}").mkdir()
+    (tmp_path / f".export.old-{dead}/parity.json").write_text("{}")
+    (tmp_path / f".export.tmp-{dead}").mkdir()
+    assert len(remove_abandoned_work(tmp_path)) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["export"] and (tmp_path / "export/parity.json").read_text() == "{}"
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min); the CLI and its converter child start TensorFlow
+def test_export_where_no_format_succeeds_fails_and_keeps_the_previous_one(fusion_run):
+    run, _ = fusion_run
+    before = {p.relative_to(run): p.read_bytes() for p in (run / "export").rglob("*") if p.is_file()}
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "export", "--run-dir", str(run), "--formats", "float16"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+                            env={**os.environ, "ACTREC_EXPORT_CRASH": "float16"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("actrec:")]
+    assert len(lines) == 1 and lines[0].startswith("actrec: error: export: no format written (float16: the TFLite converter crashed (signal SIGSEGV)")
+    assert lines[0].endswith("export left as it was")
+    assert {p.relative_to(run): p.read_bytes() for p in (run / "export").rglob("*") if p.is_file()} == before
+    assert not list(run.glob(".export.*"))
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_partial_export_keeps_the_formats_it_did_not_redo(fusion_run, capsys, monkeypatch):
+    """`--formats float` keeps the other formats' files and parity.json entries, unless model.keras is newer than them.
+
+    What is checked is which files end up in RUN/export: the conversion copies the float files already there and the
+    parity measurement is skipped (test_converter_crash_costs_one_format keeps a file after a real conversion)."""
+    run, _ = fusion_run
+    out = run / "export"
+
+    def copy_float(run_dir, work, targets, progress=True):
+        for target in targets:
+            shutil.copy(out / STAGE.TFLITE_FILES[target], work / STAGE.TFLITE_FILES[target])
+        return {target: {"seconds": 0.0} for target in targets}
+
+    monkeypatch.setattr(STAGE, "run_conversions", copy_float)
+    monkeypatch.setattr(STAGE, "measure_parity", lambda *args, **kwargs: {})
+    int8, previous = (out / "model_int8.tflite").read_bytes(), json.loads((out / "parity.json").read_text())
+    parity = export(run, "float", progress=False)
+    assert (out / "model_int8.tflite").read_bytes() == int8 and (out / "saved_model/saved_model.pb").is_file()
+    assert {"saved_model", "int8"} <= set(parity["kept_from_previous_export"])
+    written = json.loads((out / "parity.json").read_text())
+    assert written["formats"]["int8"] == previous["formats"]["int8"] and written["saved_model"] == previous["saved_model"]
+    assert {"float", "head_float", "int8"} <= written["formats"].keys() and written["formats_requested"] == ["float"]
+    assert written["checks"]["int8 file <= 30% of float"] is not None  # checked on the merged entries
+    # retrained since (model.keras newer than the old files): they are dropped, with one line saying so
+    capsys.readouterr()
+    os.utime(run / "model.keras")
+    parity = export(run, "float", progress=False)
+    assert not (out / "model_int8.tflite").exists() and not (out / "saved_model").exists()
+    assert parity["kept_from_previous_export"] == [] and set(parity["formats"]) == {"float", "head_float"}
+    dropped = [line for line in capsys.readouterr().err.splitlines() if "dropped" in line]
+    assert len(dropped) == 1 and re.match(r"export: dropped saved_model, (float16, )?int8 of the previous export: model.keras is newer", dropped[0])
+
+
+@pytest.mark.slow
+def test_export_from_another_directory_with_relative_paths(dataset, hybrid_run, tmp_path, monkeypatch):  # noqa: F811
+    """README's two-stage hybrid run from a user's own folder: the run dir and preprocess.weights (the first stage's
+    CNN) relative to it. The converter child used to run in the package's folder, where neither exists."""
+    monkeypatch.chdir(tmp_path)
+    Path("stage1").mkdir()
+    shutil.copy(hybrid_run / "frame_encoder.weights.h5", "stage1/frame_encoder.weights.h5")
+    args = FAST + [f"data.root={dataset}"] + TINY + SHORT + ["preprocess.encoder=none", "model.name=hybrid", "train.epochs=1",
+                                                           "preprocess.weights=stage1/frame_encoder.weights.h5"]
+    preprocess(None, "runs/two_stage", args, progress=False)
+    train(None, "runs/two_stage", args, progress=False)
+    parity = export("runs/two_stage", "float", progress=False)
+    assert parity["errors"] == {} and Path("runs/two_stage/export/model_float.tflite").is_file()
+    assert parity["formats"]["float"]["top1_agreement"] == 1.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_prep.index import detect_layout, group_of, index_dataset, read_manifest, write_manifest
+from pipeline.datasets import detect_layout, group_of, index_dataset, read_manifest, write_manifest
 from pipeline.errors import UserError
 from tests.media_factory import write_video
 
@@ -134,8 +134,8 @@ def test_cli_index_reports_faults(ucf_tree, tmp_path):
 
 
 def test_every_entry_module_imports_first_in_a_fresh_interpreter():
-    """data_prep.index imports pipeline, whose __init__ imports the stages: no import cycle whatever comes first."""
+    """pipeline.datasets imports pipeline, whose __init__ imports the stages: no import cycle whatever comes first."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for module in ("data_prep.index", "data_prep.actions", "pipeline.preprocess", "pipeline.cli"):
+    for module in ("pipeline.datasets", "data_prep.actions", "pipeline.stages.preprocess", "pipeline.cli"):
         done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=root)
         assert done.returncode == 0, (module, done.stderr[-500:])

@@ -15,15 +15,8 @@ import tensorflow as tf  # noqa: E402
 
 from data_prep.commands import make_commands  # noqa: E402
 from pipeline.config import PreprocessConfig  # noqa: E402
-from pipeline.features.mfcc import (  # noqa: E402
-    MFCC,
-    MFCCNormalization,
-    MFCCParams,
-    dataset_stats,
-    librosa_mfcc,
-    normalize_mfcc,
-    tfio_load_audio,
-)
+from pipeline.features.mfcc import MFCCParams, dataset_stats, librosa_mfcc, normalize_mfcc  # noqa: E402
+from pipeline.features.mfcc_layers import MFCC, MFCCNormalization, tfio_load_audio  # noqa: E402
 from pipeline.media.audio import fit_length, load_audio  # noqa: E402
 
 SR = 16000

@@ -10,15 +10,13 @@ import soundfile
 
 from pipeline.cli import main
 from pipeline.errors import UserError
-from pipeline.evaluate import RunModel
 from pipeline.media.video import read_clip, stream_frames
-from pipeline.predict import FrameWindows, SlidingWindows, predict
-from pipeline.preprocess import preprocess
-from pipeline.train import train
+from pipeline.runtime.keras_model import RunModel
+from pipeline.stages.predict import FrameWindows, SlidingWindows, predict
+from pipeline.stages.preprocess import preprocess
+from pipeline.stages.train import train
+from tests.conftest import TINY
 from tests.media_factory import write_video
-from tests.test_evaluate import trained_run  # noqa: F401  (module-scoped av_fusion run: classes Fast, Slow)
-from tests.test_preprocess import dataset  # noqa: F401
-from tests.test_train import TINY
 
 SPEECH_RATE = 16000
 
@@ -49,7 +47,7 @@ def speech_run(tmp_path_factory):
     return run
 
 
-def test_action_run_predicts_clips_like_evaluate(trained_run, dataset):  # noqa: F811
+def test_action_run_predicts_clips_like_evaluate(trained_run, dataset):
     clips = [dataset / "Fast/v_Fast_g01_c01.mp4", dataset / "Slow/v_Slow_g01_c01.mp4"]
     results = predict(trained_run, clips, top=3)
     runner = RunModel(trained_run)
@@ -63,7 +61,7 @@ def test_action_run_predicts_clips_like_evaluate(trained_run, dataset):  # noqa:
     assert len(predict(trained_run, clips[:1], top=1)[0]["top"]) == 1
 
 
-def test_speech_run_predicts_wavs_and_refuses_videos(speech_run, dataset, tmp_path):  # noqa: F811
+def test_speech_run_predicts_wavs_and_refuses_videos(speech_run, dataset, tmp_path):
     low, high = tone_wav(tmp_path / "low.wav", 450.0), tone_wav(tmp_path / "high.wav", 1520.0)
     results = predict(speech_run, [low, high, dataset / "Fast/v_Fast_g01_c01.mp4"], top=2)
     assert [r["top"][0]["label"] for r in results[:2]] == ["yes", "no"]
@@ -76,12 +74,12 @@ def test_speech_run_predicts_wavs_and_refuses_videos(speech_run, dataset, tmp_pa
     assert [["no", "yes"][i] for i in result["window_probs"].argmax(axis=1)] == ["yes", "no", "yes"]
 
 
-def test_wav_given_to_a_video_run(trained_run, tmp_path):  # noqa: F811
+def test_wav_given_to_a_video_run(trained_run, tmp_path):
     (result,) = predict(trained_run, [tone_wav(tmp_path / "word.wav", 440.0)])
     assert result["error"].startswith("an audio file, but this run") and "video clips (.mp4" in result["error"]
 
 
-def test_cli_json_lines_and_bad_input_in_one_batch(trained_run, dataset, tmp_path, capsys):  # noqa: F811
+def test_cli_json_lines_and_bad_input_in_one_batch(trained_run, dataset, tmp_path, capsys):
     good = dataset / "Slow/v_Slow_g01_c02.mp4"
     (tmp_path / "notes.txt").write_text("not media\n")
     (tmp_path / "renamed.mp4").write_text("a text file renamed .mp4\n" * 50)
@@ -107,7 +105,7 @@ def test_cli_json_lines_and_bad_input_in_one_batch(trained_run, dataset, tmp_pat
     assert "predict: 8 file(s), 2 predicted, 6 failed" in err
 
 
-def test_cli_text_lines_and_usage_errors(trained_run, dataset, tmp_path, capsys):  # noqa: F811
+def test_cli_text_lines_and_usage_errors(trained_run, dataset, tmp_path, capsys):
     folder = tmp_path / "clips"
     folder.mkdir()
     for clip in sorted((dataset / "Fast").glob("v_Fast_g01_*.mp4")):
@@ -133,12 +131,12 @@ def test_cli_text_lines_and_usage_errors(trained_run, dataset, tmp_path, capsys)
     assert main(["predict", "--run-dir", str(trained_run), "--model", str(tmp_path / "export/model_float.tflite"), str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model_float.tflite: not a TFLite model" in err[0]
-    with pytest.raises(UserError, match="--window and --stride must be > 0"):
+    with pytest.raises(UserError, match="--window and --stride must be finite and > 0"):
         predict(trained_run, [folder], window=0.0)
 
 
 @pytest.mark.slow
-def test_timeline_streams_a_long_video(trained_run, tmp_path):  # noqa: F811
+def test_timeline_streams_a_long_video(trained_run, tmp_path):
     """A clip 10x longer needs 10x more windows but holds no more frames: the video is streamed."""
     normal = write_video(tmp_path / "normal.mp4", num_frames=30, fps=15, audio_seconds=2.0, tone_hz=1500.0)  # 2 s
     long = write_video(tmp_path / "long.mp4", num_frames=300, fps=15, audio_seconds=20.0, tone_hz=1500.0)  # 20 s
@@ -169,9 +167,9 @@ def test_timeline_streams_a_long_video(trained_run, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_tflite_model_agrees_with_keras(trained_run, dataset, tmp_path, capsys):  # noqa: F811
+def test_tflite_model_agrees_with_keras(trained_run, dataset, tmp_path, capsys):
     """--model PATH.tflite (the exported graph: CNN, MFCC and head in one file) gives Keras' answers."""
-    from pipeline.export import export
+    from pipeline import export
 
     export(trained_run, "float", progress=False)
     tflite = trained_run / "export/model_float.tflite"

@@ -13,41 +13,17 @@ import pytest
 import tensorflow as tf
 
 from pipeline.errors import UserError
-from pipeline.preprocess import plan_shards, preprocess
-from tests.media_factory import write_video
+from pipeline.features.records import plan_shards
+from pipeline.stages.preprocess import preprocess
+from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["preprocess.encoder=small_cnn", "preprocess.image_size=32", "preprocess.num_frames=4", "preprocess.audio_seconds=1.0",
-        "preprocess.workers=0", "preprocess.shard_size=3", "data.val_fraction=0.0"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """Two classes x 3 groups x 2 clips (MP4, each class its own tone), UCF101 layout, plus fault files."""
-    root = tmp_path_factory.mktemp("clips")
-    train, test = [], []
-    for c, (frames, fps, tone) in {"Fast": (12, 24, 440.0), "Slow": (30, 15, 1500.0)}.items():
-        (root / c).mkdir()
-        for g in (1, 2, 3):
-            for k in (1, 2):
-                rel = f"{c}/v_{c}_g{g:02d}_c{k:02d}.mp4"
-                write_video(root / rel, num_frames=frames + g + k, fps=fps, audio_seconds=0.8, tone_hz=tone)
-                (test if g == 1 else train).append(rel)
-    write_video(root / "Fast/v_Fast_g02_c03.mp4", num_frames=10)  # no audio track
-    (root / "Slow/v_Slow_g02_c03.mp4").write_bytes(b"")
-    train += ["Fast/v_Fast_g02_c03.mp4", "Slow/v_Slow_g02_c03.mp4"]
-    (root / "classInd.txt").write_text("1 Fast\n2 Slow\n")
-    (root / "trainlist01.txt").write_text("".join(f"{r} 1\n" for r in train))
-    (root / "testlist01.txt").write_text("".join(f"{r}\n" for r in test))
-    return root
-
-
 def read_examples(run_dir):
     index = json.loads((Path(run_dir) / "features/index.json").read_text())
     spec = {name: tf.io.VarLenFeature(tf.float32 if f["dtype"] == "float32" else tf.string if f["dtype"] in ("string", "uint8") else tf.int64)
             for name, f in index["features"].items()}
     out = {}
-    for split, names in index["shards"].items():
+    for names in index["shards"].values():
         for name in names:
             for record in tf.data.TFRecordDataset(str(Path(run_dir) / "features" / name)):
                 ex = {k: tf.sparse.to_dense(v).numpy() for k, v in tf.io.parse_single_example(record, spec).items()}
@@ -155,7 +131,7 @@ def test_workers_encode_the_same_features(dataset, tmp_path):
 
 
 def test_shard_plan_is_stable():
-    from data_prep.index import ManifestRow
+    from pipeline.datasets import ManifestRow
 
     rows = [ManifestRow(f"c/{i}.mp4", "c", "train" if i % 3 else "test", "g") for i in range(10)]
     a, b = plan_shards(rows, 3), plan_shards(list(reversed(rows)), 3)

@@ -183,7 +183,7 @@ def report_dir(tmp_path_factory):
     names = NAMES3 + ["sit, still"]
     probs = np.concatenate([PROBS3 * 0.9, np.full((6, 1), 0.1, dtype=np.float32)], axis=1)
     metrics = compute_metrics(LABELS3, probs, names)
-    ids = [f"data/{names[l]}/clip_{i}.mp4" for i, l in enumerate(LABELS3)]
+    ids = [f"data/{names[label]}/clip_{i}.mp4" for i, label in enumerate(LABELS3)]
     worst = worst_misclassified(LABELS3, probs, ids, names, k=5)
     out = tmp_path_factory.mktemp("report")
     skipped = [("bad/a.mp4", "cannot decode"), ("bad/b.avi", "no frames"), ("bad/c.mp4", "cannot decode")]

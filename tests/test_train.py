@@ -12,27 +12,19 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.features.encoders import FRAME_ENCODER_WEIGHTS
-from pipeline.preprocess import preprocess
-from pipeline.train import read_history, train
-from tests.test_preprocess import FAST, dataset  # noqa: F401  (the module-scoped clip fixture)
+from pipeline.stages.preprocess import preprocess
+from pipeline.stages.train import read_history, train
+from tests.conftest import FAST, TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.units=8", "train.batch_size=4", "train.early_stopping=0", "model.dropout=0.0", "train.learning_rate=0.01"]
 
 
-@pytest.fixture(scope="module")
-def feature_run(dataset, tmp_path_factory):  # noqa: F811
-    run = tmp_path_factory.mktemp("run")
-    preprocess(None, run, FAST + [f"data.root={dataset}"], progress=False)
-    return run
-
-
-def config_args(dataset, *extra):  # noqa: F811
+def config_args(dataset, *extra):
     return FAST + [f"data.root={dataset}"] + TINY + list(extra)
 
 
 @pytest.mark.parametrize("name", ["video_rnn", "audio_rnn", "av_fusion"])
-def test_train_learns_above_chance(dataset, feature_run, tmp_path, name):  # noqa: F811
+def test_train_learns_above_chance(dataset, feature_run, tmp_path, name):
     run = tmp_path / "run"
     run.mkdir()
     os.symlink(feature_run / "features", run / "features")
@@ -50,7 +42,7 @@ def test_train_learns_above_chance(dataset, feature_run, tmp_path, name):  # noq
         train(None, run, config_args(dataset, f"model.name={name}", "train.epochs=13"), progress=False)
 
 
-def test_mismatched_features_fail_before_training(dataset, tmp_path):  # noqa: F811
+def test_mismatched_features_fail_before_training(dataset, tmp_path):
     run = tmp_path / "run"
     preprocess(None, run, FAST + [f"data.root={dataset}", "preprocess.modalities=[video]"], progress=False)
     with pytest.raises(UserError, match="needs cached 'mfcc'.*actrec preprocess"):
@@ -61,7 +53,7 @@ def test_mismatched_features_fail_before_training(dataset, tmp_path):  # noqa: F
         train(None, tmp_path / "empty", config_args(dataset), progress=False)
 
 
-def test_nan_loss_stops_with_a_clear_message(dataset, feature_run, tmp_path):  # noqa: F811
+def test_nan_loss_stops_with_a_clear_message(dataset, feature_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     os.symlink(feature_run / "features", run / "features")
@@ -70,14 +62,15 @@ def test_nan_loss_stops_with_a_clear_message(dataset, feature_run, tmp_path):  #
                                      "train.optimizer=adam", "train.schedule=constant", "train.epochs=5"), progress=False)
 
 
-def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path):  # noqa: F811
+def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path):
     """The hybrid model on frame differences; its trained CNN, saved by train, is the frame encoder of a feature run."""
     import numpy as np
 
     from pipeline.config import load_config
     from pipeline.features.encoders import FrameDifference, build_encoder
     from pipeline.models import build_model, load_model
-    from pipeline.train import model_spec, read_index
+    from pipeline.rundir import RunDir
+    from pipeline.runtime.keras_model import model_spec
     from tests.test_preprocess import read_examples
 
     run, features = tmp_path / "hybrid", tmp_path / "features"
@@ -103,12 +96,12 @@ def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path
 
     # and a new hybrid model starts its CNN from the file (two-stage training: video only, then audio-visual)
     cfg = load_config(run / "config.yaml", [f"preprocess.weights={weights}", "seed=1"])
-    restarted = build_model(model_spec(cfg, read_index(run)), cfg.model).get_layer("frame_encoder").layer
+    restarted = build_model(model_spec(cfg, RunDir(run).read_index()), cfg.model).get_layer("frame_encoder").layer
     np.testing.assert_array_equal(np.asarray(restarted(frames)), np.asarray(cnn(frames)))
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill(dataset, feature_run, tmp_path):  # noqa: F811
+def test_resume_after_sigkill(dataset, feature_run, tmp_path):
     """Kill training mid-run; the same command resumes from the last finished epoch and ends at the same epoch count."""
     run = tmp_path / "run"
     run.mkdir()
@@ -139,7 +132,7 @@ def test_augmentations_keep_shapes_and_meaning():
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.train import spatial_augment, spec_augment, temporal_jitter
+    from pipeline.stages.train import spatial_augment, spec_augment, temporal_jitter
 
     tf.random.set_seed(0)
     # spatial_augment: a clip of 4 identical frames stays 4 identical frames (one transform per clip)

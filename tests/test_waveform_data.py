@@ -14,13 +14,13 @@ import pytest  # noqa: E402
 import soundfile  # noqa: E402
 
 from data_prep.commands import make_commands  # noqa: E402
-from data_prep.index import ManifestRow  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.datasets import ManifestRow  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.features.waveform_data import check_wavs, waveform_dataset, waveform_rows  # noqa: E402
 from pipeline.media.audio import fit_length, load_audio  # noqa: E402
-from pipeline.preprocess import preprocess  # noqa: E402
-from pipeline.train import evaluate_split, train  # noqa: E402
+from pipeline.stages.preprocess import preprocess  # noqa: E402
+from pipeline.stages.train import evaluate_split, train  # noqa: E402
 from tests.test_train import ROOT  # noqa: E402
 
 RAW_AUDIO = ["preprocess.encoder=none", "preprocess.workers=0", "train.source=raw_audio"]

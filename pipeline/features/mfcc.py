@@ -20,11 +20,12 @@ Zero padding (not librosa's former "reflect" default) is chosen on purpose: audi
 `fit_length` pads with zeros then gives exactly the frames of the unpadded audio for the
 first `params.num_frames(valid_samples)` frames, so masking the rest loses nothing.
 
-Normalisation (`normalize_mfcc` in numpy for preprocessing, `MFCCNormalization` in a model)
+Normalisation (`normalize_mfcc` in numpy for preprocessing, `mfcc_layers.MFCCNormalization` in a model)
 is per utterance (zero mean, unit variance per coefficient) or with training-set statistics.
 
-`tfio_load_audio` reads and resamples WAVs with TensorFlow / tensorflow-io ops, for tf.data
-pipelines that feed raw waveforms.
+The Keras layers (`MFCC`, `MFCCNormalization`) and `tfio_load_audio` (WAVs read and resampled
+in tf.data) live in mfcc_layers.py, so that worker processes computing MFCCs with librosa never
+import TensorFlow (seconds per process).
 """
 
 from __future__ import annotations
@@ -173,14 +174,14 @@ def librosa_mfcc(waveform: np.ndarray, params: MFCCParams) -> np.ndarray:
         htk=False,
     )  # [n_mfcc, F]; power_to_db inside uses ref=1.0, amin=1e-10, top_db=80
     if params.deltas:
-        _check_delta_frames(mfcc.shape[1])
+        check_delta_frames(mfcc.shape[1])
         d1 = librosa.feature.delta(mfcc, width=DELTA_WIDTH, order=1, mode="interp")
         d2 = librosa.feature.delta(mfcc, width=DELTA_WIDTH, order=2, mode="interp")
         mfcc = np.concatenate([mfcc, d1, d2], axis=0)
     return np.ascontiguousarray(mfcc.T.astype(np.float32))
 
 
-def _check_delta_frames(num_frames: int) -> None:
+def check_delta_frames(num_frames: int) -> None:
     if num_frames < DELTA_WIDTH:
         raise ValueError(
             f"MFCC deltas need at least {DELTA_WIDTH} frames; got {num_frames} "
@@ -246,16 +247,3 @@ def dataset_stats(sequences: Iterable[tuple[np.ndarray, int]]) -> tuple[np.ndarr
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-# The Keras layers live in mfcc_layers.py so that worker processes computing MFCCs with
-# librosa never import TensorFlow (seconds per process); they stay importable from here.
-_LAYERS = ("MFCC", "MFCCNormalization", "tfio_load_audio")
-
-
-def __getattr__(name: str):
-    if name in _LAYERS:
-        from pipeline.features import mfcc_layers
-
-        return getattr(mfcc_layers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 `MFCC` computes exactly the recipe of `mfcc.librosa_mfcc` (see that module's docstring) from
 TensorFlow ops that convert to TFLite builtins; `MFCCNormalization` is `mfcc.normalize_mfcc`
-inside a model. Import them from either module.
+inside a model.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from pipeline.features.mfcc import (
     NORMALIZE_MODES,
     TOP_DB,
     MFCCParams,
-    _check_delta_frames,
+    check_delta_frames,
     dct_matrix,
     delta_kernel,
     hann_window,
     mel_matrix,
 )
-
 
 # ----------------------------------------------------------------------------- the Keras layer
 
@@ -107,7 +106,7 @@ class MFCC(keras.layers.Layer):
         if not p.deltas:
             return mfcc
         if mfcc.shape[1] is not None:  # known when the input length is (always for export graphs)
-            _check_delta_frames(mfcc.shape[1])
+            check_delta_frames(mfcc.shape[1])
         return tf.concat([mfcc, self._delta(mfcc, 0), self._delta(mfcc, 1)], axis=-1)
 
     def _power_spectrum(self, frames):

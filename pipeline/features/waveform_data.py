@@ -1,6 +1,6 @@
 """Raw-waveform training input (train.source: raw_audio): WAV files -> tf.data batches for a waveform model.
 
-    the run's manifest rows (preprocess.resolve_rows, minus the clips preprocessing skipped)
+    the run's manifest rows (datasets.resolve_rows, minus the clips preprocessing skipped)
         --tf.data--> path, label id
         --tfio_load_audio: tf.audio.decode_wav + tensorflow-io resample--> float32 [N'] at preprocess.sample_rate
         --fit_length (the numpy function preprocessing uses, through tf.numpy_function)--> float32 [M], valid samples
@@ -33,7 +33,7 @@ def waveform_rows(cfg: Config, index: dict, split: str) -> list:
     Rows preprocessing skipped (unreadable, truncated, unknown label) are left out; if what is left
     differs from the cached counts, the dataset changed since preprocessing and that is an error.
     """
-    from pipeline.preprocess import resolve_rows
+    from pipeline.datasets import resolve_rows
 
     rows, _, _ = resolve_rows(cfg)
     skipped = {path for path, _ in index["errors"]}
@@ -75,7 +75,7 @@ def load_window(path, sample_rate: int, num_samples: int):
     """
     import tensorflow as tf
 
-    from pipeline.features.mfcc import tfio_load_audio
+    from pipeline.features.mfcc_layers import tfio_load_audio
     from pipeline.media.audio import fit_length
 
     def fit(waveform):  # the one definition of crop/pad, in numpy

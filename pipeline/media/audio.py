@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.media import check_readable, AUDIO_EXTENSIONS, MediaError
+from pipeline.media import AUDIO_EXTENSIONS, MediaError, check_readable, soundfile_first
 
 RESAMPLE_METHOD = "soxr_hq"
 
@@ -43,7 +43,8 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     path = Path(path)
     check_readable(path)
 
-    if path.suffix.lower() in AUDIO_EXTENSIONS:
+    is_audio_file = path.suffix.lower() in AUDIO_EXTENSIONS
+    if is_audio_file and soundfile_first(path):
         try:
             samples, rate = _read_soundfile(path)
         except MediaError:
@@ -52,14 +53,22 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
             # libsndfile does not read every codec (e.g. some MP3s, or a WAV with an exotic
             # encoding); FFmpeg reads almost anything, and gives the final verdict.
             samples, rate = _read_with_pyav(path, is_audio_file=True)
-    else:
-        samples, rate = _read_with_pyav(path, is_audio_file=False)
+    else:  # a video container, or a file named like audio whose first bytes are no container libsndfile knows
+        samples, rate = _read_with_pyav(path, is_audio_file=is_audio_file)
 
     if samples.size == 0:
         raise MediaError("audio has no samples")
+    check_finite(samples)  # before the clip below, which would turn inf into full scale without a word
     waveform = resample(samples, rate, sample_rate)
     # Float sources and resampling ringing can leave samples slightly outside [-1, 1].
     return np.clip(waveform, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def check_finite(waveform: np.ndarray) -> None:
+    """Raise MediaError when a waveform holds NaN or inf samples (a float WAV can; MFCCs of them are NaN)."""
+    bad = int(waveform.size - np.count_nonzero(np.isfinite(waveform)))
+    if bad:
+        raise MediaError(f"audio has {bad} non-finite samples (NaN or inf)")
 
 
 def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -103,7 +112,7 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
     """(mono float32 [N], native rate) read by libsndfile."""
     import soundfile
 
-    _check_wav_not_truncated(soundfile.info(str(path)))
+    check_wav_not_truncated(soundfile.info(str(path)))
     # always_2d: [N, channels] whatever the file has, so the downmix below is one line.
     data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     return data.mean(axis=1, dtype=np.float32), int(rate)
@@ -115,7 +124,7 @@ _WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTI
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
 
 
-def _check_wav_not_truncated(info) -> None:
+def check_wav_not_truncated(info) -> None:
     """Raise MediaError if a WAV's data chunk is shorter than its header declares (a cut-off copy).
 
     libsndfile silently reads the samples that are present; a clip cut in half would then be

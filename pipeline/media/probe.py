@@ -1,4 +1,9 @@
-"""Cheap checks of a media file's container: streams, duration, rate — no full decode."""
+"""Cheap checks of a media file's container: streams, duration, rate — no decoding.
+
+Beyond the headers, the packets of a container's last second are read (not decoded), so a copy cut off
+mid-stream (a download that stopped; the index at the front intact) is reported here, as a WAV whose data
+chunk is shorter than its header says is.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from pathlib import Path
 import av
 import soundfile
 
-from pipeline.media import check_readable, AUDIO_EXTENSIONS, MediaError
+from pipeline.media import AUDIO_EXTENSIONS, MediaError, check_readable, soundfile_first
+from pipeline.media.audio import check_wav_not_truncated
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ def probe_media(path: str | Path) -> MediaInfo:
     """Open the container and read its stream headers; raise MediaError with the reason if unusable."""
     path = Path(path)
     check_readable(path)
-    if path.suffix.lower() in AUDIO_EXTENSIONS:
+    if path.suffix.lower() in AUDIO_EXTENSIONS and soundfile_first(path):
         try:
             info = soundfile.info(str(path))
         except Exception:  # not a format libsndfile reads (AAC in .m4a, some MP3s): FFmpeg below decides
@@ -34,6 +40,7 @@ def probe_media(path: str | Path) -> MediaInfo:
         if info is not None:
             if info.frames == 0:
                 raise MediaError("audio file has no samples")
+            check_wav_not_truncated(info)
             return MediaInfo(False, True, info.frames / info.samplerate, sample_rate=info.samplerate)
     try:
         with av.open(str(path)) as container:
@@ -44,6 +51,7 @@ def probe_media(path: str | Path) -> MediaInfo:
                 raise MediaError("no video or audio stream")
             if video is not None and (video.frames == 0 and duration == 0):
                 raise MediaError("video stream has no frames")
+            _check_packets_present(container, [s for s in (video, audio) if s is not None])
             return MediaInfo(
                 has_video=video is not None,
                 has_audio=audio is not None,
@@ -58,3 +66,29 @@ def probe_media(path: str | Path) -> MediaInfo:
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
         detail = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
         raise MediaError(f"cannot open as media ({detail}; corrupt, truncated or not a media file)") from None
+
+
+def _check_packets_present(container, streams) -> None:
+    """Raise MediaError when a stream's packets end well before the duration the container's index declares (MP4,
+    MOV and AVI say; MKV/WebM do not, and are not checked): a copy cut off mid-stream whose index survived.
+
+    Seeks to the key frame before the last second and reads (does not decode) the packets from there, so the cost
+    does not grow with the clip's length. A container that cannot seek is not checked."""
+    for stream in streams:
+        if not stream.frames or not stream.duration or not stream.time_base:
+            continue
+        start = stream.start_time or 0
+        end = start + stream.duration
+        try:
+            container.seek(max(start, end - int(1 / stream.time_base)), stream=stream, backward=True)
+            last, step = None, 0
+            for packet in container.demux(stream):
+                if packet.pts is not None:
+                    step = packet.duration or step
+                    last = max(last if last is not None else packet.pts, packet.pts + (packet.duration or 0))
+        except av.FFmpegError:
+            continue
+        if last is None or last < end - max(step, stream.duration // 100):
+            got = float(((last if last is not None else start) - start) * stream.time_base)
+            raise MediaError(f"truncated file: the {stream.type} track ends at {got:.2f} s of the "
+                             f"{float(stream.duration * stream.time_base):.2f} s its index lists (the file ends early)")

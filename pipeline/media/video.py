@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from pipeline.media import check_readable, MediaError
+from pipeline.media import MediaError, check_readable
 
 SAMPLING_STRATEGIES = ("uniform", "segments", "multi_clip")
 CROPS = ("center", "start", "end")  # start = left (landscape) / top (portrait)
@@ -97,8 +97,21 @@ def _open(path: str | Path) -> cv2.VideoCapture:
     check_readable(path)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
+        if _holds_only_audio(path):
+            raise MediaError("no video stream: the file holds only audio")
         raise MediaError("cannot open as video (corrupt, truncated or not a video)")
     return cap
+
+
+def _holds_only_audio(path: Path) -> bool:
+    """True when FFmpeg opens the file and finds audio but no video (a WAV named .mp4, a soundtrack-only MP4)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.audio) and not container.streams.video
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
+        return False
 
 
 def _decode_selected(path: str | Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int, float]:

@@ -1,18 +1,14 @@
-"""Model builders (no file I/O here): RNN heads, fusion, the hybrid CNN-RNN, and the registry."""
+"""Model builders (no file I/O here): RNN heads, audio branches, fusion, the hybrid CNN-RNN, and the registry.
 
-import keras
+    spec.py     ModelSpec: input shapes and class count, what a builder needs besides the config
+    heads.py    rnn_head: masked (bi)LSTM/GRU stacks and their pooling
+    audio.py    MFCC / raw-waveform branches
+    fusion.py   video_rnn, audio_rnn, av_fusion on cached features
+    hybrid.py   hybrid_cnn_rnn on raw frames
+    registry.py build_model by name, load_model
+"""
 
-# Importing these registers every custom layer a saved model may hold (package "actrec").
-import pipeline.features.encoders  # noqa: F401
-import pipeline.features.mfcc_layers  # noqa: F401
-import pipeline.models.heads  # noqa: F401
-import pipeline.models.hybrid  # noqa: F401
-from pipeline.models.fusion import MODEL_REGISTRY, ModelSpec, build_model
-
-
-def load_model(path) -> keras.Model:
-    """Load a .keras model saved by `actrec train` (safe mode: no arbitrary code from the file)."""
-    return keras.saving.load_model(str(path), safe_mode=True)
-
+from pipeline.models.registry import MODEL_REGISTRY, build_model, load_model
+from pipeline.models.spec import ModelSpec
 
 __all__ = ["MODEL_REGISTRY", "ModelSpec", "build_model", "load_model"]

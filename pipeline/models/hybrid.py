@@ -12,10 +12,12 @@ and a small encoder (`small_cnn` or MobileNetV3Small at 96-112 px).
 from __future__ import annotations
 
 import keras
-from keras import layers, ops
+from keras import layers
 
-from pipeline.models.fusion import ModelSpec, _need, audio_head, fuse
+from pipeline.models.audio import waveform_branch
+from pipeline.models.fusion import fuse
 from pipeline.models.heads import rnn_head
+from pipeline.models.spec import ModelSpec, require_feature
 
 
 def set_encoder_trainable(encoder: keras.Model, mode: str, last_n: int) -> None:
@@ -25,7 +27,7 @@ def set_encoder_trainable(encoder: keras.Model, mode: str, last_n: int) -> None:
     """
     encoder.trainable = mode != "false"
     if mode == "last_n":
-        weighted = [l for l in _flat_layers(encoder) if l.weights]
+        weighted = [layer for layer in _flat_layers(encoder) if layer.weights]
         for i, layer in enumerate(weighted):
             layer.trainable = i >= len(weighted) - last_n
     for layer in _flat_layers(encoder):
@@ -41,27 +43,11 @@ def _flat_layers(model: keras.Model):
             yield layer
 
 
-@keras.saving.register_keras_serializable(package="actrec")
-class SamplesToFrames(layers.Layer):
-    """Valid waveform samples [B] -> valid MFCC frames [B] (centred STFT: 1 + n // hop)."""
-
-    def __init__(self, hop_length: int, max_frames: int, **kwargs):
-        super().__init__(**kwargs)
-        self.hop_length, self.max_frames = hop_length, max_frames
-
-    def call(self, num_samples):
-        frames = 1 + ops.floor_divide(ops.cast(num_samples, "int32"), self.hop_length)
-        return ops.minimum(frames, self.max_frames)
-
-    def get_config(self):
-        return {**super().get_config(), "hop_length": self.hop_length, "max_frames": self.max_frames}
-
-
 def hybrid_cnn_rnn(spec: ModelSpec, cfg, encoder: keras.Model | None = None) -> keras.Model:
     """The end-to-end model; `encoder` defaults to preprocess.encoder (weights: preprocess.weights)."""
     from pipeline.features.encoders import FrameDifference, build_encoder
 
-    _need(spec, "frames", "hybrid")
+    require_feature(spec, "frames", "hybrid")
     p = spec.preprocess
     t, s, _ = spec.frames
     encoder_name = p.encoder if p.encoder != "none" else "small_cnn"
@@ -81,19 +67,3 @@ def hybrid_cnn_rnn(spec: ModelSpec, cfg, encoder: keras.Model | None = None) -> 
         inputs += audio_inputs
         pooled.append(audio_pooled)
     return keras.Model(inputs, fuse(pooled, cfg, spec.num_classes), name="hybrid_cnn_rnn")
-
-
-def waveform_branch(spec: ModelSpec, cfg):
-    """Inputs and pooled state of an audio branch on raw samples: waveform [B, N] --MFCC layer--> [B, F, C] -> [B, H].
-
-    Inputs: waveform float32 [B, N] (N = spec.waveform) and num_samples int32 [B] (valid samples;
-    the frames computed from padding are masked).
-    """
-    from pipeline.features.mfcc import MFCC, MFCCParams
-
-    params = MFCCParams.from_config(spec.preprocess)
-    waveform = keras.Input((spec.waveform,), name="waveform")
-    num_samples = keras.Input((), dtype="int32", name="num_samples")
-    mfcc = MFCC.from_params(params, name="mfcc")(waveform)  # [B, F, C]
-    mfcc_length = SamplesToFrames(params.hop_length, params.num_frames(spec.waveform), name="mfcc_length")(num_samples)
-    return [waveform, num_samples], audio_head(mfcc, mfcc_length, spec, cfg)

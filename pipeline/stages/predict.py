@@ -1,6 +1,6 @@
 """Predict stage: a trained run on new raw files -> top-k labels per file, or a timeline for a long video.
 
-    file --decode_clip (the preprocess stage's own function)--> frames uint8 [1, T, S, S, 3], MFCC [F, C]
+    file --runtime.decode_clip (preprocessing's own function)--> frames uint8 [1, T, S, S, 3], MFCC [F, C]
         --the run's frame encoder--> frame_features [1, T, D] --model--> probabilities [K] --> top-k labels
 
     long video, --window W --stride S (seconds):
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import collections
 import json
+import math
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
+from pipeline.runtime.decode import audio_arrays, decode_clip
+from pipeline.runtime.keras_model import RunModel
 
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 WINDOW_BATCH = 16  # windows per model call on a long video (their encoded features only: a few kB each)
@@ -41,16 +45,29 @@ def expand_paths(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     """(file, None) for every file to predict, or (path, reason) for a path that yields none.
 
     Folders expand to the media files inside them (recursively, sorted); files are kept as given
-    (a non-media file is reported when it is predicted, with the extensions expected).
+    (a non-media file is reported when it is predicted, with the extensions expected). An entry of a folder
+    named like media that is not a regular file (a FIFO, a broken link) is kept too, so it gets its line.
     """
     out: list[tuple[Path, str | None]] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
-            out += [(f, None) for f in files] or [(path, f"folder holds no media files ({', '.join(MEDIA_EXTENSIONS)})")]
+            out += _folder_entries(path) or [(path, f"folder holds no media files ({', '.join(MEDIA_EXTENSIONS)})")]
         else:
             out.append((path, None))
     return out
+
+
+def _folder_entries(folder: Path) -> list[tuple[Path, str | None]]:
+    """(entry, None) for every entry named like media under folder, (sub-folder, reason) for one it cannot list; sorted."""
+    found: list[tuple[Path, str | None]] = []
+
+    def unreadable(error: OSError) -> None:  # os.walk (and rglob) would skip it without a word
+        found.append((Path(error.filename or folder), f"folder not readable ({error.strerror or error})"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
+        dirnames.sort()
+        found += [(Path(dirpath) / name, None) for name in filenames if Path(name).suffix.lower() in MEDIA_EXTENSIONS]
+    return sorted(found, key=lambda item: item[0])
 
 
 # ----------------------------------------------------------------------------- sliding windows
@@ -64,6 +81,10 @@ class SlidingWindows:
     rate: float
     window_s: float
     stride_s: float
+
+    def __post_init__(self):
+        if self.stride_s * self.rate < 1:  # windows would start at the same frame or sample again and again
+            raise MediaError(f"--stride {self.stride_s:g} s is shorter than one step of this file ({1 / self.rate:.3g} s at {self.rate:g}/s)")
 
     @property
     def span(self) -> int:
@@ -151,19 +172,15 @@ class Predictor:
     their time counts as model time (features is 0).
     """
 
-    def __init__(self, run_dir: str | Path, model: str = "keras"):
-        from pipeline.evaluate import RunModel
-
+    def __init__(self, run_dir: str | Path, model: str = "keras", allow_unfinished: bool = False):
         start = time.perf_counter()
-        self.runner = RunModel(run_dir, model=model)
+        self.runner = RunModel(run_dir, model=model, allow_unfinished=allow_unfinished)
         self.run_dir = Path(run_dir)
         self.classes = self.runner.classes
         self.cfg = self.runner.clip_cfg
         self.kind = self.cfg.data.kind  # video | speech
         self.ms = {"decode": 0.0, "features": 0.0, "model": 0.0}
         if "audio" in self.cfg.preprocess.modalities:  # librosa's import and first MFCC take seconds: start-up, not a file's time
-            from pipeline.preprocess import audio_arrays
-
             audio_arrays(np.zeros(self.cfg.preprocess.sample_rate, np.float32), self.cfg)
         self.startup_ms = (time.perf_counter() - start) * 1e3  # loading; model tracing is added when it happens
         self._warm_sizes: set[int] = set()  # batch sizes the model has been called with
@@ -192,12 +209,9 @@ class Predictor:
 
     def decode(self, path: Path) -> dict:
         """The run's own preprocessing of one file: {'frames': uint8 [1, T, S, S, 3], 'frame_lengths', 'mfcc', ...}."""
-        from data_prep.index import ManifestRow
-        from pipeline.preprocess import ClipJob, decode_clip
-
         start = time.perf_counter()
         try:
-            return decode_clip(ClipJob(str(path.parent), ManifestRow(path.name, "", "test", ""), 0), self.cfg)
+            return decode_clip(path, self.cfg)
         except MediaError as e:
             raise self._media_error(e) from None
         finally:
@@ -208,7 +222,7 @@ class Predictor:
         if self.runner.tflite is not None:  # the exported graph holds the frame CNN
             return list(decoded)
         start = time.perf_counter()
-        out = self.runner.processor.encode(decoded)
+        out = self.runner.encoder.encode(decoded)
         self.ms["features"] += (time.perf_counter() - start) * 1e3
         return out
 
@@ -288,8 +302,6 @@ class Predictor:
 
     def _window_audio(self, waveform: np.ndarray | None, t0: float, t1: float) -> dict:
         """The sound of [t0, t1) seconds with the clip's own audio recipe ({} for a video-only run)."""
-        from pipeline.preprocess import audio_arrays
-
         if waveform is None:
             return {}
         rate = self.cfg.preprocess.sample_rate
@@ -337,6 +349,7 @@ def iter_predict(
     window: float | None = None,
     stride: float | None = None,
     out: str | Path | None = None,
+    allow_unfinished: bool = False,
 ) -> Iterator[dict]:
     """Yield one result per file, as soon as it is done (see `predict`)."""
     from pipeline.report import plot_timeline, write_timeline_csv
@@ -347,11 +360,11 @@ def iter_predict(
         raise UserError("--stride needs --window (the window length in seconds)")
     if window is not None:
         stride = window / 2 if stride is None else stride
-        if not (window > 0 and stride > 0):
-            raise UserError(f"--window and --stride must be > 0 seconds (got {window} and {stride})")
+        if not (0 < window < math.inf and 0 < stride < math.inf):
+            raise UserError(f"--window and --stride must be finite and > 0 seconds (got {window} and {stride})")
     files = expand_paths(paths)
-    predictor = Predictor(run_dir, model)
-    out_dir = Path(out) if out is not None else Path(run_dir) / "predict"
+    predictor = Predictor(run_dir, model, allow_unfinished)
+    out_dir = Path(out) if out is not None else predictor.runner.run.predictions
     used_names: set[str] = set()
     for path, reason in files:
         result: dict = {"path": str(path), "error": reason, "top": None, "probs": None}
@@ -400,6 +413,7 @@ def predict(
     out: str | Path | None = None,
     output: str | None = None,
     verbose: bool = False,
+    allow_unfinished: bool = False,
 ) -> list[dict]:
     """Classify raw video clips or audio files with a trained run; one result per file.
 
@@ -409,14 +423,15 @@ def predict(
         ms: {'decode', 'features', 'model'} milliseconds;
     with `window` (seconds) and `stride` (default window / 2), a long video is classified in sliding
     windows (top/probs are then the mean over windows) and also gets windows, window_probs float32 [Wn, K],
-    max_frames_held, timeline_csv, timeline_png (written to `out`, default RUN_DIR/predict/).
+    max_frames_held, timeline_csv, timeline_png (written to `out`, default RUN/predict/).
+    allow_unfinished: use model.keras even though its training did not finish.
     output: None (silent), "text" (one line per file) or "json" (JSON lines), printed as files finish,
     then a summary line (on stderr for JSON, so stdout stays JSON lines).
     """
     import sys
 
     results = []
-    for result in iter_predict(run_dir, paths, model, top, window, stride, out):
+    for result in iter_predict(run_dir, paths, model, top, window, stride, out, allow_unfinished):
         results.append(result)
         if output is not None:
             print(format_result(result, json_lines=output == "json", verbose=verbose), flush=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
 from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
@@ -88,15 +89,25 @@ def _media_files(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], li
     """Relative paths of media files one folder down (<class>/<file>), and files left out with a reason."""
     found, problems = [], []
     real_root = root.resolve()
+
+    def unreadable(error: OSError) -> None:  # os.walk would skip a folder it cannot list without a word
+        folder = Path(error.filename) if error.filename else root
+        problems.append((folder.relative_to(root).as_posix() + "/", f"folder not readable ({error.strerror or error})"))
+
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
-        for dirpath, dirnames, filenames in os.walk(class_dir):
+        for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unreadable):
             dirnames.sort()
             for name in sorted(filenames):
                 full = Path(dirpath) / name
                 rel = full.relative_to(root).as_posix()
                 if full.suffix.lower() not in extensions:
                     continue
-                if full.is_symlink() and not full.resolve().is_relative_to(real_root):
+                try:
+                    target = full.resolve(strict=True)
+                except (OSError, RuntimeError):  # dangling, or a loop (RuntimeError before Python 3.13)
+                    problems.append((rel, "broken symbolic link (or a link loop)"))
+                    continue
+                if not target.is_relative_to(real_root):  # the file, or its class folder, links out of the root
                     problems.append((rel, "symlink to a file outside the dataset root"))
                     continue
                 found.append(rel)
@@ -168,11 +179,13 @@ def index_dataset(
     classes: list[str] | None = None,
     seed: int = 0,
     probe: bool = True,
+    needs_audio: bool = False,
 ) -> Index:
     """Walk a dataset folder and return its manifest rows plus every file left out and why.
 
     With probe=True each file's container is opened (headers only) so empty, truncated and
-    non-media files are reported here rather than failing later.
+    non-media files are reported here rather than failing later. needs_audio: a video without a sound
+    track is left out (a problem), not kept with a warning, before the validation groups are drawn.
     """
     root = Path(root)
     if not root.is_dir():
@@ -206,6 +219,10 @@ def index_dataset(
     if probe:  # before the split check, so a broken unlisted file is reported as broken
         kept, probe_problems, warnings = _probe_all(root, kept, kind)
         problems += probe_problems
+        if needs_audio:
+            silent = {rel for rel, _ in warnings}
+            problems += [(rel, "no audio track (preprocess.modalities needs audio)") for rel in kept if rel in silent]
+            kept, warnings = [rel for rel in kept if rel not in silent], []
     if layout == "ucf101":
         problems += [(rel, "not listed in any split file") for rel in kept if rel not in split_of]
         warnings = [(rel, reason) for rel, reason in warnings if rel in split_of]
@@ -221,6 +238,12 @@ def index_dataset(
         for r in kept:
             if split_of.get(r, "train") == "train" and group_of(r) in val_groups:
                 split_of[r] = "val"
+        if val_fraction > 0 and not val_groups and len(train_groups) > 1:
+            # One training group: hold out some of its clips rather than none (validation then shares the
+            # group's actors with training, which the preprocess stage says), never every one of them.
+            train_clips = sorted(r for r in kept if split_of.get(r, "train") == "train")
+            n = min(len(train_clips) - 1, max(1, round(val_fraction * len(train_clips))))
+            split_of.update({r: "val" for r in rng.permutation(train_clips)[:n].tolist()})
 
     rows = [ManifestRow(r, r.split("/", 1)[0], split_of.get(r, "train"), group_of(r)) for r in kept]
     return Index(root=root, layout=layout, classes=known, rows=rows, problems=problems, warnings=warnings)
@@ -240,6 +263,8 @@ def _probe_all(root: Path, rels: list[str], kind: str):
                 problems.append((rel, error))
             elif kind == "video" and not info.has_video:
                 problems.append((rel, "no video stream"))
+            elif kind == "speech" and not info.has_audio:
+                problems.append((rel, "no audio track"))
             else:
                 kept.append(rel)
                 if kind == "video" and not info.has_audio:
@@ -277,3 +302,47 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 raise UserError(f"{path}:{line}: split '{rec['split']}' is not one of {', '.join(SPLITS)}")
             rows.append(ManifestRow(rec["path"], rec["label"], rec["split"], rec["group"] or group_of(rec["path"])))
     return rows
+
+
+def resolve_rows(cfg, manifest: str | Path | None = None) -> tuple[list[ManifestRow], list[str], list[tuple[str, str]]]:
+    """(rows, classes, problems) from a manifest file or by indexing data.root."""
+    d = cfg.data
+    manifest = manifest or d.manifest
+    if not manifest and storage.is_url(d.root):
+        raise UserError(f"data.root={d.root}: indexing reads local folders only; pass --manifest (from `actrec index`) to read clips from a URL")
+    if manifest:
+        rows = read_manifest(manifest)
+        classes = list(d.classes) or sorted({r.label for r in rows})
+        problems = [(r.path, f"unknown label '{r.label}' (not in data.classes)") for r in rows if r.label not in classes]
+        return [r for r in rows if r.label in classes], classes, problems
+    index = index_dataset(d.root, d.kind, d.layout, d.split_id, d.val_fraction, d.test_fraction, list(d.classes) or None, cfg.seed,
+                          needs_audio=d.kind == "video" and "audio" in cfg.preprocess.modalities)
+    return index.rows, index.classes, index.problems
+
+
+def check_splits(counts: dict[str, int], classes: list[str], where: str, train_per_class: dict[str, int] | None = None,
+                 batch_size: int | None = None, val_needed: bool = True, train_groups: int | None = None) -> list[str]:
+    """Refuse data that cannot train and test a classifier, before any work; return warnings worth printing.
+
+    counts: clips per split; train_per_class: training clips per class (when known); batch_size: train.batch_size;
+    val_needed: False when the user asked for no validation split (data.val_fraction 0); train_groups: how many
+    groups (actors, speakers) the training split had to draw validation groups from, when known.
+    """
+    summary = f"train {counts.get('train', 0)} / val {counts.get('val', 0)} / test {counts.get('test', 0)}"
+    if len(classes) < 2:
+        raise UserError(f"{where}: {len(classes)} class ({', '.join(classes) or 'none'}): a classifier needs at least 2 "
+                        f"(one <class>/ folder per class)")
+    held_out = (f"only {train_groups} training group (actor/speaker), and validation needs groups of its own: add groups"
+                if train_groups is not None and train_groups < 2 else "raise data.val_fraction or add groups (actors/speakers)")
+    for split, fix in (("train", "add clips or groups"), ("val", held_out),
+                       ("test", "raise data.test_fraction, add groups, or list test clips in the split files")):
+        if not counts.get(split) and (split != "val" or val_needed):
+            raise UserError(f"{where}: the {split} split is empty ({summary}); {fix}")
+    if batch_size is not None and counts["train"] < batch_size:
+        raise UserError(f"{where}: {counts['train']} training clips, fewer than one batch (train.batch_size={batch_size}); "
+                        f"lower train.batch_size or add clips")
+    missing = [c for c in classes if train_per_class is not None and not train_per_class.get(c)]
+    warnings = [f"class '{c}' has no training clip: the model cannot learn it" for c in missing]
+    if not counts.get("val"):
+        warnings.append("no validation split (data.val_fraction is 0): training will select its epochs on the test split")
+    return warnings

@@ -2,12 +2,12 @@
 
     features/.beam_plan.jsonl  one line per clip: shard name, position in the shard, manifest row, label id
         --ReadPlan (tf.io.gfile)--> clip jobs --Reshuffle (spreads clips over the workers)-->
-        --ProcessClip: ClipProcessor.process = decode_clip + FrameEncoder + serialize_example, the same
+        --ProcessClip: ClipEncoder.process = decode_clip + FrameEncoder + serialize_example, the same
                        per-clip function as the local runner; the encoder is loaded once per worker (setup)-->
           (shard name, (position, clip path, serialized tf.train.Example | None, error | None))
         --GroupByKey(shard)--> WriteShard: write_shard(...) with the examples in row order; .tfrecord renamed last
 
-The driver (`pipeline.preprocess.preprocess`) does everything else exactly as for the local runner: it
+The driver (the preprocess stage) does everything else exactly as for the local runner: it
 plans the shards, saves the encoder weights the workers load, skips shards that already exist (resume),
 and after the pipeline writes index.json and preprocess_errors.csv. So both runners write the same files.
 
@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from data_prep.index import ManifestRow
 from pipeline import storage
 from pipeline.config import Config
+from pipeline.datasets import ManifestRow
 from pipeline.errors import UserError
+from pipeline.features.records import ClipJob, Shard, write_shard
 from pipeline.files import atomic_write_text
-from pipeline.preprocess import ClipJob, ClipProcessor, Shard, available_cpus, write_shard
+from pipeline.runtime.encode import ClipEncoder, available_cpus
 
 _root_logger_level = logging.getLogger().level
 logging.getLogger().setLevel(logging.ERROR)  # Beam's import warns about Google Cloud clients it does not need here
@@ -98,7 +99,7 @@ def run_beam(cfg: Config, todo: Sequence[Shard], features_dir, label_ids: dict[s
     """Process the clips of the `todo` shards on Beam and write those shards into features_dir.
 
     features_dir: a Path or storage.GFilePath every worker can reach; its encoder.weights.h5 must exist
-    (the driver's ClipProcessor.setup() saved it). Returns the pipeline's counters
+    (the driver's ClipEncoder.setup() saved it). Returns the pipeline's counters
     {'clips', 'skipped', 'encoder_loads', 'seconds'}.
     """
     if not todo:
@@ -167,7 +168,7 @@ class ProcessClip(beam.DoFn):
         self.encoder_loads = Metrics.counter(COUNTERS, "encoder_loads")
 
     def setup(self):
-        self.processor = ClipProcessor(self.cfg, self.features_dir, self.encoder_threads)
+        self.processor = ClipEncoder(self.cfg, self.features_dir, self.encoder_threads)
         self.processor.setup()
         self.loads_to_report = 1  # counters can only be updated inside a bundle
 

@@ -21,8 +21,6 @@ from pathlib import Path
 
 from pipeline.config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 # --quick: small data and few epochs, for the end-to-end test (minutes, not quality).
 QUICK = {
     "clips_per_class": 4,
@@ -41,11 +39,11 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
     """
     from data_prep.actions import make_actions
     from data_prep.commands import make_commands
-    from pipeline.evaluate import evaluate
-    from pipeline.export import export
-    from pipeline.predict import predict
-    from pipeline.preprocess import preprocess
-    from pipeline.train import train
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.export import export
+    from pipeline.stages.predict import predict
+    from pipeline.stages.preprocess import preprocess
+    from pipeline.stages.train import train
 
     out = Path(out)
     plan = QUICK if quick else FULL
@@ -61,7 +59,7 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
     _stage("2/7 generate spoken commands", started)
     make_commands(out / "data" / "commands", per_word=plan["per_word"], seed=seed)
 
-    configs = {name: load_config(CONFIGS / f"{name}.yaml", [f"data.root={out / 'data' / folder}", f"seed={seed}", *plan["overrides"]])
+    configs = {name: load_config(name, [f"data.root={out / 'data' / folder}", f"seed={seed}", *plan["overrides"]])
                for name, folder in RUNS.items()}
     run_dirs = {name: out / "runs" / name for name in RUNS}
 
@@ -73,13 +71,13 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
 
     _stage("5/7 evaluate on the test splits (raw clips, the run's own preprocessing)", started)
     for name, run_dir in run_dirs.items():
-        metrics = _reuse_or_run(run_dir, "eval/test/metrics.json", lambda: evaluate(run_dir, split="test", name="test"))
+        metrics = _reuse_or_run(run_dir, "eval/test/metrics.json", lambda run_dir=run_dir: evaluate(run_dir, split="test", name="test"))
         results[name]["test_accuracy"] = metrics["top1"]
         results[name]["report"] = str(run_dir / "eval" / "test" / "report.md")
 
     _stage("6/7 export: SavedModel + TFLite, with parity on the test split", started)
     for name, run_dir in run_dirs.items():
-        results[name]["export"] = _reuse_or_run(run_dir, "export/parity.json", lambda: export(run_dir))
+        results[name]["export"] = _reuse_or_run(run_dir, "export/parity.json", lambda run_dir=run_dir: export(run_dir))
 
     _stage("7/7 predict unseen clips with the exported float TFLite model", started)
     for name, run_dir in run_dirs.items():
@@ -116,7 +114,7 @@ def _parity_rows(parity: dict) -> list[dict]:
 
 def _unseen_clips(cfg) -> list[Path]:
     """Test-split files (actors or speakers the model never saw in training), one class after another."""
-    from pipeline.preprocess import resolve_rows
+    from pipeline.datasets import resolve_rows
 
     rows, _, _ = resolve_rows(cfg)
     first_of_each_class = {}

@@ -23,66 +23,17 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.config import Config, load_config, section_hash, to_yaml
+from pipeline.config import Config, features_hash, section_hash, to_yaml
+from pipeline.datasets import check_splits
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text, temp_path
-from pipeline.preprocess import preprocess_hash
 from pipeline.progress import keras_verbosity
+from pipeline.rundir import RunDir, read_json
+from pipeline.runtime.keras_model import input_names, load_trained_model, model_spec
 
 # Keras warns about finite tf.data datasets and their own shuffling; both are intended here.
 warnings.filterwarnings("ignore", message=".*ran out of data.*")
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-
-
-# ----------------------------------------------------------------------------- run dir helpers
-
-
-def read_index(run_dir: str | Path) -> dict:
-    index_file = Path(run_dir) / "features" / "index.json"
-    if not index_file.is_file():
-        raise UserError(f"{run_dir}: no cached features (features/index.json missing); run `actrec preprocess --config FILE --run-dir {run_dir}` first")
-    return json.loads(index_file.read_text())
-
-
-def run_config(run_dir: str | Path, config: Config | str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """The config to train with: --config/--set when given, else the run's own config.yaml.
-
-    The data and preprocess sections must be the ones the features were made with.
-    """
-    run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    if isinstance(config, Config):
-        cfg = config
-    elif config is not None:
-        cfg = load_config(config, overrides)
-    else:
-        index = read_index(run_dir)  # no features: say which command makes them
-        cfg = load_config(saved if saved.is_file() else None, overrides)
-    index = read_index(run_dir)
-    if index["config_hash"] != preprocess_hash(cfg):
-        raise UserError(
-            f"{run_dir}: the config's data/preprocess sections differ from the ones the features were made with; "
-            f"re-run `actrec preprocess --overwrite` with this config or train with the run's own config.yaml"
-        )
-    return cfg
-
-
-def model_spec(cfg: Config, index: dict):
-    from pipeline.models import ModelSpec
-
-    f = index["features"]
-    shape = lambda name: tuple(f[name]["shape"]) if name in f else None  # noqa: E731
-    raw_audio = cfg.train.source == "raw_audio"  # the model takes the waveform and computes its own MFCCs
-    return ModelSpec(
-        num_classes=len(index["classes"]),
-        frame_features=shape("frame_features")[1:] if "frame_features" in f else None,
-        frames=shape("frames")[1:4] if "frames" in f else None,
-        mfcc=None if raw_audio else shape("mfcc"),
-        waveform=f["waveform"]["shape"][0] if "waveform" in f else None,
-        mfcc_stats=index.get("mfcc_stats"),
-        preprocess=cfg.preprocess,
-        seed=cfg.seed,
-    )
 
 
 # ----------------------------------------------------------------------------- tf.data input
@@ -96,10 +47,6 @@ MODEL_INPUTS = {  # cached feature -> the model input it feeds (the length featu
 }
 
 
-def model_input_names(model) -> list[str]:
-    return [t.name.split(":")[0] for t in model.inputs] if hasattr(model, "inputs") else []
-
-
 def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, input_names: Sequence[str],
                  training: bool = False, batch_size: int | None = None, view: int | None = 0, with_ids: bool = False):
     """Batches of ({input name: tensor}, one-hot label) for one split.
@@ -109,7 +56,7 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
     """
     import tensorflow as tf
 
-    features_dir = Path(run_dir) / "features"
+    features_dir = RunDir(run_dir).features
     files = [str(features_dir / name) for name in index["shards"][split]]
     if not files:
         raise UserError(f"{run_dir}: the {split} split has no cached clips")
@@ -238,7 +185,7 @@ def class_weights(run_dir, index: dict, cfg: Config) -> dict[int, float] | None:
     counts = np.zeros(len(index["classes"]))
     spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
     for name in index["shards"]["train"]:
-        for record in tf.data.TFRecordDataset(str(Path(run_dir) / "features" / name)):
+        for record in tf.data.TFRecordDataset(str(RunDir(run_dir).features / name)):
             counts[int(tf.io.parse_single_example(record, spec)["label"])] += 1
     weights = counts.sum() / np.maximum(counts, 1) / len(counts)
     return {i: float(w) for i, w in enumerate(weights)}
@@ -258,7 +205,7 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
 
 
 def train_hash(cfg: Config) -> str:
-    return section_hash(cfg.model, cfg.train) + "-" + preprocess_hash(cfg)
+    return section_hash(cfg.model, cfg.train) + "-" + features_hash(cfg)
 
 
 # ----------------------------------------------------------------------------- tf.distribute
@@ -374,117 +321,119 @@ def train(
     import keras
 
     from pipeline.callbacks import AtomicBackupAndRestore, BestWeights, StopOnNaN
-    from pipeline.features.encoders import FRAME_ENCODER_WEIGHTS
     from pipeline.models import build_model
 
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir, config, overrides)
-    index = read_index(run_dir)
-    done_file = run_dir / "train_done.json"
-    if done_file.is_file():
-        done = json.loads(done_file.read_text())
-        if done.get("train_hash") == train_hash(cfg) and (run_dir / "model.keras").is_file():
-            print(f"{run_dir}: already trained with this config (val accuracy {done['val_accuracy']:.3f}); nothing to do")
+    run = RunDir(run_dir)
+    run_dir = run.path
+    cfg = run.config(config, overrides)
+    index = run.read_index()
+    for warning in check_splits(index["counts"], index["classes"], f"{run} (cached features)", index.get("train_per_class"),
+                                cfg.train.batch_size, val_needed=cfg.data.val_fraction > 0):
+        print(f"train: warning: {warning}")
+    if run.train_done.is_file():
+        done = read_json(run.train_done)
+        if done.get("train_hash") == train_hash(cfg) and run.model.is_file():
+            print(f"{run}: already trained with this config (val accuracy {done['val_accuracy']:.3f}); nothing to do")
             return done
         if not overwrite:
-            raise UserError(f"{run_dir}: holds a model trained with a different model/train config; use --overwrite or another --run-dir")
-        done_file.unlink()
-        shutil.rmtree(run_dir / "train_state", ignore_errors=True)
-        (run_dir / "history.csv").unlink(missing_ok=True)
+            raise UserError(f"{run}: holds a model trained with a different model/train config; use --overwrite or another --run-dir")
+        run.train_done.unlink()
+        shutil.rmtree(run.train_state, ignore_errors=True)
+        run.history.unlink(missing_ok=True)
 
     strategy = make_strategy(cfg)  # first: the multi-worker strategy must configure TensorFlow before any op
-    out_dir = worker_output_dir(run_dir, strategy)
-    atomic_write_text(out_dir / "config.yaml", to_yaml(cfg))
-    keras.utils.set_random_seed(cfg.seed)
+    out = RunDir(worker_output_dir(run_dir, strategy))  # the run dir itself, but for non-chief workers
+    with out.lock("train"):
+        atomic_write_text(out.config_file, to_yaml(cfg))
+        keras.utils.set_random_seed(cfg.seed)
 
-    steps = max(1, math.ceil(index["counts"]["train"] / cfg.train.batch_size))
-    with strategy.scope():  # model, optimizer and metric variables are mirrored on every replica and worker
-        model = build_model(model_spec(cfg, index), cfg.model)
-        model.compile(
-            optimizer=make_optimizer(cfg, steps),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
-            metrics=["accuracy"],
-        )
-    names = model_input_names(model)
-    val_split = "val" if index["counts"]["val"] else "test"
-    if cfg.train.source == "raw_audio":  # the WAVs, decoded and resampled in tf.data
-        from pipeline.features.waveform_data import waveform_dataset
+        steps = max(1, math.ceil(index["counts"]["train"] / cfg.train.batch_size))
+        with strategy.scope():  # model, optimizer and metric variables are mirrored on every replica and worker
+            model = build_model(model_spec(cfg, index), cfg.model)
+            model.compile(
+                optimizer=make_optimizer(cfg, steps),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
+                metrics=["accuracy"],
+            )
+        names = input_names(model)
+        val_split = "val" if index["counts"]["val"] else "test"
+        if val_split == "test":  # data.val_fraction 0, asked for: say what it costs
+            print("train: warning: no validation split (data.val_fraction=0): early stopping and the best epoch are chosen on the "
+                  "TEST split, so test accuracy will be optimistic (`actrec evaluate` says so in its report)")
+        if cfg.train.source == "raw_audio":  # the WAVs, decoded and resampled in tf.data
+            from pipeline.features.waveform_data import waveform_dataset
 
-        train_ds = waveform_dataset(cfg, index, "train", names, training=True)
-        val_ds = waveform_dataset(cfg, index, val_split, names)
-    else:
-        train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True)
-        val_ds = make_dataset(run_dir, index, val_split, cfg, names)
-    train_ds = shard_for_workers(train_ds, strategy, len(index["shards"]["train"]))
-    val_ds = shard_for_workers(val_ds, strategy, len(index["shards"][val_split]))
-    prepare_multi_worker_fit(model, train_ds, strategy)
+            train_ds = waveform_dataset(cfg, index, "train", names, training=True)
+            val_ds = waveform_dataset(cfg, index, val_split, names)
+        else:
+            train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True)
+            val_ds = make_dataset(run_dir, index, val_split, cfg, names)
+        train_ds = shard_for_workers(train_ds, strategy, len(index["shards"]["train"]))
+        val_ds = shard_for_workers(val_ds, strategy, len(index["shards"][val_split]))
+        prepare_multi_worker_fit(model, train_ds, strategy)
 
-    state_dir = out_dir / "train_state"
-    nan_guard = StopOnNaN()
-    callbacks = [
-        AtomicBackupAndRestore(str(state_dir / "backup")),
-        nan_guard,
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False),
-        BestWeights(state_dir, cfg.train.early_stopping),
-    ]
-    if cfg.train.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(2, cfg.train.early_stopping // 3)))
-    weights = class_weights(run_dir, index, cfg)
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
-              class_weight=weights, verbose=keras_verbosity(progress))
-    if nan_guard.nan_epoch is not None:
-        raise UserError(
-            f"training loss became NaN in epoch {nan_guard.nan_epoch + 1}: lower train.learning_rate or set "
-            f"train.clipnorm (now {cfg.train.clipnorm}); the last good weights are in {state_dir / 'best.weights.h5'}"
-        )
-    best = callbacks[-1]
-    best.restore(model)
+        state_dir = out.train_state
+        nan_guard = StopOnNaN()
+        callbacks = [
+            AtomicBackupAndRestore(str(state_dir / "backup")),
+            nan_guard,
+            keras.callbacks.CSVLogger(str(out.history), append=True),
+            keras.callbacks.TensorBoard(str(out.tensorboard), write_graph=False),
+            BestWeights(state_dir, cfg.train.early_stopping),
+        ]
+        if cfg.train.schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(2, cfg.train.early_stopping // 3)))
+        weights = class_weights(run_dir, index, cfg)
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
+                  class_weight=weights, verbose=keras_verbosity(progress))
+        if nan_guard.nan_epoch is not None:
+            raise UserError(
+                f"training loss became NaN in epoch {nan_guard.nan_epoch + 1}: lower train.learning_rate or set "
+                f"train.clipnorm (now {cfg.train.clipnorm}); the last good weights are in {state_dir / 'best.weights.h5'}"
+            )
+        best = callbacks[-1]
+        best.restore(model)
 
-    tmp = temp_path(out_dir / "model.keras").with_suffix(".keras")
-    model.save(tmp)
-    tmp.replace(out_dir / "model.keras")
-    if cfg.model.name == "hybrid":  # its trained CNN can encode frames for feature-level runs (preprocess.weights)
-        tmp = temp_path(out_dir / FRAME_ENCODER_WEIGHTS).with_suffix(".weights.h5")
-        model.get_layer("frame_encoder").layer.save_weights(str(tmp))
-        tmp.replace(out_dir / FRAME_ENCODER_WEIGHTS)
-    history = read_history(out_dir / "history.csv")
-    plot_history(history, out_dir / "training_curves.png")
-    val = model.evaluate(val_ds, verbose=0, return_dict=True)  # every worker: evaluation is a collective op too
-    result = {
-        "train_hash": train_hash(cfg),
-        "val_split": val_split,
-        "val_accuracy": float(val["accuracy"]),
-        "val_loss": float(val["loss"]),
-        "epochs": len(history.get("epoch", [])),
-        "best_epoch": best.best_epoch + 1,
-        "params": int(model.count_params()),
-    }
-    atomic_write_json(out_dir / done_file.name, result)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    if out_dir != run_dir:  # a non-chief worker: its copy of the model is the chief's
-        shutil.rmtree(out_dir, ignore_errors=True)
-        try:
-            out_dir.parent.rmdir()  # train_workers/, once the last worker is done
-        except OSError:
-            pass
-        print(f"train ({out_dir.name}): {result['epochs']} epochs done; the chief worker writes {run_dir / 'model.keras'}")
+        tmp = temp_path(out.model).with_suffix(".keras")
+        model.save(tmp)
+        tmp.replace(out.model)
+        if cfg.model.name == "hybrid":  # its trained CNN can encode frames for feature-level runs (preprocess.weights)
+            tmp = temp_path(out.frame_encoder_weights).with_suffix(".weights.h5")
+            model.get_layer("frame_encoder").layer.save_weights(str(tmp))
+            tmp.replace(out.frame_encoder_weights)
+        history = read_history(out.history)
+        plot_history(history, out.curves)
+        val = model.evaluate(val_ds, verbose=0, return_dict=True)  # every worker: evaluation is a collective op too
+        result = {
+            "train_hash": train_hash(cfg),
+            "val_split": val_split,
+            "val_accuracy": float(val["accuracy"]),
+            "val_loss": float(val["loss"]),
+            "epochs": len(history.get("epoch", [])),
+            "best_epoch": best.best_epoch + 1,
+            "params": int(model.count_params()),
+        }
+        atomic_write_json(out.train_done, result)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        if out.path != run.path:  # a non-chief worker: its copy of the model is the chief's
+            shutil.rmtree(out.path, ignore_errors=True)
+            try:
+                out.path.parent.rmdir()  # train_workers/, once the last worker is done
+            except OSError:
+                pass
+            print(f"train ({out.name}): {result['epochs']} epochs done; the chief worker writes {run.model}")
+            return result
+        print(f"train: {result['epochs']} epochs, best epoch {result['best_epoch']}, {val_split} accuracy {result['val_accuracy']:.3f} -> {run.model}")
         return result
-    print(f"train: {result['epochs']} epochs, best epoch {result['best_epoch']}, {val_split} accuracy {result['val_accuracy']:.3f} -> {run_dir / 'model.keras'}")
-    return result
 
 
 def evaluate_split(run_dir: str | Path, split: str = "test") -> dict:
     """Accuracy of DIR/model.keras on one cached split: {'accuracy', 'loss', 'clips'}."""
-    from pipeline.models import load_model
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").is_file():
-        raise UserError(f"{run_dir}: no trained model (model.keras); run `actrec train --run-dir {run_dir}` first")
-    cfg = run_config(run_dir)
-    index = read_index(run_dir)
-    model = load_model(run_dir / "model.keras")
-    ds = make_dataset(run_dir, index, split, cfg, model_input_names(model))
+    run = RunDir(run_dir)
+    model = load_trained_model(run.require_model())
+    cfg = run.config()
+    index = run.read_index()
+    ds = make_dataset(run.path, index, split, cfg, input_names(model))
     scores = model.evaluate(ds, verbose=0, return_dict=True)
     return {"accuracy": float(scores["accuracy"]), "loss": float(scores["loss"]), "clips": index["counts"][split]}
 

@@ -1,0 +1,76 @@
+"""One media file -> the arrays a run's model reads: the same function for preprocessing, evaluation,
+prediction and export parity.
+
+    clip.mp4 --read_clip (OpenCV: sample T frames, resize short side, crop S x S)--> frames uint8 [V, T, S, S, 3],
+                                                                                  frame_lengths int32 [V]
+             --load_audio (mono, resampled to sample_rate)--> waveform float32 [n]
+             --audio_arrays: fit_length (centre crop / zero pad to N samples), librosa_mfcc--> mfcc float32 [F, C],
+                                                                                  mfcc_length int
+    (runs whose model computes MFCCs in-graph also keep waveform float32 [N] and num_samples int)
+
+V is the number of views (1, or num_clips windows x crops when testing with several). No Keras here:
+this runs in preprocessing's worker processes, which must not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.media import MediaError
+
+
+def clip_seed(seed: int, clip_id: str) -> int:
+    """A per-clip seed independent of processing order (for TSN segment sampling)."""
+    return zlib.crc32(f"{seed}:{clip_id}".encode())
+
+
+def decode_clip(path: str | Path, cfg: Config, crops: Sequence[str] = ("center",), train: bool = False,
+                clip_id: str | None = None) -> dict:
+    """Decode one file into arrays (no encoder).
+
+    Returns {'frames': uint8 [V, T, S, S, 3], 'frame_lengths': int32 [V]} for video and
+    {'mfcc': float32 [F, C], 'mfcc_length': int, 'waveform'?: float32 [N], 'num_samples'?: int} for audio.
+    train: random (seeded) segment sampling, as for training clips. clip_id (default: the file name)
+    seeds that sampling, so a clip gets the same frames whichever process decodes it.
+    Raises MediaError with the reason when the file cannot be used.
+    """
+    from pipeline.media.audio import load_audio
+    from pipeline.media.video import read_clip
+
+    p = cfg.preprocess
+    path = Path(path)
+    out: dict = {}
+    if "video" in p.modalities:
+        rng = np.random.default_rng(clip_seed(cfg.seed, clip_id or path.name))
+        clip = read_clip(path, p.num_frames, p.image_size, p.sampling, p.num_clips, crops, train=train, rng=rng)
+        out["frames"], out["frame_lengths"] = clip.frames, clip.lengths
+    if "audio" in p.modalities:
+        out.update(audio_arrays(load_audio(path, p.sample_rate), cfg))
+    return out
+
+
+def audio_arrays(waveform: np.ndarray, cfg: Config) -> dict:
+    """The audio part of decode_clip, for a whole clip or one window of a long recording.
+
+    waveform: float32 [n] mono at preprocess.sample_rate -> {'mfcc': float32 [F, C], 'mfcc_length': int,
+    'waveform'?: float32 [N], 'num_samples'?: int}, N = audio_seconds x sample_rate (centre crop or zero padding).
+    """
+    from pipeline.features.mfcc import MFCCParams, librosa_mfcc
+    from pipeline.media.audio import check_finite, fit_length
+
+    p = cfg.preprocess
+    if waveform.size == 0:
+        raise MediaError("audio track is empty")
+    check_finite(waveform)
+    params = MFCCParams.from_config(p)
+    waveform, valid = fit_length(waveform, round(p.audio_seconds * p.sample_rate))
+    out = {"mfcc": librosa_mfcc(waveform, params).astype(np.float32)}
+    out["mfcc_length"] = min(len(out["mfcc"]), params.num_frames(valid))
+    if p.encoder == "none":  # the end-to-end model computes its own MFCC in-graph
+        out["waveform"], out["num_samples"] = waveform.astype(np.float32), valid
+    return out
