@@ -9,7 +9,7 @@ Stages hand each other files in one directory; this is the only place that names
     RUN/model.keras               the trained model; RUN/train_done.json says training finished
     RUN/history.csv, training_curves.png, tensorboard/, train_state/ (checkpoints while training)
     RUN/frame_encoder.weights.h5  a hybrid run's trained CNN (usable as another run's preprocess.weights)
-    RUN/export/                   what `actrec export` wrote
+    RUN/export/                   what `actrec export` wrote (export_failed.log: when it could write nothing)
     RUN/eval/<name>/              what `actrec evaluate` wrote
     RUN/predict/                  timelines of `actrec predict --window`
 
@@ -51,6 +51,7 @@ class RunDir:
         self.train_state = p / "train_state"
         self.frame_encoder_weights = p / "frame_encoder.weights.h5"
         self.export = p / "export"
+        self.export_failed_log = p / "export_failed.log"  # the converter's output when no format could be written
         self.predictions = p / "predict"
 
     def __str__(self) -> str:
@@ -85,7 +86,7 @@ class RunDir:
                 except (OSError, json.JSONDecodeError):
                     holder = {}
                 pid = holder.get("pid")
-                if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+                if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
                     raise UserError(f"{self}: `actrec {holder.get('command', '?')}` (pid {pid}) is writing this run dir; "
                                     f"wait for it to finish or stop it") from None
                 lock_file.unlink(missing_ok=True)  # its process is gone: take the lock over
@@ -156,7 +157,10 @@ def absolute_paths(cfg: Config) -> Config:
     return dataclasses.replace(cfg, data=data, preprocess=dataclasses.replace(cfg.preprocess, weights=absolute(cfg.preprocess.weights)))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (this one included)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -47,11 +47,10 @@ from pipeline.deploy.parity import checks, measure_parity, parity_table
 from pipeline.deploy.tflite_edit import tflite_ops, tflite_weight_bytes
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text
-from pipeline.rundir import read_json
+from pipeline.rundir import pid_alive, read_json
 
 TARGETS = ("saved_model", "float", "head_float", "float16", "dynamic", "int8")  # what a child converts, in this order
 WORK_PREFIX, OLD_PREFIX = ".export.tmp-", ".export.old-"  # + the PID of the export that made them
-FAILED_LOG = "export_failed.log"  # in RUN: the converter's output when no format could be written
 
 
 def check_formats(formats: Sequence[str] | str) -> list[str]:
@@ -78,67 +77,68 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
     cfg = graphs.cfg
     formats = check_formats(formats if formats is not None else cfg.export.formats)
     classes = graphs.index["classes"]
-    remove_abandoned_work(run_dir)
+    with graphs.run.lock("export"):
+        remove_abandoned_work(run_dir)
 
-    out_dir = run_dir / "export"
-    work = run_dir / f"{WORK_PREFIX}{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        atomic_write_text(work / "labels.txt", "".join(f"{c}\n" for c in classes))
-        atomic_write_json(work / "preprocessing.json", preprocessing_spec(graphs, classes))
-        errors: dict[str, str] = {}
-        targets = [t for t in TARGETS if t in formats or (t == "head_float" and "float" in formats and not graphs.end_to_end)]
-        if "int8" in targets:
-            try:
-                count = write_representative_data(cfg, work / REPRESENTATIVE_FILE, cfg.export.representative_samples)
-                if progress:
-                    print(f"export: int8 calibration on {count} training clips", flush=True)
-            except UserError as e:
-                errors["int8"] = str(e)
-                targets.remove("int8")
-                if progress:
-                    print(f"export: int8 failed: {e}", flush=True)
-
-        # convert first: when nothing converts, no time goes to measuring the Keras model
-        conversions = run_conversions(run_dir, work, targets, progress)
-        errors.update({t: r["error"] for t, r in conversions.items() if "error" in r})
-        for scratch in (work / REPRESENTATIVE_FILE, work / STATUS_FILE):
-            scratch.unlink(missing_ok=True)
-        log = work / LOG_FILE
-        if log.is_file() and not log.read_text().strip():
-            log.unlink()
-        if all(f in errors for f in formats):
-            raise UserError(_nothing_written(formats, errors, log, run_dir / FAILED_LOG, out_dir))
-
-        written = [t for t in targets if t in TFLITE_FILES and "error" not in conversions.get(t, {"error": ""})]
-        ops = {t: tflite_ops(work / TFLITE_FILES[t]) for t in written}
-        parity = measure_parity(graphs, work, written, progress)
-        result = {
-            "run_dir": str(run_dir),
-            "model": cfg.model.name,
-            "formats_requested": formats,
-            "errors": errors,
-            **({"parity_error": parity.pop("error")} if "error" in parity else {}),
-            **parity,
-        }
-        for t in written:
-            entry = result.setdefault("formats", {}).setdefault(t, {"file": TFLITE_FILES[t], "bytes": (work / TFLITE_FILES[t]).stat().st_size})
-            entry.update({"convert_seconds": conversions[t]["seconds"], "weight_bytes": tflite_weight_bytes(work / TFLITE_FILES[t]), "ops": ops[t],
-                          "flex_ops": sorted(name for name in ops[t] if name.startswith("Flex"))})
-        redone = formats + ["head_float"] * ("float" in formats)  # written now, or failed now: the old files go
-        kept = keep_previous_formats(out_dir, work, redone, graphs.run.model, result)
-        result["checks"] = checks(result)
-        atomic_write_json(work / "parity.json", result)
-        publish(work, out_dir)
-        (run_dir / FAILED_LOG).unlink(missing_ok=True)
-    finally:
+        out_dir = graphs.run.export
+        work = run_dir / f"{WORK_PREFIX}{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
-    if progress:
-        print(parity_table(result))
-        print(f"export: {len([t for t in formats if t not in errors])} of {len(formats)} formats -> {out_dir}"
-              + (f"; failed: {', '.join(errors)}" if errors else "") + (f"; kept from the previous export: {', '.join(kept)}" if kept else ""))
-    return result
+        work.mkdir(parents=True)
+        try:
+            atomic_write_text(work / "labels.txt", "".join(f"{c}\n" for c in classes))
+            atomic_write_json(work / "preprocessing.json", preprocessing_spec(graphs, classes))
+            errors: dict[str, str] = {}
+            targets = [t for t in TARGETS if t in formats or (t == "head_float" and "float" in formats and not graphs.end_to_end)]
+            if "int8" in targets:
+                try:
+                    count = write_representative_data(cfg, work / REPRESENTATIVE_FILE, cfg.export.representative_samples)
+                    if progress:
+                        print(f"export: int8 calibration on {count} training clips", flush=True)
+                except UserError as e:
+                    errors["int8"] = str(e)
+                    targets.remove("int8")
+                    if progress:
+                        print(f"export: int8 failed: {e}", flush=True)
+
+            # convert first: when nothing converts, no time goes to measuring the Keras model
+            conversions = run_conversions(run_dir, work, targets, progress)
+            errors.update({t: r["error"] for t, r in conversions.items() if "error" in r})
+            for scratch in (work / REPRESENTATIVE_FILE, work / STATUS_FILE):
+                scratch.unlink(missing_ok=True)
+            log = work / LOG_FILE
+            if log.is_file() and not log.read_text().strip():
+                log.unlink()
+            if all(f in errors for f in formats):
+                raise UserError(_nothing_written(formats, errors, log, graphs.run.export_failed_log, out_dir))
+
+            written = [t for t in targets if t in TFLITE_FILES and "error" not in conversions.get(t, {"error": ""})]
+            ops = {t: tflite_ops(work / TFLITE_FILES[t]) for t in written}
+            parity = measure_parity(graphs, work, written, progress)
+            result = {
+                "run_dir": str(run_dir),
+                "model": cfg.model.name,
+                "formats_requested": formats,
+                "errors": errors,
+                **({"parity_error": parity.pop("error")} if "error" in parity else {}),
+                **parity,
+            }
+            for t in written:
+                entry = result.setdefault("formats", {}).setdefault(t, {"file": TFLITE_FILES[t], "bytes": (work / TFLITE_FILES[t]).stat().st_size})
+                entry.update({"convert_seconds": conversions[t]["seconds"], "weight_bytes": tflite_weight_bytes(work / TFLITE_FILES[t]), "ops": ops[t],
+                              "flex_ops": sorted(name for name in ops[t] if name.startswith("Flex"))})
+            redone = formats + ["head_float"] * ("float" in formats)  # written now, or failed now: the old files go
+            kept = keep_previous_formats(out_dir, work, redone, graphs.run.model, result)
+            result["checks"] = checks(result)
+            atomic_write_json(work / "parity.json", result)
+            publish(work, out_dir)
+            graphs.run.export_failed_log.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if progress:
+            print(parity_table(result))
+            print(f"export: {len([t for t in formats if t not in errors])} of {len(formats)} formats -> {out_dir}"
+                  + (f"; failed: {', '.join(errors)}" if errors else "") + (f"; kept from the previous export: {', '.join(kept)}" if kept else ""))
+        return result
 
 
 def _nothing_written(formats: list[str], errors: dict[str, str], log: Path, failed_log: Path, out_dir: Path) -> str:
@@ -206,7 +206,7 @@ def remove_abandoned_work(run_dir: Path) -> list[Path]:
     abandoned = []
     for path in sorted(run_dir.glob(".export.*-*")):
         prefix, _, pid = path.name.rpartition("-")
-        if f"{prefix}-" in (WORK_PREFIX, OLD_PREFIX) and pid.isdigit() and not _running(int(pid)):
+        if f"{prefix}-" in (WORK_PREFIX, OLD_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
             abandoned.append(path)
     for path in abandoned:
         if path.name.startswith(OLD_PREFIX) and not out_dir.exists():
@@ -214,16 +214,3 @@ def remove_abandoned_work(run_dir: Path) -> list[Path]:
         else:
             shutil.rmtree(path, ignore_errors=True)
     return abandoned
-
-
-def _running(pid: int) -> bool:
-    """Whether a process with this PID exists (this one included)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
