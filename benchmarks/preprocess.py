@@ -1,12 +1,13 @@
 """Preprocessing speed of `actrec preprocess` on the embedded action clips, against a floor defined for this machine.
 
-Regenerate (benchmarks/results/preprocess.json and preprocess.md; about 5 minutes on 2 idle cores):
+Regenerate benchmarks/results/preprocess.json and preprocess.md (13 CPU-minutes: about 7 minutes on 2 idle cores,
+15 when other jobs use half of them):
 
     nice -n 10 .venv/bin/python benchmarks/preprocess.py
 
-Smoke check (8 clips, 1 repetition, about 1 minute idle): add `--quick --out /tmp/preprocess.json`.
+Smoke check (8 clips, 1 repetition, about 2 minutes): add `--quick --out /tmp/preprocess.json`.
 
-Each repetition (5 by default) runs, back to back, in fresh processes started by this script:
+Each repetition (4 by default) runs, back to back, in fresh processes started by this script:
 
     floor parts         the two parts of the per-clip work no implementation avoids, done clip by clip with the
                         run's own code as a preprocess worker does them: decode + sample T frames
@@ -27,11 +28,11 @@ Each repetition (5 by default) runs, back to back, in fresh processes started by
                         every frame of the clip, then `predict` one sampled frame at a time with the Keras encoder.
 
 Figures are the median (min-max) over repetitions; ratios to the floor are taken per repetition, then the median.
-Wall times depend on what else runs on the machine. CPU seconds per clip depend much less on it, but not at all
-only on a physical, idle host: on a busy virtual machine a core does less work per CPU-second. So the JSON
-records the load average before/after, the share of the cores other processes used during each measurement, and
-the CPU time of a fixed pure-Python loop (compare it between runs), and the table's ratios compare the command
-with floor parts measured minutes apart, under the same load. The TFLite encoder conversion is cached
+Wall times depend on what else runs on the machine; CPU seconds per clip much less, but still some: on a virtual
+machine whose cores are shared (SMT siblings, a busy host) a CPU-second does less work when other jobs run. So the
+JSON records the load average before/after, the share of the cores other processes used during each measurement
+and the CPU time of a fixed pure-Python loop (compare it between runs), and each ratio compares the command with
+floor parts measured a few minutes apart, under about the same load. The TFLite encoder conversion is cached
 (~/.cache/actrec) by the first floor-parts process, as it is for users after their first run.
 """
 
@@ -289,14 +290,14 @@ def summary(r: dict) -> str:
     lines.append(f"machine: {m['cores_available']} cores; load average {m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after; "
                  f"other processes used {100 * share['median']:.0f}% ({100 * share['min']:.0f}-{100 * share['max']:.0f}%) of the cores "
                  f"during the measurements; reference loop {fmt(m['reference_loop_cpu_ms'], 1)} CPU ms; "
-                 f"{m['benchmark_minutes']:.1f} min in all")
+                 f"{m['benchmark_minutes']:.1f} min ({m['benchmark_cpu_minutes']:.1f} CPU-min) in all")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=None, help="N: clips of the small run (default 64; --quick 8)")
-    parser.add_argument("--repeats", type=int, default=None, help="repetitions of (floor parts, N-clip run, 4N-clip run) (default 5; --quick 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions of (floor parts, N-clip run, 4N-clip run) (default 4; --quick 1)")
     parser.add_argument("--keras-io-clips", type=int, default=None, help="clips of the keras-io loop (default 8; --quick 1; 0 skips it)")
     parser.add_argument("--frames", type=int, default=20, help="frames sampled per clip (default 20)")
     parser.add_argument("--size", type=int, default=224, help="encoder input size (default 224)")
@@ -309,7 +310,7 @@ def main() -> None:
         print(json.dumps(measure_parts(json.loads(Path(args.measure_parts).read_text()))))
         return
     clips = args.clips or (8 if args.quick else 64)
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else 4)
     keras_io_clips = args.keras_io_clips if args.keras_io_clips is not None else (1 if args.quick else 8)
     become_subreaper()
     load_start, t_start = os.getloadavg(), time.perf_counter()
@@ -365,7 +366,8 @@ def main() -> None:
                     "python": platform.python_version(), "loadavg_before": load_start, "loadavg_after": os.getloadavg(),
                     "other_processes_cpu_share": spread([r["other_processes_cpu_share"] for r in all_runs]),
                     "reference_loop_cpu_ms": spread([p["reference_loop_cpu_ms"] for p in parts]),
-                    "benchmark_minutes": (time.perf_counter() - t_start) / 60},
+                    "benchmark_minutes": (time.perf_counter() - t_start) / 60,
+                    "benchmark_cpu_minutes": (cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN)) / 60},
         "parts": {
             "decode": {"wall_ms_per_clip": spread([p["decode_wall"] for p in parts], ms),
                        "cpu_ms_per_clip": spread([p["decode_cpu"] for p in parts], ms)},

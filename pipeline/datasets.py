@@ -166,6 +166,18 @@ def _draw_groups(groups: list[str], fraction: float, rng: np.random.Generator) -
     return set(rng.permutation(groups)[:n].tolist())
 
 
+def _draw_clips_per_class(clips: list[str], fraction: float, rng: np.random.Generator) -> list[str]:
+    """A seeded share of each class's clips (never all of a class's clips), at least one clip in all."""
+    by_class: dict[str, list[str]] = {}
+    for rel in clips:
+        by_class.setdefault(rel.split("/", 1)[0], []).append(rel)
+    counts = {c: min(len(v) - 1, round(fraction * len(v))) for c, v in by_class.items()}
+    if not sum(counts.values()):
+        largest = max(by_class, key=lambda c: len(by_class[c]))
+        counts[largest] = min(1, len(by_class[largest]) - 1)
+    return [rel for c, v in by_class.items() for rel in rng.permutation(v)[: counts[c]].tolist()]
+
+
 # ----------------------------------------------------------------------------- main entry
 
 
@@ -241,9 +253,8 @@ def index_dataset(
         if val_fraction > 0 and not val_groups and len(train_groups) > 1:
             # One training group: hold out some of its clips rather than none (validation then shares the
             # group's actors with training, which the preprocess stage says), never every one of them.
-            train_clips = sorted(r for r in kept if split_of.get(r, "train") == "train")
-            n = min(len(train_clips) - 1, max(1, round(val_fraction * len(train_clips))))
-            split_of.update({r: "val" for r in rng.permutation(train_clips)[:n].tolist()})
+            split_of.update({r: "val" for r in _draw_clips_per_class(
+                sorted(r for r in kept if split_of.get(r, "train") == "train"), val_fraction, rng)})
 
     rows = [ManifestRow(r, r.split("/", 1)[0], split_of.get(r, "train"), group_of(r)) for r in kept]
     return Index(root=root, layout=layout, classes=known, rows=rows, problems=problems, warnings=warnings)

@@ -68,6 +68,17 @@ def probe_media(path: str | Path) -> MediaInfo:
         raise MediaError(f"cannot open as media ({detail}; corrupt, truncated or not a media file)") from None
 
 
+def check_not_cut_short(path: str | Path) -> None:
+    """Raise MediaError when a video or audio container ends well before its index says (see probe_media); a file
+    FFmpeg cannot open is left to the decoder, which says why."""
+    try:
+        with av.open(str(path)) as container:
+            streams = [s[0] for s in (container.streams.video, container.streams.audio) if s]
+            _check_packets_present(container, streams)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
+        return
+
+
 def _check_packets_present(container, streams) -> None:
     """Raise MediaError when a stream's packets end well before the duration the container's index declares (MP4,
     MOV and AVI say; MKV/WebM do not, and are not checked): a copy cut off mid-stream whose index survived.

@@ -199,6 +199,10 @@ class Predictor:
             raise MediaError(f"a video, but this run ({self.run_dir.name}) recognises speech in audio files ({', '.join(AUDIO_EXTENSIONS)})")
         if self.kind != "speech" and suffix in AUDIO_EXTENSIONS:
             raise MediaError(f"an audio file, but this run ({self.run_dir.name}) classifies video clips ({', '.join(VIDEO_EXTENSIONS)})")
+        if suffix in VIDEO_EXTENSIONS:  # the decoder samples the frames a cut-off copy has left; `actrec index` refuses it
+            from pipeline.media.probe import check_not_cut_short
+
+            check_not_cut_short(path)
 
     def _media_error(self, error: MediaError) -> MediaError:
         if str(error) == "no audio track":
