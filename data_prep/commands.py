@@ -15,13 +15,16 @@ real people), so the generator aims for wide variation rather than clean TTS:
 
 Output, in the Speech Commands layout (what `pipeline.datasets` reads):
 
-  DIR/<word>/<speaker>_nohash_<n>.wav   16 kHz mono 16-bit PCM, exactly 16000 samples
+  DIR/<word>/<speaker>_nohash_<n>.wav   16 kHz mono 16-bit PCM, exactly 16000 samples: the 10 commands,
+                                        and AUX_WORDS (each speaker says aux_per_speaker of them): the
+                                        words a 12-label keyword spotter learns as `_unknown_`
+  DIR/_background_noise_/<name>.wav     background_seconds of noise each (command_noise.py): `_silence_`
   DIR/validation_list.txt               "<word>/<file>" lines, relative to DIR
   DIR/testing_list.txt                  files in neither list are training
   DIR/commands.json                     the parameters, so a rerun resumes (or refuses)
 
 Splits are by speaker (about 10% validation, 10% test, at least one speaker each) and
-every speaker says every word, so every word appears in every split.
+every speaker says every command, so every command appears in every split.
 
 Determinism: every random choice comes from a numpy Generator seeded by
 (seed, speaker) or (seed, speaker, word, n), never from the order in which the
@@ -46,18 +49,28 @@ import numpy as np
 import soxr
 from scipy import signal
 
+from data_prep.command_noise import BACKGROUND_RECORDINGS, NOISE_KINDS, background_recording, noise
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipeline.labels import BACKGROUND_NOISE
 from pipeline.progress import progress_bar
 
 COMMAND_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+# Words that are not commands, said into folders of their own: the `_unknown_` class of a keyword spotter.
+# The first 25 are Speech Commands v2's auxiliary words; the rest widen what "another word" sounds like.
+AUX_WORDS = [
+    "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "learn", "follow", "forward", "backward", "visual",
+    "hello", "please", "water", "music", "table", "window", "morning", "yellow", "open", "under",
+]
 
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = 16000  # exactly 1 s, like Speech Commands
 MAX_SPEECH_SECONDS = 0.95  # the spoken part must fit the window with a little room
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
-FORMAT_VERSION = 1  # bump when the audio recipe changes: old folders are then refused, not mixed
+FORMAT_VERSION = 2  # bump when the audio recipe changes: old folders are then refused, not mixed
 
 # ----------------------------------------------------------------------------- voices
 
@@ -117,6 +130,8 @@ PITCH_RANGE = (10, 90)
 # apart from the per-speaker (seed, speaker id) and per-utterance streams.
 _PICK_STREAM = 0x91C4
 _SPLIT_STREAM = 0x5B17
+_AUX_STREAM = 0xA0C5
+_BACKGROUND_STREAM = 0xB6A9
 
 
 def find_espeak() -> str:
@@ -271,33 +286,6 @@ def add_reverb(speech: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return signal.fftconvolve(speech, ir)
 
 
-def noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Background noise of unit RMS: float64 [n]."""
-    t = np.arange(n) / SAMPLE_RATE
-    if kind in ("white", "pink", "brown"):
-        x = rng.standard_normal(n)
-        if kind != "white":  # shape the spectrum: power ~ 1/f (pink) or 1/f^2 (brown)
-            alpha = 1.0 if kind == "pink" else 2.0
-            f = np.maximum(np.fft.rfftfreq(n, 1 / SAMPLE_RATE), 20.0)
-            x = np.fft.irfft(np.fft.rfft(x) * f ** (-alpha / 2), n)
-    elif kind == "hum":  # mains hum and its harmonics, with a little hiss
-        f0 = rng.choice([50.0, 60.0])
-        x = sum(rng.uniform(0.2, 1.0) / h * np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi))
-                for h in range(1, 7))
-        x = x + 0.05 * rng.standard_normal(n)
-    elif kind == "babble":  # speech-band noise with syllable-rate loudness changes, like distant talkers
-        sos = signal.butter(2, [150, 4000], btype="bandpass", fs=SAMPLE_RATE, output="sos")
-        x = signal.sosfilt(sos, rng.standard_normal(n))
-        talkers = rng.integers(3, 7)
-        envelope = sum(1 + np.sin(2 * np.pi * rng.uniform(2, 7) * t + rng.uniform(0, 2 * np.pi))
-                       for _ in range(talkers))
-        x = x * envelope
-    else:
-        raise ValueError(f"unknown noise kind {kind!r}")
-    return x / np.sqrt(np.mean(x ** 2))
-
-
-NOISE_KINDS = ("white", "pink", "brown", "hum", "babble")
 SNR_CHOICES_DB = (None, 20.0, 10.0, 5.0)  # None = clean
 SNR_PROBABILITIES = (0.3, 0.25, 0.25, 0.2)
 
@@ -320,7 +308,7 @@ def mic_colour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def render_utterance(espeak: str, speaker: Speaker, word: str, n: int, seed: int) -> np.ndarray:
     """The finished clip for (speaker, word, n): waveform int16 [16000]."""
-    rng = np.random.default_rng([seed, int(speaker.id, 16), COMMAND_WORDS.index(word), n])
+    rng = np.random.default_rng([seed, int(speaker.id, 16), (COMMAND_WORDS + AUX_WORDS).index(word), n])
     speech = speak(espeak, speaker, word, rng)
     speech = speech / np.abs(speech).max()
     speech_power = np.mean(speech ** 2)  # before reverb: the SNR refers to the dry voice
@@ -393,23 +381,55 @@ def _check_out_dir(out: Path, params: dict) -> None:
                         "choose another folder or delete this one")
 
 
+def aux_words_of(speaker: Speaker, count: int, seed: int) -> list[str]:
+    """The `count` auxiliary (non-command) words a speaker says, drawn from (seed, speaker) only."""
+    rng = np.random.default_rng([seed, int(speaker.id, 16), _AUX_STREAM])
+    return [AUX_WORDS[i] for i in sorted(rng.choice(len(AUX_WORDS), size=min(count, len(AUX_WORDS)), replace=False))]
+
+
+def write_background(out: Path, espeak: str, speakers: list[Speaker], seconds: float, seed: int) -> list[str]:
+    """Write _background_noise_/<name>.wav for every BACKGROUND_RECORDINGS name; returns the file names.
+
+    The babble is made of auxiliary words said by training speakers, so no command and no test voice is in it.
+    """
+    folder = out / BACKGROUND_NOISE
+    todo = [name for name in BACKGROUND_RECORDINGS if not (folder / f"{name}.wav").exists()]
+    if todo:
+        rng = np.random.default_rng([seed, _BACKGROUND_STREAM])
+        words = [speak(espeak, speakers[rng.integers(len(speakers))], AUX_WORDS[rng.integers(len(AUX_WORDS))], rng)
+                 for _ in range(24)] if "speech_babble" in todo else []
+        for name in BACKGROUND_RECORDINGS:  # every recording its own stream: resuming gives the same bytes
+            if name in todo:
+                x = background_recording(name, seconds, np.random.default_rng([seed, _BACKGROUND_STREAM,
+                                                                                BACKGROUND_RECORDINGS.index(name)]), words)
+                atomic_write_bytes(folder / f"{name}.wav", wav_bytes(np.round(x * 0.5 * 32767).astype(np.int16)))
+    return [f"{name}.wav" for name in BACKGROUND_RECORDINGS]
+
+
 def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: bool = True,
-                  workers: int = 2) -> dict:
+                  workers: int = 2, aux_per_speaker: int = 8, background_seconds: float = 60.0) -> dict:
     """Generate the spoken-commands dataset into out (Speech Commands layout; see the module docstring).
 
-    per_word speakers each say every word once (more takes per speaker only once every
-    voice+variant is used). An interrupted run resumes: finished WAVs are kept, since a
-    rerun with the same parameters would write the same bytes.
+    per_word speakers each say every command once (more takes per speaker only once every
+    voice+variant is used), and `aux_per_speaker` of the AUX_WORDS into their own folders (0: none).
+    `background_seconds` of each BACKGROUND_RECORDINGS noise go to _background_noise_/ (0: none).
+    An interrupted run resumes: finished WAVs are kept, since a rerun with the same parameters
+    would write the same bytes.
 
-    Returns {root, words, files, counts: {split: files}, speakers: {split: speakers}, seconds}.
+    Returns {root, words, aux_words, background, files, counts: {split: files}, speakers: {split: speakers}, seconds}.
     """
     espeak = find_espeak()
     if per_word < 3:
         raise UserError(f"per_word={per_word}: need at least 3 (one speaker each for train, validation and test)")
     if seed < 0:
         raise UserError(f"seed={seed}: must be a non-negative integer")
+    if aux_per_speaker < 0 or aux_per_speaker > len(AUX_WORDS):
+        raise UserError(f"aux_per_speaker={aux_per_speaker}: must be between 0 and {len(AUX_WORDS)} (the auxiliary words)")
+    if background_seconds != 0 and not 1 <= background_seconds <= 3600:
+        raise UserError(f"background_seconds={background_seconds:g}: must be 0 (none) or between 1 and 3600")
     out = Path(out)
-    params = {"generator": "data_prep.commands", "version": FORMAT_VERSION, "per_word": per_word, "seed": seed}
+    params = {"generator": "data_prep.commands", "version": FORMAT_VERSION, "per_word": per_word, "seed": seed,
+              "aux_per_speaker": aux_per_speaker, "background_seconds": background_seconds}
     _check_out_dir(out, params)
 
     started = time.perf_counter()
@@ -421,14 +441,15 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
     # (speaker, take) pairs in a fixed order; the first per_word of them say each word
     voicings = [(s, n) for n in range(takes) for s in speakers][:per_word]
     split_of = split_speakers(speakers, seed)
+    utterances = [(word, s, n) for word in COMMAND_WORDS for s, n in voicings]
+    utterances += [(word, s, n) for s, n in voicings for word in aux_words_of(s, aux_per_speaker, seed)]
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "commands.json", {**params, "espeak": espeak_version(espeak),
                                               "speakers": [asdict(s) for s in speakers]})
     # A resumed run keeps the WAVs it finds: they hold the bytes this run would write.
-    todo = [(str(out), espeak, asdict(s), word, n, seed) for word in COMMAND_WORDS for s, n in voicings
-            if not (out / _relpath(s, word, n)).exists()]
-    total = len(COMMAND_WORDS) * len(voicings)
+    todo = [(str(out), espeak, asdict(s), word, n, seed) for word, s, n in utterances if not (out / _relpath(s, word, n)).exists()]
+    total = len(utterances)
     bar = progress_bar(total=total, initial=total - len(todo), desc="spoken commands", unit="wav", disable=not progress)
     if workers <= 1 or len(todo) < 16:  # starting a pool costs seconds: not worth it for a few files
         for job in todo:
@@ -440,21 +461,25 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
             for _ in pool.imap_unordered(_render_job, todo, chunksize=8):
                 bar.update()
     bar.close()
+    background = []
+    if background_seconds:
+        background = write_background(out, espeak, [s for s in speakers if split_of[s.id] == "train"], background_seconds, seed)
 
     lists = {"val": [], "test": []}
     counts = {"train": 0, "val": 0, "test": 0}
-    for word in COMMAND_WORDS:
-        for s, n in voicings:
-            split = split_of[s.id]
-            counts[split] += 1
-            if split in lists:
-                lists[split].append(_relpath(s, word, n))
+    for word, s, n in utterances:
+        split = split_of[s.id]
+        counts[split] += 1
+        if split in lists:
+            lists[split].append(_relpath(s, word, n))
     atomic_write_text(out / "validation_list.txt", "".join(f"{r}\n" for r in sorted(lists["val"])))
     atomic_write_text(out / "testing_list.txt", "".join(f"{r}\n" for r in sorted(lists["test"])))
 
     return {
         "root": str(out),
         "words": list(COMMAND_WORDS),
+        "aux_words": sorted({word for word, _, _ in utterances} - set(COMMAND_WORDS)),
+        "background": background,
         "files": total,
         "counts": counts,
         "speakers": {split: sum(1 for s in speakers if split_of[s.id] == split) for split in counts},

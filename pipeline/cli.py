@@ -62,14 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_argument("--workers", type=int, default=2, metavar="N", help="parallel render processes (default 2)")
     commands = data_sub.add_parser(
         "commands", help="spoken commands (espeak-ng) in the Speech Commands layout",
-        description="Speak the 10 Speech Commands words with many espeak-ng voices, speeds and pitches, add noise and "
-        "room colour, and save 1-second 16 kHz WAVs as DIR/<word>/<speaker>_nohash_<n>.wav plus validation_list.txt "
-        "and testing_list.txt (split by speaker). Needs espeak-ng.",
+        description="Speak the 10 Speech Commands words, and other words that are not commands (the `_unknown_` of a "
+        "12-label keyword spotter), with many espeak-ng voices, speeds and pitches, add noise and room colour, and save "
+        "1-second 16 kHz WAVs as DIR/<word>/<speaker>_nohash_<n>.wav plus validation_list.txt and testing_list.txt "
+        "(split by speaker), and long noise recordings in DIR/_background_noise_/ (the `_silence_`). Needs espeak-ng.",
     )
     commands.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     commands.add_argument("--per-word", type=int, default=200, metavar="N", help="utterances per word (default 200: what configs/commands.yaml needs to generalise to unseen speakers)")
     commands.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
     commands.add_argument("--workers", type=int, default=2, metavar="N", help="parallel synthesis processes (default 2)")
+    commands.add_argument("--aux-per-speaker", type=int, default=8, metavar="N",
+                          help="other (non-command) words each speaker says, into their own folders (default 8; 0 = none)")
+    commands.add_argument("--background-seconds", type=float, default=60.0, metavar="S",
+                          help="seconds of each _background_noise_/ recording (default 60; 0 = none)")
 
     # actrec index
     index = sub.add_parser(
@@ -84,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--layout", choices=["auto", "ucf101", "speech_commands", "folders"], default="auto", help="split layout (default: auto)")
     index.add_argument("--split-id", type=int, default=1, metavar="N", help="official split number for UCF101-style lists (default 1)")
     index.add_argument("--seed", type=int, default=0, metavar="S", help="seed for drawing validation/test groups (default 0)")
+    index.add_argument("--keywords", metavar="W,W,...", help="speech: label the rows for a keyword spotter: these words, _unknown_ "
+                       "for every other word folder, _silence_ for 1-s windows of DIR/_background_noise_/ (the manifest's start column)")
 
     # actrec preprocess
     pre = sub.add_parser(
@@ -127,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the run's own preprocessing (decode, sample, encode, MFCC) on raw clips or WAVs and score its "
         "model. Writes DIR/eval/<name>/: metrics.json (top-1, top-5, mean class accuracy, macro-F1, per-class "
         "precision/recall/F1, calibration error, skipped clips), report.md, confusion_matrix.png/.csv, per_class.png, "
-        "reliability.png. --views K averages K temporal windows per clip (multi-view testing).",
+        "reliability.png. An open-set speech run (classes _silence_/_unknown_) also gets false-reject and false-accept "
+        "rates per keyword, the threshold for 1% false accepts and det.png. --views K averages K temporal windows per clip (multi-view testing).",
     )
     ev.add_argument("--run-dir", required=True, metavar="DIR", help="a trained run (model.keras)")
     source = ev.add_mutually_exclusive_group()
@@ -146,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser(
         "predict", help="top-k labels of new video clips or audio files; timelines of long videos",
         description="Run a trained run's own preprocessing and model on raw files and print one line per file "
-        "(`path: label 0.91, label 0.05, ...`) or JSON lines. A WAV goes to a speech run, a video to an action run; "
+        "(`path: label 0.91, label 0.05, ...`; with --threshold, `path: _unknown_ | label 0.42, ...`) or JSON lines. A WAV goes to a speech run, a video to an action run; "
         "folders expand to the media files inside. With --window, a long video is classified in sliding windows "
         "(streamed: memory flat in its length) and a timeline CSV + PNG is written per file. Files that cannot be "
         "used get one line with the reason; the exit status is 1 when any file failed.",
@@ -157,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keras (DIR/model.keras, default) or an exported .tflite file (e.g. DIR/export/model_float.tflite), "
                     "run through the TFLite interpreter on raw frames and waveforms")
     pr.add_argument("--top-k", type=int, default=3, metavar="K", help="labels per file (default 3)")
+    pr.add_argument("--threshold", type=float, metavar="P",
+                    help="keyword spotting: also print the decided label, which is _unknown_ when the top class is below "
+                    "probability P (0 < P < 1; a top _silence_/_unknown_ stays as it is). Works for any run: one trained "
+                    "without an _unknown_ class reports _unknown_ too, meaning 'not sure'. `actrec evaluate` on an open-set "
+                    "run reports the threshold that gives 1%% false accepts")
     pr.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     pr.add_argument("--window", type=float, metavar="SECONDS", help="classify sliding windows of this length and write a timeline")
     pr.add_argument("--stride", type=float, metavar="SECONDS", help="seconds between window starts (default: half the window)")
@@ -215,14 +228,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     else:
         from data_prep.commands import make_commands
 
-        summary = make_commands(args.out, per_word=args.per_word, seed=args.seed, workers=args.workers)
+        summary = make_commands(args.out, per_word=args.per_word, seed=args.seed, workers=args.workers,
+                                aux_per_speaker=args.aux_per_speaker, background_seconds=args.background_seconds)
         counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
-        print(f"wrote {summary['files']} utterances of {len(summary['words'])} words to {summary['root']} ({counts}) in {summary['seconds']:.1f} s")
+        print(f"wrote {summary['files']} utterances of {len(summary['words'])} commands and {len(summary['aux_words'])} other words "
+              f"and {len(summary['background'])} background recordings to {summary['root']} ({counts}) in {summary['seconds']:.1f} s")
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pipeline.datasets import index_dataset, write_manifest
+    from pipeline.datasets import SPEECH_COMMANDS_FRACTIONS, background_files, index_dataset, open_set_rows, silence_windows, write_manifest
+    from pipeline.labels import BACKGROUND_NOISE
     from pipeline.media import AUDIO_EXTENSIONS
 
     root = Path(args.root)
@@ -231,10 +247,24 @@ def cmd_index(args: argparse.Namespace) -> int:
         has_audio_files = root.is_dir() and any(p.suffix.lower() in AUDIO_EXTENSIONS for p in root.glob("*/*"))
         kind = "speech" if has_audio_files else "video"
     index = index_dataset(root, kind=kind, layout=args.layout, split_id=args.split_id, seed=args.seed)
+    background = background_files(root)
+    if args.keywords:
+        from pipeline.config import load_config
+
+        keywords = [w.strip() for w in args.keywords.split(",") if w.strip()]
+        cfg = load_config(None, ["data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0",
+                                 f"data.keywords={keywords}", f"seed={args.seed}"])  # 1-s windows, as Speech Commands
+        fractions = SPEECH_COMMANDS_FRACTIONS if index.layout == "speech_commands" else (cfg.data.val_fraction, cfg.data.test_fraction)
+        windows = silence_windows(root, cfg.preprocess.audio_seconds, fractions, index.problems)
+        index.rows, index.classes = open_set_rows(index.rows + windows, cfg.data, args.seed, own_dataset=False, where=str(root))
+        index.warnings += [(f"{w}/", "keyword with no folder of clips") for w in keywords if not any(r.label == w for r in index.rows)]
     write_manifest(index.rows, args.out)
     counts = index.counts()
     print(f"{root}: layout {index.layout}, {len(index.classes)} classes, {len(index.rows)} clips "
           f"(train {counts['train']}, val {counts['val']}, test {counts['test']}) -> {args.out}")
+    if background:
+        print(f"  {BACKGROUND_NOISE}/: {len(background)} background recording(s), not a class"
+              + ("" if args.keywords else "; --keywords cuts them into _silence_ windows"))
     for rel, reason in index.problems:
         print(f"  skipped {rel}: {reason}")
     for rel, reason in index.warnings:
@@ -296,7 +326,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.stages.predict import predict
 
     results = predict(args.run_dir, args.paths, model=args.model, top=args.top_k, window=args.window, stride=args.stride,
-                      out=args.out, output="json" if args.json else "text", verbose=args.verbose, allow_unfinished=args.allow_unfinished)
+                      out=args.out, output="json" if args.json else "text", verbose=args.verbose, allow_unfinished=args.allow_unfinished,
+                      threshold=args.threshold)
     return 1 if any(r["error"] is not None for r in results) else 0
 
 

@@ -118,6 +118,9 @@ class DataConfig:
     val_fraction: float = option(0.15, "Fraction of training groups (actors/speakers) held out for validation when the layout has no validation list (0 = none); with test_fraction it must leave groups to train (sum below 1).", minimum=0.0, below=1.0)
     test_fraction: float = option(0.2, "Fraction of groups held out for test when the layout has no split files (`folders`).", minimum=0.0, below=1.0)
     classes: List[str] = option([], "Class names to use, in order; empty means every class found (sorted, or classInd.txt order).")
+    keywords: List[str] = option([], "Speech only: the target words of an open-set keyword spotter (Speech Commands v2-12): the classes become these words, `_silence_` (1-s windows of `<root>/_background_noise_/`) and `_unknown_` (every other word folder). Empty: every folder is a class.")
+    unknown_fraction: float = option(0.1, "With data.keywords: share of each training epoch drawn from `_unknown_` words (0 = no `_unknown_` label); validation and test hold the same share.", minimum=0.0, below=1.0)
+    silence_fraction: float = option(0.1, "With data.keywords: share of each training epoch drawn from `_silence_` windows (0 = no `_silence_` label); validation and test hold the same share.", minimum=0.0, below=1.0)
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,13 @@ class PreprocessConfig:
     fmin: float = option(20.0, "Lowest mel band edge (Hz), below the highest.", minimum=0.0)
     fmax: Optional[float] = option(None, "Highest mel band edge (Hz), at most sample_rate / 2 (the Nyquist frequency); null means sample_rate / 2.", above=0.0)
     deltas: bool = option(False, "Append delta and delta-delta coefficients (3 x n_mfcc features per frame).")
+    keep_waveform: bool = option(False, "Also cache each audio window's samples (float32 [N]), so training can augment the sound itself (train.time_shift, speed_change, background_mix) and compute its MFCCs in tf.data; `encoder: none` always keeps them.")
     normalize: str = option("utterance", "MFCC normalisation: per `utterance` (zero mean, unit variance per coefficient), over the training `dataset` (stats saved in index.json), or `none`.", ["utterance", "dataset", "none"])
+
+    @property
+    def keeps_waveform(self) -> bool:
+        """Whether the audio window's samples are cached beside its MFCCs (float32 [N] `waveform`, `num_samples`)."""
+        return self.encoder == "none" or self.keep_waveform
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,10 @@ class TrainConfig:
     early_stopping: int = option(10, "Stop after this many epochs without val-loss improvement and restore the best weights (0 = off).", minimum=0, maximum=100_000)
     class_weights: bool = option(False, "Weight the loss by inverse class frequency (for imbalanced data).")
     augment: bool = option(True, "During training: temporal jitter of frames, SpecAugment masks on MFCCs, and flips, crops and colour jitter of raw frames (hybrid).")
+    time_shift: float = option(0.1, "Runs with cached waveforms (preprocess.keep_waveform): shift each training utterance by up to this many seconds, the vacated part silent (0 = off).", minimum=0.0, maximum=10.0)
+    speed_change: float = option(0.1, "Runs with cached waveforms: play each training utterance up to this fraction faster or slower, pitch and tempo together (0 = off).", minimum=0.0, below=0.5)
+    background_mix: float = option(0.8, "Runs with cached waveforms and `_silence_` windows: probability of adding a random training background window to a training utterance (0 = off).", minimum=0.0, maximum=1.0)
+    background_snr_db: List[float] = option([0.0, 20.0], "[low, high]: the signal-to-noise ratio (dB) of that background, drawn uniformly.")
     time_masks: int = option(2, "SpecAugment: time masks per MFCC sequence.", minimum=0, maximum=100)
     time_mask_width: int = option(10, "SpecAugment: maximum width of a time mask (frames).", minimum=0, maximum=10_000)
     freq_masks: int = option(2, "SpecAugment: frequency masks per MFCC sequence.", minimum=0, maximum=100)
@@ -333,6 +346,21 @@ def _validate(cfg: Config, source: str) -> None:
     if d.val_fraction + d.test_fraction >= 1:
         raise UserError(f"{source}: keys 'data.val_fraction' + 'data.test_fraction' must add up to less than 1 "
                         f"(groups must be left to train); got {d.val_fraction:g} + {d.test_fraction:g}")
+    if d.keywords:
+        if d.kind != "speech":
+            raise UserError(f"{source}: key 'data.keywords' needs data.kind: speech (got {d.kind})")
+        if d.classes:
+            raise UserError(f"{source}: keys 'data.keywords' and 'data.classes' cannot both be set: keywords make the classes "
+                            f"(the words + _silence_ + _unknown_)")
+        reserved = [w for w in d.keywords if w.startswith("_")]
+        if reserved or len(set(d.keywords)) != len(d.keywords):
+            raise UserError(f"{source}: key 'data.keywords' must list distinct word folders (not '_...' folders); got {d.keywords}")
+        if d.unknown_fraction + d.silence_fraction >= 1:
+            raise UserError(f"{source}: keys 'data.unknown_fraction' + 'data.silence_fraction' must add up to less than 1 "
+                            f"(keywords need a share); got {d.unknown_fraction:g} + {d.silence_fraction:g}")
+    snr = cfg.train.background_snr_db
+    if len(snr) != 2 or not all(math.isfinite(v) for v in snr) or snr[0] > snr[1]:
+        raise UserError(f"{source}: key 'train.background_snr_db' must be [low, high] in dB with low <= high; got {list(snr)}")
     bad = [m for m in p.modalities if m not in ("video", "audio")]
     if bad or not p.modalities:
         raise UserError(f"{source}: key 'preprocess.modalities' must list 'video' and/or 'audio'; got {p.modalities}")

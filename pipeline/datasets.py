@@ -14,7 +14,9 @@ Every file that cannot be used is reported with a reason, never silently dropped
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +28,15 @@ import numpy as np
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
+from pipeline.labels import BACKGROUND_NOISE, SILENCE, UNKNOWN
 from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
 from pipeline.media.probe import probe_media
 
-MANIFEST_COLUMNS = ("path", "label", "split", "group")
+MANIFEST_COLUMNS = ("path", "label", "split", "group", "start")
 SPLITS = ("train", "val", "test")
+# Speech Commands' own validation and test shares: where the background recordings of a dataset with
+# split lists are cut for the _silence_ windows of each split.
+SPEECH_COMMANDS_FRACTIONS = (0.1, 0.1)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,12 @@ class ManifestRow:
     label: str
     split: str  # train | val | test
     group: str  # actor (UCF101 gNN) or speaker: never spans splits
+    start: float | None = None  # seconds: a window of a long recording (a _silence_ cut), else the whole file
+
+    @property
+    def clip_id(self) -> str:
+        """Unique per row: the path, plus the start of a window cut from a longer file."""
+        return self.path if self.start is None else f"{self.path}@{self.start:.2f}"
 
 
 @dataclass
@@ -291,7 +303,7 @@ def write_manifest(rows: list[ManifestRow], path: str | Path) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows((r.path, r.label, r.split, r.group) for r in rows)
+    writer.writerows((r.path, r.label, r.split, r.group, "" if r.start is None else f"{r.start:.3f}") for r in rows)
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -302,7 +314,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         raise UserError(f"{path}: manifest not found (make one with `actrec index DIR --out {path.name}`)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in MANIFEST_COLUMNS[:4] if c not in (reader.fieldnames or [])]  # start is optional
         if missing:
             raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected header {','.join(MANIFEST_COLUMNS)}")
         rows = []
@@ -311,24 +323,126 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
                 raise UserError(f"{path}:{line}: path '{rec['path']}' escapes the dataset root")
             if rec["split"] not in SPLITS:
                 raise UserError(f"{path}:{line}: split '{rec['split']}' is not one of {', '.join(SPLITS)}")
-            rows.append(ManifestRow(rec["path"], rec["label"], rec["split"], rec["group"] or group_of(rec["path"])))
+            try:
+                start = float(rec["start"]) if rec.get("start") else None
+            except ValueError:
+                raise UserError(f"{path}:{line}: start '{rec['start']}' is not a number of seconds") from None
+            if start is not None and not (math.isfinite(start) and start >= 0):
+                raise UserError(f"{path}:{line}: start '{rec['start']}' must be a non-negative number of seconds")
+            rows.append(ManifestRow(rec["path"], rec["label"], rec["split"], rec["group"] or group_of(rec["path"]), start))
     return rows
 
 
-def resolve_rows(cfg, manifest: str | Path | None = None) -> tuple[list[ManifestRow], list[str], list[tuple[str, str]]]:
-    """(rows, classes, problems) from a manifest file or by indexing data.root."""
+def resolve_rows(cfg, manifest: str | Path | None = None, own_dataset: bool = True
+                 ) -> tuple[list[ManifestRow], list[str], list[tuple[str, str]]]:
+    """(rows, classes, problems) from a manifest file or by indexing data.root.
+
+    With data.keywords the rows become open-set (see open_set_rows). own_dataset: the run's own data, whose
+    validation and test splits get the configured _silence_/_unknown_ shares and must have both; False for a
+    folder a trained run is evaluated on (every clip counts, either source may be missing).
+    """
     d = cfg.data
     manifest = manifest or d.manifest
     if not manifest and storage.is_url(d.root):
         raise UserError(f"data.root={d.root}: indexing reads local folders only; pass --manifest (from `actrec index`) to read clips from a URL")
     if manifest:
         rows = read_manifest(manifest)
-        classes = list(d.classes) or sorted({r.label for r in rows})
-        problems = [(r.path, f"unknown label '{r.label}' (not in data.classes)") for r in rows if r.label not in classes]
+        problems = []
+        if d.keywords:
+            silence = [] if any(r.label == SILENCE for r in rows) else silence_windows(
+                Path(d.root), cfg.preprocess.audio_seconds, SPEECH_COMMANDS_FRACTIONS, problems)
+            rows, classes = open_set_rows(rows + silence, d, cfg.seed, own_dataset, where=str(manifest))
+        else:
+            classes = list(d.classes) or sorted({r.label for r in rows})
+        problems += [(r.path, f"unknown label '{r.label}' (not in data.classes)") for r in rows if r.label not in classes]
         return [r for r in rows if r.label in classes], classes, problems
     index = index_dataset(d.root, d.kind, d.layout, d.split_id, d.val_fraction, d.test_fraction, list(d.classes) or None, cfg.seed,
                           needs_audio=d.kind == "video" and "audio" in cfg.preprocess.modalities)
-    return index.rows, index.classes, index.problems
+    if not d.keywords:
+        return index.rows, index.classes, index.problems
+    fractions = SPEECH_COMMANDS_FRACTIONS if index.layout == "speech_commands" else (d.val_fraction, d.test_fraction)
+    silence = silence_windows(Path(d.root), cfg.preprocess.audio_seconds, fractions, index.problems)
+    rows, classes = open_set_rows(index.rows + silence, d, cfg.seed, own_dataset, where=str(d.root))
+    return rows, classes, index.problems
+
+
+# ----------------------------------------------------------------------------- open-set keyword spotting
+
+
+def background_files(root: Path) -> list[str]:
+    """Relative paths of the sound files in <root>/_background_noise_/ (sorted; none if there is no such folder)."""
+    folder = root / BACKGROUND_NOISE
+    if not folder.is_dir():
+        return []
+    return sorted(f"{BACKGROUND_NOISE}/{p.name}" for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+
+
+def silence_windows(root: Path, seconds: float, fractions: tuple[float, float], problems: list[tuple[str, str]]) -> list[ManifestRow]:
+    """_silence_ rows: back-to-back `seconds`-long windows of every background recording.
+
+    Each recording is cut in time into train | val | test parts (fractions = (val, test) of its length, at
+    its end), so no window of one split overlaps another's. Files too short or unreadable go to problems.
+    """
+    val_fraction, test_fraction = fractions
+    rows = []
+    for rel in background_files(root):
+        try:
+            duration = probe_media(root / rel).duration
+        except MediaError as e:
+            problems.append((rel, str(e)))
+            continue
+        if duration < seconds:
+            problems.append((rel, f"background recording of {duration:.2f} s is shorter than one {seconds:g}-s _silence_ window"))
+            continue
+        edges = (0.0, duration * (1 - val_fraction - test_fraction), duration * (1 - test_fraction), duration)
+        for split, begin, end in zip(SPLITS, edges[:-1], edges[1:]):
+            count = int((end - begin) // seconds + 1e-9)
+            rows += [ManifestRow(rel, SILENCE, split, f"{BACKGROUND_NOISE}/{Path(rel).stem}", round(begin + k * seconds, 3))
+                     for k in range(count)]
+    return rows
+
+
+def open_set_rows(rows: list[ManifestRow], d, seed: int, own_dataset: bool, where: str) -> tuple[list[ManifestRow], list[str]]:
+    """Speech Commands v2-12 labels: (rows, classes = data.keywords + _silence_ + _unknown_).
+
+    rows: the indexed word rows plus the _silence_ windows. Keyword folders keep their label; every other word
+    folder becomes _unknown_ (left out when data.unknown_fraction is 0, as _silence_ is with silence_fraction 0).
+    Training keeps every _unknown_ and _silence_ row (train draws its shares per epoch); on the run's own data
+    the validation and test splits keep a seeded subset giving them the same shares.
+    """
+    shares = {UNKNOWN: d.unknown_fraction, SILENCE: d.silence_fraction}
+    classes = list(d.keywords) + [label for label in (SILENCE, UNKNOWN) if shares[label] > 0]
+    missing = [w for w in d.keywords if w not in {r.label for r in rows}]
+    if missing and own_dataset:  # a folder to evaluate on may hold some of the keywords
+        raise UserError(f"{where}: keyword '{missing[0]}' has no folder of clips (data.keywords: {', '.join(d.keywords)})")
+    mapped = []
+    for r in rows:
+        label = r.label if r.label in d.keywords or r.label == SILENCE else UNKNOWN
+        if label in classes:
+            mapped.append(r if label == r.label else dataclasses.replace(r, label=label))
+    if own_dataset:
+        found = {r.label for r in mapped}
+        fixes = {SILENCE: f"add long noise recordings to {where}/{BACKGROUND_NOISE}/ or set data.silence_fraction: 0",
+                 UNKNOWN: "add folders of other words or set data.unknown_fraction: 0"}
+        for label in (SILENCE, UNKNOWN):
+            if label in classes and label not in found:
+                raise UserError(f"{where}: no {label} clips for data.{label.strip('_')}_fraction={shares[label]:g}; {fixes[label]}")
+        mapped = _with_shares(mapped, shares, seed)
+    return mapped, classes
+
+
+def _with_shares(rows: list[ManifestRow], shares: dict[str, float], seed: int) -> list[ManifestRow]:
+    """Validation and test rows with a seeded subset of each reject label: share x (its split's clips)."""
+    keyword_share = 1 - sum(shares.values())
+    drop = set()
+    for split_no, split in enumerate(SPLITS[1:]):
+        keywords = sum(r.split == split and r.label not in shares for r in rows)
+        for label_no, (label, share) in enumerate(shares.items()):
+            pool = [i for i, r in enumerate(rows) if r.split == split and r.label == label]
+            keep = min(len(pool), round(share / keyword_share * keywords))
+            rng = np.random.default_rng([seed, split_no, label_no])
+            drop.update(rng.permutation(pool)[keep:].tolist())
+    return [r for i, r in enumerate(rows) if i not in drop]
 
 
 def check_splits(counts: dict[str, int], classes: list[str], where: str, train_per_class: dict[str, int] | None = None,

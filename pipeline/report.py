@@ -52,7 +52,8 @@ PER_CLASS_PLOT_MAX = 60  # beyond this, the per-class chart shows the worst and 
 # ----------------------------------------------------------------------------- metrics
 
 
-def _check_scores(labels: Any, probs: Any, class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def check_scores(labels: Any, probs: Any, class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N], probs float64 [N, K]) once shapes, integer labels in [0, K) and K class names are checked."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
     if probs.ndim != 2:
@@ -126,7 +127,7 @@ def compute_metrics(labels: Any, probs: Any, class_names: Sequence[str], n_bins:
       confusion: [K][K] int counts (rows = true, columns = predicted).
     Rates are None when N = 0. See the module docstring for the conventions.
     """
-    labels, probs = _check_scores(labels, probs, class_names)
+    labels, probs = check_scores(labels, probs, class_names)
     n, k = probs.shape
     pred = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     conf = confusion_counts(labels, pred, k)
@@ -186,7 +187,7 @@ def worst_misclassified(labels: Any, probs: Any, clip_ids: Sequence[str], class_
     {path, true, true_prob, predicted, confidence, top3: [[label, prob], ...]} (top3 holds
     min(3, K) entries); equal confidences keep the input order.
     """
-    labels, probs = _check_scores(labels, probs, class_names)
+    labels, probs = check_scores(labels, probs, class_names)
     if len(clip_ids) != probs.shape[0]:
         raise ValueError(f"{len(clip_ids)} clip ids for {probs.shape[0]} rows of probs")
     if probs.shape[0] == 0 or k <= 0:
@@ -210,7 +211,7 @@ def worst_misclassified(labels: Any, probs: Any, clip_ids: Sequence[str], class_
 
 def summary_line(metrics: Mapping) -> str:
     """One line for the console: 'top-1 0.812 | top-5 0.950 | mean class acc 0.800 | macro-F1 0.790 | ECE 0.041 | 120 clips'."""
-    parts = [f"{label} {_fmt(metrics.get(key))}" for key, label in _HEADLINE if key != "top5" or metrics.get("top5") is not None]
+    parts = [f"{label} {format_value(metrics.get(key))}" for key, label in _HEADLINE if key != "top5" or metrics.get("top5") is not None]
     return " | ".join(parts + [f"{metrics.get('num_clips', 0)} clips"])
 
 
@@ -232,7 +233,8 @@ _HEADLINE_LONG = {
 }
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_value(value: Any, digits: int = 3) -> str:
+    """A metric as report text: floats with `digits` decimals, None or NaN (undefined) as —."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float):
@@ -240,12 +242,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _md(text: Any) -> str:
+def markdown_cell(text: Any) -> str:
     """Text safe inside a Markdown table cell."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _code(text: Any) -> str:
+def markdown_code(text: Any) -> str:
     """Inline code span that survives backticks and pipes inside the text."""
     text = str(text).replace("|", "\\|").replace("\n", " ")
     fence = "``" if "`" in text else "`"
@@ -283,6 +285,7 @@ def write_report(
     skipped: Iterable[tuple[str, str]] = (),
     extra: Mapping | None = None,
     title: str = "actrec evaluation report",
+    sections: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the evaluation report into out_dir; returns {file name: path} of the files written.
 
@@ -290,7 +293,8 @@ def write_report(
     skipped: (path, reason) of clips that could not be scored; extra: JSON-serialisable run
     details stored under "extra" in metrics.json. Values of `extra` that are metrics dicts
     (e.g. {"single-view": m1, "multi-view (10 clips)": m2}) are also shown side by side in
-    report.md; other scalar values are listed as run details.
+    report.md; other scalar values are listed as run details. sections: more Markdown (each starting with its
+    own `## heading`) placed after the headline metrics, e.g. kws_metrics.markdown_section for an open-set run.
     Files: metrics.json, confusion_matrix.csv / .png (row-normalised), per_class.png,
     reliability.png, report.md (links the PNGs), each written atomically.
     """
@@ -321,11 +325,12 @@ def write_report(
     plot_confusion(confusion, class_names, paths["confusion_matrix.png"])
     plot_per_class(metrics["per_class"], paths["per_class.png"])
     plot_reliability(metrics["reliability"], metrics.get("ece"), paths["reliability.png"], num_clips=metrics.get("num_clips"))
-    atomic_write_text(paths["report.md"], _markdown(title, metrics, class_names, worst, skipped_info, extra or {}))
+    atomic_write_text(paths["report.md"], _markdown(title, metrics, class_names, worst, skipped_info, extra or {}, sections))
     return paths
 
 
-def _markdown(title: str, metrics: Mapping, class_names: Sequence[str], worst: Sequence[Mapping], skipped: dict, extra: Mapping) -> str:
+def _markdown(title: str, metrics: Mapping, class_names: Sequence[str], worst: Sequence[Mapping], skipped: dict, extra: Mapping,
+              sections: Sequence[str] = ()) -> str:
     lines = [f"# {title}", ""]
     n_skipped = skipped["count"]
     lines += [
@@ -339,24 +344,25 @@ def _markdown(title: str, metrics: Mapping, class_names: Sequence[str], worst: S
         if key == "top5" and metrics.get("top5") is None:
             continue
         label = _HEADLINE_LONG[key] + (f" ({metrics.get('ece_bins', len(metrics.get('reliability', [])))} bins)" if key == "ece" else "")
-        lines.append(f"| {label} | {_fmt(metrics.get(key))} |")
+        lines.append(f"| {label} | {format_value(metrics.get(key))} |")
     lines.append(f"| clips evaluated | {metrics.get('num_clips', 0)} |")
     lines.append(f"| clips skipped | {n_skipped} |")
     lines.append("")
+    lines += [section.rstrip("\n") + "\n" for section in sections]
 
     protocols = {str(name): value for name, value in extra.items() if _is_metrics(value)}
     details = {str(name): value for name, value in extra.items() if not _is_metrics(value) and not isinstance(value, (Mapping, list, tuple))}
     if protocols:
         names = list(protocols)
-        lines += ["## Test protocols", "", "| metric | " + " | ".join(_md(n) for n in names) + " |", "|---|" + "---|" * len(names)]
+        lines += ["## Test protocols", "", "| metric | " + " | ".join(markdown_cell(n) for n in names) + " |", "|---|" + "---|" * len(names)]
         for key, _ in _HEADLINE:
             if all(protocols[n].get(key) is None for n in names):
                 continue
-            lines.append(f"| {_HEADLINE_LONG[key]} | " + " | ".join(_fmt(protocols[n].get(key)) for n in names) + " |")
+            lines.append(f"| {_HEADLINE_LONG[key]} | " + " | ".join(format_value(protocols[n].get(key)) for n in names) + " |")
         lines.append("| clips | " + " | ".join(str(protocols[n].get("num_clips", "—")) for n in names) + " |")
         lines.append("")
     if details:
-        lines += ["## Run details", ""] + [f"- {_md(k)}: {_md(_fmt(v, 4))}" for k, v in details.items()] + [""]
+        lines += ["## Run details", ""] + [f"- {markdown_cell(k)}: {markdown_cell(format_value(v, 4))}" for k, v in details.items()] + [""]
 
     lines += [
         "## Plots",
@@ -381,7 +387,7 @@ def _markdown(title: str, metrics: Mapping, class_names: Sequence[str], worst: S
     per_class = metrics.get("per_class", {})
     for name, row in sorted(per_class.items(), key=lambda item: (item[1]["f1"], -item[1]["support"], item[0])):
         lines.append(
-            f"| {_md(name)} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['f1'])} | {row['support']} | {row.get('predicted', '—')} |"
+            f"| {markdown_cell(name)} | {format_value(row['precision'])} | {format_value(row['recall'])} | {format_value(row['f1'])} | {row['support']} | {row.get('predicted', '—')} |"
         )
     lines.append("")
 
@@ -389,10 +395,10 @@ def _markdown(title: str, metrics: Mapping, class_names: Sequence[str], worst: S
     if worst:
         lines += ["| # | clip | true (prob) | predicted (prob) | top-3 |", "|---|---|---|---|---|"]
         for i, w in enumerate(worst, 1):
-            top3 = ", ".join(f"{_md(label)} {_fmt(float(p))}" for label, p in w.get("top3", []))
-            true = f"{_md(w['true'])} ({_fmt(w.get('true_prob'))})"
-            pred = f"{_md(w['predicted'])} ({_fmt(w.get('confidence'))})"
-            lines.append(f"| {i} | {_code(w['path'])} | {true} | {pred} | {top3} |")
+            top3 = ", ".join(f"{markdown_cell(label)} {format_value(float(p))}" for label, p in w.get("top3", []))
+            true = f"{markdown_cell(w['true'])} ({format_value(w.get('true_prob'))})"
+            pred = f"{markdown_cell(w['predicted'])} ({format_value(w.get('confidence'))})"
+            lines.append(f"| {i} | {markdown_code(w['path'])} | {true} | {pred} | {top3} |")
     else:
         lines.append("No misclassified clips.")
     lines.append("")
@@ -400,8 +406,8 @@ def _markdown(title: str, metrics: Mapping, class_names: Sequence[str], worst: S
     lines += ["## Skipped clips", ""]
     if skipped["count"]:
         for reason, clip_paths in skipped["by_reason"].items():
-            lines.append(f"- **{_md(reason)}** ({len(clip_paths)}):")
-            lines += [f"  - {_code(p)}" for p in clip_paths]
+            lines.append(f"- **{markdown_cell(reason)}** ({len(clip_paths)}):")
+            lines += [f"  - {markdown_code(p)}" for p in clip_paths]
     else:
         lines.append("None.")
     lines.append("")
@@ -534,7 +540,7 @@ def plot_reliability(reliability: Sequence[Mapping], ece: float | None, path: st
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
     clips = f", {num_clips} clips" if num_clips is not None else ""
-    top.set_title(f"Reliability diagram — ECE {_fmt(ece)} ({len(reliability)} bins{clips})")
+    top.set_title(f"Reliability diagram — ECE {format_value(ece)} ({len(reliability)} bins{clips})")
     bottom.bar(lower, counts, width=width, align="edge", color="0.5", edgecolor="white")
     bottom.set_xlabel("confidence (max class probability)")
     bottom.set_ylabel("clips")
@@ -599,11 +605,13 @@ def plot_timeline(times: Any, probs: Any, class_names: Sequence[str], path: str 
     return save_figure(fig, path)
 
 
-def write_timeline_csv(path: str | Path, starts: Any, ends: Any, probs: Any, class_names: Sequence[str]) -> Path:
+def write_timeline_csv(path: str | Path, starts: Any, ends: Any, probs: Any, class_names: Sequence[str],
+                       labels: Sequence[str] | None = None) -> Path:
     """Per-window predictions of a long video as CSV (one row per window, in the given order).
 
-    starts, ends: float [W] window bounds in seconds; probs: float [W, K].
-    Columns: start_s, end_s, top_label, top_prob, then one column per class (header = class name).
+    starts, ends: float [W] window bounds in seconds; probs: float [W, K]; labels: W decided labels (e.g.
+    kws_metrics.decided_labels at a threshold) or None.
+    Columns: start_s, end_s, top_label, top_prob, [label,] then one column per class (header = class name).
     """
     starts, probs = _check_windows(starts, probs, class_names)
     ends = np.asarray(ends, dtype=np.float64)
@@ -611,10 +619,14 @@ def write_timeline_csv(path: str | Path, starts: Any, ends: Any, probs: Any, cla
         raise ValueError(f"ends must be float [W] with W = {starts.shape[0]}, got shape {ends.shape}")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["start_s", "end_s", "top_label", "top_prob"] + [str(c) for c in class_names])
+    if labels is not None and len(labels) != len(probs):
+        raise ValueError(f"{len(labels)} labels for {len(probs)} windows")
+    label_column = [] if labels is None else ["label"]
+    writer.writerow(["start_s", "end_s", "top_label", "top_prob"] + label_column + [str(c) for c in class_names])
     best = probs.argmax(axis=1)
-    for s, e, b, row in zip(starts, ends, best, probs):
-        writer.writerow([f"{s:.3f}", f"{e:.3f}", str(class_names[b]), f"{row[b]:.6f}"] + [f"{v:.6f}" for v in row])
+    for w, (s, e, b, row) in enumerate(zip(starts, ends, best, probs)):
+        decided = [] if labels is None else [str(labels[w])]
+        writer.writerow([f"{s:.3f}", f"{e:.3f}", str(class_names[b]), f"{row[b]:.6f}"] + decided + [f"{v:.6f}" for v in row])
     path = Path(path)
     atomic_write_text(path, buffer.getvalue())
     return path

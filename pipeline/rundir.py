@@ -13,6 +13,8 @@ Stages hand each other files in one directory; this is the only place that names
     RUN/eval/<name>/              what `actrec evaluate` wrote
     RUN/predict/                  timelines of `actrec predict --window`
 
+Files are written under temporary names (.NAME.PID.tmp, see pipeline.files) and renamed; a writer holds RUN/.lock
+(RunDir.lock), and on taking it removes the temporary files of writers that are no longer running.
 A run dir may be a URL (gs://...) that tf.io.gfile reaches (see pipeline.storage).
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from pipeline import storage
 from pipeline.config import Config, features_hash, load_config
 from pipeline.errors import UserError
+from pipeline.files import temp_file_pid
 
 MODEL_FILE = "model.keras"
 
@@ -68,7 +71,8 @@ class RunDir:
     def lock(self, command: str):
         """Hold RUN/.lock while `command` writes this run dir: a second writer refuses with one line naming the first.
 
-        A lock left by a killed process (its pid is gone) is taken over. URL run dirs are not locked.
+        A lock left by a killed process (its pid is gone) is taken over, and the temporary files killed writers left
+        are removed. URL run dirs are not locked.
         """
         if not isinstance(self.path, Path):
             yield
@@ -94,12 +98,24 @@ class RunDir:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             break
+        self._remove_dead_writers_temp_files()
         try:
             yield
         finally:
             lock_file.unlink(missing_ok=True)
             if created and self.path.is_dir() and not any(self.path.iterdir()):  # a command that failed before writing leaves no trace
                 self.path.rmdir()
+
+    def _remove_dead_writers_temp_files(self) -> None:
+        """Remove the temporary files (pipeline.files: named by their writer's PID) that writers killed mid-write left in
+        RUN/ and RUN/features/. Called holding the lock: no other writer of this run dir is running, and a file whose
+        PID still runs (this process, or an unrelated process that reuses a dead writer's PID) is kept."""
+        for folder in (self.path, self.features):
+            for entry in folder.iterdir() if folder.is_dir() else ():
+                pid = temp_file_pid(entry.name)
+                if pid is not None and not pid_alive(pid) and entry.is_file() and not entry.is_symlink():
+                    with contextlib.suppress(OSError):  # best effort: a file that stays costs space, not correctness
+                        entry.unlink()
 
     def eval_dir(self, name: str) -> Path:
         return self.path / "eval" / name

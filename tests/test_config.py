@@ -46,7 +46,7 @@ def test_required_shipped_configs_exist():
 def test_speech_command_words_stay_strings():
     # YAML 1.1 would read yes/no/on/off as booleans
     cfg = load_config(ROOT / "configs/speech_commands.yaml")
-    assert cfg.data.classes == ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+    assert cfg.data.keywords == ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 
 
 def test_overrides_are_typed():

@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep.commands import COMMAND_WORDS, make_commands
+from data_prep.command_noise import BACKGROUND_RECORDINGS
+from data_prep.commands import AUX_WORDS, COMMAND_WORDS, make_commands
 from pipeline.errors import UserError
 
 PER_WORD = 12
+AUX_PER_SPEAKER = 3
+BACKGROUND_SECONDS = 3.0
 NAME = re.compile(r"^([a-z]+)/([0-9a-f]{8})_nohash_(\d+)\.wav$")
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -26,12 +29,14 @@ pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espea
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("commands") / "sc"
-    summary = make_commands(root, per_word=PER_WORD, seed=0, progress=False, workers=2)
+    summary = make_commands(root, per_word=PER_WORD, seed=0, progress=False, workers=2, aux_per_speaker=AUX_PER_SPEAKER,
+                            background_seconds=BACKGROUND_SECONDS)
     return root, summary
 
 
 def wav_files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.wav"))
+    """The utterances (not the background recordings)."""
+    return sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.wav") if not p.parent.name.startswith("_"))
 
 
 def splits(root: Path) -> dict[str, str]:
@@ -46,11 +51,19 @@ def splits(root: Path) -> dict[str, str]:
 
 def test_words_files_and_summary(dataset):
     root, summary = dataset
-    assert {p.name for p in root.iterdir() if p.is_dir()} == set(COMMAND_WORDS)
+    folders = {p.name for p in root.iterdir() if p.is_dir()}
+    assert folders == set(COMMAND_WORDS) | set(summary["aux_words"]) | {"_background_noise_"}
+    assert set(summary["aux_words"]) <= set(AUX_WORDS) and len(summary["aux_words"]) >= 15
     files = wav_files(root)
-    assert len(files) == summary["files"] == PER_WORD * len(COMMAND_WORDS)
+    assert len(files) == summary["files"] == PER_WORD * (len(COMMAND_WORDS) + AUX_PER_SPEAKER)
     assert all(NAME.match(f) for f in files), files[:3]
     assert summary["words"] == COMMAND_WORDS
+    for word in COMMAND_WORDS:
+        assert len(list((root / word).glob("*.wav"))) == PER_WORD
+    speakers = {NAME.match(f).group(2) for f in files}
+    for speaker in speakers:  # every speaker says AUX_PER_SPEAKER distinct other words
+        said = {f.split("/")[0] for f in files if NAME.match(f).group(2) == speaker} - set(COMMAND_WORDS)
+        assert len(said) == AUX_PER_SPEAKER, (speaker, said)
     assert sum(summary["counts"].values()) == len(files)
     assert not list(root.rglob("*.tmp")), "temporary files left behind"
 
@@ -66,6 +79,22 @@ def test_every_file_is_one_second_of_16k_mono_int16_speech(dataset):
         rms = np.sqrt(np.mean((x / 32768.0) ** 2))
         assert peak < 32000, f"{rel}: clipped (peak {peak})"
         assert rms > 2e-3 and peak > 3000, f"{rel}: (nearly) silent, rms {rms:.4f} peak {peak}"
+
+
+def test_background_recordings_are_long_noise_without_silence_gaps(dataset):
+    root, summary = dataset
+    assert summary["background"] == [f"{name}.wav" for name in BACKGROUND_RECORDINGS]
+    assert len(BACKGROUND_RECORDINGS) >= 6
+    for name in summary["background"]:
+        x, rate = sf.read(root / "_background_noise_" / name, dtype="float32")
+        assert rate == 16000 and x.shape == (int(BACKGROUND_SECONDS * 16000),), name
+        peak = np.abs(x).max()
+        assert 0.3 < peak < 0.99, (name, peak)  # loud enough to hear, never clipped
+        quarter = len(x) // 4  # noise throughout: no quarter of it (nearly) silent
+        assert min(np.sqrt(np.mean(x[i * quarter:(i + 1) * quarter] ** 2)) for i in range(4)) > 0.01, name
+    spectra = [np.abs(np.fft.rfft(sf.read(root / "_background_noise_" / n)[0])) for n in summary["background"]]
+    low_share = [s[: len(s) // 16].sum() / s.sum() for s in spectra]  # below 500 Hz
+    assert max(low_share) - min(low_share) > 0.3, low_share  # the recordings differ in colour, not just in seed
 
 
 def test_lists_reference_files_and_speakers_never_span_splits(dataset):
@@ -89,22 +118,25 @@ def test_every_word_in_every_split(dataset):
     root, _ = dataset
     split = splits(root)
     for s in ("train", "val", "test"):
-        assert {r.split("/")[0] for r, sp in split.items() if sp == s} == set(COMMAND_WORDS), s
+        assert {r.split("/")[0] for r, sp in split.items() if sp == s} >= set(COMMAND_WORDS), s
 
 
 def test_same_seed_gives_identical_bytes_whatever_the_worker_count(dataset, tmp_path):
     root, _ = dataset
     again = tmp_path / "again"
-    make_commands(again, per_word=PER_WORD, seed=0, progress=False, workers=1)
+    make_commands(again, per_word=PER_WORD, seed=0, progress=False, workers=1, aux_per_speaker=AUX_PER_SPEAKER,
+                  background_seconds=BACKGROUND_SECONDS)
     assert wav_files(again) == wav_files(root)
-    for rel in wav_files(root) + ["validation_list.txt", "testing_list.txt"]:
+    background = sorted(p.relative_to(root).as_posix() for p in (root / "_background_noise_").glob("*.wav"))
+    for rel in wav_files(root) + background + ["validation_list.txt", "testing_list.txt"]:
         assert (again / rel).read_bytes() == (root / rel).read_bytes(), rel
 
 
 def test_different_seed_gives_different_data(dataset, tmp_path):
     root, _ = dataset
     other = tmp_path / "other"
-    make_commands(other, per_word=PER_WORD, seed=1, progress=False, workers=1)
+    make_commands(other, per_word=PER_WORD, seed=1, progress=False, workers=1, aux_per_speaker=AUX_PER_SPEAKER,
+                  background_seconds=BACKGROUND_SECONDS)
     assert (other / "testing_list.txt").read_text() != (root / "testing_list.txt").read_text()
     assert wav_files(other) != wav_files(root)
     for rel in set(wav_files(other)) & set(wav_files(root)):  # a speaker both seeds picked
@@ -118,9 +150,12 @@ def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path):
     lost = wav_files(copy)[5]
     (copy / lost).unlink()
     (copy / "testing_list.txt").unlink()
-    make_commands(copy, per_word=PER_WORD, seed=0, progress=False, workers=1)
+    (copy / "_background_noise_/room_tone.wav").unlink()
+    make_commands(copy, per_word=PER_WORD, seed=0, progress=False, workers=1, aux_per_speaker=AUX_PER_SPEAKER,
+                  background_seconds=BACKGROUND_SECONDS)
     assert (copy / lost).read_bytes() == (root / lost).read_bytes()
     assert (copy / "testing_list.txt").read_bytes() == (root / "testing_list.txt").read_bytes()
+    assert (copy / "_background_noise_/room_tone.wav").read_bytes() == (root / "_background_noise_/room_tone.wav").read_bytes()
 
 
 def test_refuses_a_folder_holding_something_else(dataset, tmp_path):
@@ -153,7 +188,7 @@ def test_the_index_reads_it_as_speech_commands(dataset):
     root, summary = dataset
     idx = index.index_dataset(root, kind="speech", probe=False)
     assert idx.layout == "speech_commands"
-    assert sorted(idx.classes) == sorted(COMMAND_WORDS)
+    assert sorted(idx.classes) == sorted(COMMAND_WORDS + summary["aux_words"])  # _background_noise_ is no class
     assert idx.counts() == summary["counts"]
     groups = {s: {r.group for r in idx.rows if r.split == s} for s in ("train", "val", "test")}
     assert not groups["train"] & (groups["val"] | groups["test"])

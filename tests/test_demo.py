@@ -33,6 +33,11 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path):
         assert parity["formats"]["float"]["top1_agreement"] == 1.0 and not parity["errors"]
         # the summary table quotes the measured numbers, not others
         assert f"{metrics['top1']:.3f}" in first.stdout
+    # the speech run is a 12-label keyword spotter, and the summary says what rejecting costs
+    commands = json.loads((out / "runs/commands/eval/test/metrics.json").read_text())
+    assert commands["class_names"][-2:] == ["_silence_", "_unknown_"] and len(commands["class_names"]) == 12
+    assert f"commands: 12 labels (_silence_, _unknown_ included): FRR {commands['frr_at_far']:.3f}" in first.stdout or \
+        (commands["frr_at_far"] is None and "commands: 12 labels" in first.stdout)
     # the predict stage printed one line per unseen clip, through the exported model, with no errors
     predicted = [line for line in first.stdout.splitlines() if line.startswith(str(out / "data"))]
     assert len(predicted) == 4 and not any(": error:" in line for line in predicted)

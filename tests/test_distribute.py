@@ -82,6 +82,7 @@ def test_two_workers_train_together_and_match_one_worker(dataset, feature_run, o
     assert history["loss"][-1] < history["loss"][0]
 
 
+@pytest.mark.slow  # trains twice
 def test_mirrored_strategy_matches_default(dataset, feature_run, one_worker, tmp_path):
     """MirroredStrategy over this machine's devices (one CPU here): the same training as no strategy."""
     run = new_run(feature_run, tmp_path, "run")

@@ -563,6 +563,7 @@ def test_preprocess_resumed_after_sigkills_is_byte_identical(preprocess_kills):
     assert json.loads(got["index.json"]) == json.loads(expected["index.json"])
     assert (killed / "preprocess_errors.csv").read_bytes() == (clean / "preprocess_errors.csv").read_bytes()
     assert not (killed / ".lock").exists()
+    assert [n for n in got if n.startswith(".")] == []  # the killed writers' temporary files were removed with their lock
 
 
 @pytest.fixture(scope="module")
@@ -658,6 +659,24 @@ def test_a_dead_writers_lock_is_taken_over(train_kills):
     assert seen["rerun"].rc == 0 and not seen["lock_after"]
 
 
+def test_taking_the_lock_removes_the_temp_files_of_dead_writers(tmp_path):
+    """What a writer killed mid-write leaves (a temporary named by its PID) goes when the next writer takes the lock;
+    the temporary files of a running process stay, and so do files not named like temporaries."""
+    from pipeline.files import temp_path
+    from pipeline.rundir import RunDir
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    run = RunDir(tmp_path / "run")
+    (run.path / "features").mkdir(parents=True)
+    dead = [run.path / f".config.yaml.{gone}-k3j_x9a1.tmp", run.features / f".train-00000-of-00001.tfrecord.{gone}.tmp",
+            run.features / f".encoder.weights.h5.{gone}.weights.h5", run.path / f".model.keras.{gone}.keras"]
+    kept = [temp_path(run.features / "val-00000-of-00001.tfrecord"), run.path / ".notes.1.txt", run.path / f"report.{gone}.tmp"]
+    for path in dead + kept:
+        path.write_bytes(b"partial")
+    with run.lock("preprocess"):
+        assert [p.name for p in dead if p.exists()] == [] and [p.name for p in kept if not p.exists()] == []
+
+
 def descendants(pid: int) -> list[int]:
     """Child processes of pid, recursively (Linux /proc)."""
     out = []
@@ -733,10 +752,8 @@ def test_export_rerun_after_sigkill_is_complete_and_cleans_up(export_kill, speec
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bug (pipeline/stages/export.py + deploy/convert.py, not owned here): SIGKILL of `actrec export` leaves its converter child "
-                   "running as an orphan; it keeps writing into .export.tmp-PID. Fix: start the child with "
-                   "preexec_fn=lambda: ctypes.CDLL(None).prctl(1, signal.SIGKILL) (PR_SET_PDEATHSIG) in deploy/convert.py")
 def test_killed_export_leaves_no_converter_running(export_kill):
+    """The converter child dies with the export (convert.die_with_parent): nothing keeps writing into .export.tmp-PID."""
     _, _, seen = export_kill
     assert seen["converters_after_kill"] == []
 
@@ -780,27 +797,8 @@ def datasets(action_data, speech_data):
     return {"video": action_data, "speech": speech_data}
 
 
-def xfail_if(name, names, reason):
-    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason)) if name in names else name
-
-
-WRITE_FAILURE_BUGS = {
-    "python_write": "bug (pipeline/files.py, not owned here): the OSError of f.write() in atomic_write_bytes carries no file name, "
-                    "so cli.py prints `actrec: error: writing: File too large` without the path. Fix: in atomic_write_bytes, "
-                    "`except OSError as e: raise OSError(e.errno, e.strerror, str(path)) from None` (after removing tmp)",
-    "tfrecord_shard": "bug (pipeline/features/records.py, not owned here): tf.io.TFRecordWriter raises "
-                      "tensorflow OutOfRangeError('...tmp; File too large'), not OSError: a traceback. Fix: in write_shard, catch "
-                      "tf.errors.OpError, unlink the temp file, and raise OSError(errno.EFBIG/ENOSPC/EROFS/EACCES by the "
-                      "message, strerror, str(features_dir / shard.name))",
-    "keras_weights": "bug (pipeline/runtime/encode.py, not owned here): h5py's failed write of encoder.weights.h5 prints "
-                     "'Exception ignored in h5py._objects.ObjectID.__dealloc__' tracebacks and a multi-line message with the C "
-                     "error stack, and the process then dies with SIGSEGV (status -11) at exit (5 runs of 5). Fix: save the weights to memory "
-                     "(or a temp file on success only) and map the failure to one OSError naming encoder.weights.h5",
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [xfail_if(n, WRITE_FAILURE_BUGS, WRITE_FAILURE_BUGS.get(n, "")) for n in LIMITS])
+@pytest.mark.parametrize("name", list(LIMITS))
 def test_a_failed_write_is_one_line_naming_the_file(name, work, datasets):
     run, result, _ = limited_preprocess(name, work, datasets)
     assert result.returncode == 2
@@ -825,18 +823,8 @@ def test_after_a_failed_write_nothing_is_trusted_and_a_rerun_gives_the_uninterru
     assert json.loads(got["index.json"]) == json.loads(expected["index.json"])
 
 
-TEMP_LEFT_BUGS = {
-    "tfrecord_shard": "bug (pipeline/features/records.py + pipeline/files.py, not owned here): the failed writer's "
-                      "features/.<shard>.tfrecord.<PID>.tmp (named by the dead PID) is never removed; a rerun writes its own. "
-                      "Fix: write_shard removes its temp file on any exception, and preprocess removes .*.tmp files of PIDs "
-                      "that are not running when it takes the lock",
-    "keras_weights": "bug (pipeline/runtime/encode.py, not owned here): features/.encoder.weights.h5.<PID>.weights.h5 of the "
-                     "failed save stays forever. Fix: as for shards (remove on failure; clean dead-PID temps under the lock)",
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [xfail_if(n, TEMP_LEFT_BUGS, TEMP_LEFT_BUGS.get(n, "")) for n in LIMITS])
+@pytest.mark.parametrize("name", list(LIMITS))
 def test_no_temp_file_outlives_a_failed_write_and_its_rerun(name, work, datasets):
     run, _, args = limited_preprocess(name, work, datasets)
     if not (run / "features/index.json").exists():

@@ -44,7 +44,7 @@ def commands_speech(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")
     root = tmp_path_factory.mktemp("commands")
-    make_commands(root, per_word=3, seed=0, progress=False, workers=1)
+    make_commands(root, per_word=3, seed=0, progress=False, workers=1, aux_per_speaker=0, background_seconds=0)
     return np.stack([load_audio(path, SR) for path in sorted(root.glob("*/*.wav"))])
 
 
@@ -147,10 +147,12 @@ def test_zero_padding_keeps_the_valid_frames(speech):
 
 
 def _tflite_ops(model_content: bytes) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
     # Without the default delegates, so the listing shows the model's own ops, not XNNPACK's DELEGATE nodes.
-    interpreter = tf.lite.Interpreter(
+    interpreter = Interpreter(
         model_content=model_content,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
     return sorted({op["op_name"] for op in interpreter._get_ops_details()})
 
@@ -167,7 +169,9 @@ def test_tflite_conversion_uses_builtins_and_matches(one_second):
     assert not [op for op in ops if op.startswith("Flex")]
     assert "RFFT2D" in ops
 
-    interpreter = tf.lite.Interpreter(model_content=content)  # the real interpreter, XNNPACK included
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)  # LiteRT, as apps run it, XNNPACK included
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], one_second[None])
     interpreter.invoke()

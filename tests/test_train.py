@@ -23,6 +23,7 @@ def config_args(dataset, *extra):
     return FAST + [f"data.root={dataset}"] + TINY + list(extra)
 
 
+@pytest.mark.slow  # trains a model: the full suite, not the fast lane
 @pytest.mark.parametrize("name", ["video_rnn", "audio_rnn", "av_fusion"])
 def test_train_learns_above_chance(dataset, feature_run, tmp_path, name):
     run = tmp_path / "run"
@@ -53,6 +54,7 @@ def test_mismatched_features_fail_before_training(dataset, tmp_path):
         train(None, tmp_path / "empty", config_args(dataset), progress=False)
 
 
+@pytest.mark.slow  # trains a model: the full suite, not the fast lane
 def test_nan_loss_stops_with_a_clear_message(dataset, feature_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -62,6 +64,7 @@ def test_nan_loss_stops_with_a_clear_message(dataset, feature_run, tmp_path):
                                      "train.optimizer=adam", "train.schedule=constant", "train.epochs=5"), progress=False)
 
 
+@pytest.mark.slow  # trains a model: the full suite, not the fast lane
 def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path):
     """The hybrid model on frame differences; its trained CNN, saved by train, is the frame encoder of a feature run."""
     import numpy as np
@@ -132,7 +135,7 @@ def test_augmentations_keep_shapes_and_meaning():
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.stages.train import spatial_augment, spec_augment, temporal_jitter
+    from pipeline.features.augment import spatial_augment, spec_augment, temporal_jitter
 
     tf.random.set_seed(0)
     # spatial_augment: a clip of 4 identical frames stays 4 identical frames (one transform per clip)
@@ -155,3 +158,35 @@ def test_augmentations_keep_shapes_and_meaning():
     assert masked.shape == (50, 13)
     replaced = masked != mfcc.numpy()
     assert np.allclose(masked[replaced], float(tf.reduce_mean(mfcc)))
+
+
+def test_waveform_augmentations_shift_stretch_and_mix_as_asked():
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.features.augment import change_speed, mix_background, time_shift
+
+    tf.random.set_seed(1)
+    impulse = np.zeros(1000, np.float32)
+    impulse[500] = 1.0
+    moved = set()
+    for _ in range(20):  # time_shift: the impulse moves by at most 50 samples, nothing wraps around
+        out = time_shift(tf.constant(impulse), 50).numpy()
+        assert out.shape == (1000,) and out.sum() == 1.0
+        moved.add(int(np.argmax(out)) - 500)
+    assert max(abs(m) for m in moved) <= 50 and len(moved) > 5
+    edge = np.ones(1000, np.float32)  # the vacated part is silence
+    shifted = time_shift(tf.constant(edge), 50).numpy()
+    assert shifted.sum() >= 950 and set(np.unique(shifted)) <= {0.0, 1.0}
+    # change_speed: a 1 kHz tone comes out between 0.9 and 1.1 kHz, and the tones differ between draws
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    peaks = {int(np.argmax(np.abs(np.fft.rfft(change_speed(tf.constant(tone), 0.1).numpy())))) for _ in range(10)}
+    assert all(900 <= p <= 1100 for p in peaks) and len(peaks) > 3, peaks
+    # mix_background: the asked signal-to-noise ratio, or nothing at probability 0
+    noise = np.random.default_rng(0).standard_normal((3, 16000)).astype(np.float32)
+    mixed = mix_background(tf.constant(tone), noise, 1.0, (10.0, 10.0)).numpy()
+    added = mixed - tone
+    assert 10 * np.log10(np.mean(tone ** 2) / np.mean(added ** 2)) == pytest.approx(10.0, abs=0.01)
+    assert any(np.allclose(added / np.std(added), row / np.std(row), atol=1e-4) for row in noise)
+    assert np.array_equal(mix_background(tf.constant(tone), noise, 0.0, (0.0, 20.0)).numpy(), tone)

@@ -23,7 +23,7 @@ from pipeline.stages.preprocess import preprocess  # noqa: E402
 from pipeline.stages.train import evaluate_split, train  # noqa: E402
 from tests.test_train import ROOT  # noqa: E402
 
-RAW_AUDIO = ["preprocess.encoder=none", "preprocess.workers=0", "train.source=raw_audio"]
+RAW_AUDIO = ["preprocess.encoder=none", "preprocess.workers=0", "train.source=raw_audio", "data.keywords=[]"]  # closed set: raw_audio reads whole WAVs
 TINY = ["model.units=8", "model.bidirectional=false", "train.batch_size=4", "train.early_stopping=0", "train.epochs=2"]
 
 
@@ -33,7 +33,7 @@ def commands(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")
     root = tmp_path_factory.mktemp("commands")
-    make_commands(root, per_word=3, seed=0, progress=False, workers=1)
+    make_commands(root, per_word=3, seed=0, progress=False, workers=1, aux_per_speaker=0, background_seconds=0)
     return root
 
 

@@ -14,6 +14,7 @@ that one format a one-line error, and the next child goes on with the formats le
 absolute paths and runs in the caller's working directory, so a run dir or a config path
 (`preprocess.weights`) relative to it means the same file in both processes. It reports through
 work/status.jsonl, one JSON line per event: {"state": "start" | "ok" | "error", "target": ..., ...}.
+The child dies with its parent (`die_with_parent`, Linux): a killed export leaves no converter running.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ LOG_FILE = "convert.log"  # what the converter printed, in the work folder
 # The child imports the package the parent runs: its folder goes first on the import path unless it is there already
 # (an installed package); the caller's working directory is not on it (`python -P`: a `pipeline` folder there would shadow it).
 CHILD = ("import sys; sys.path.insert(0, sys.argv[1]) if sys.argv[1] not in sys.path else None; from pathlib import Path; "
-         "from pipeline.deploy.convert import convert_main; convert_main(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4].split(','))")
+         "from pipeline.deploy.convert import convert_main, die_with_parent; die_with_parent(int(sys.argv[5])); "
+         "convert_main(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4].split(','))")
 CRASH_FOR_TESTS = "ACTREC_EXPORT_CRASH"  # a format name: the converter child kills itself with SIGSEGV there
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this `pipeline` package
 
@@ -196,6 +198,29 @@ def write_representative_data(cfg: Config, path: Path, count: int) -> int:
 # ----------------------------------------------------------------------------- the child process
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """In the converter child: ask the kernel to SIGKILL this process when the export that started it dies.
+
+    Else a SIGKILLed export leaves its converter running as an orphan, converting into a work folder nobody reads
+    (the next export removes it). Linux only (prctl PR_SET_PDEATHSIG); elsewhere the child is not tied to its parent.
+    The signal is sent when the parent's thread that started the child ends: run_conversions waits for the child in
+    that thread. A parent that died before the request is seen by getppid() no longer being it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no usable libc prctl (an unusual C library): keep converting, as elsewhere
+        return
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
     """The child process: write each target into `work`, logging start/ok/error lines to work/status.jsonl."""
     graphs = InferenceGraphs(run_dir, allow_unfinished=True)  # the parent process made the checks
@@ -257,7 +282,8 @@ def run_conversions(run_dir: Path, work: Path, targets: list[str], progress: boo
         status_file = work / STATUS_FILE
         status_file.unlink(missing_ok=True)
         # absolute paths, and the caller's working directory: relative config paths mean the same files as here
-        cmd = [sys.executable, "-P", "-c", CHILD, str(PACKAGE_ROOT), str(Path(run_dir).absolute()), str(Path(work).absolute()), ",".join(remaining)]
+        cmd = [sys.executable, "-P", "-c", CHILD, str(PACKAGE_ROOT), str(Path(run_dir).absolute()), str(Path(work).absolute()),
+               ",".join(remaining), str(os.getpid())]  # the child dies with this process (die_with_parent)
         with open(log, "a") as out:
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
         started = None

@@ -4,7 +4,7 @@
 
 Each encoder is a Keras model whose first layers do its own input preprocessing, so the
 same graph runs in preprocessing, inside the hybrid model and inside the exported TFLite
-file. A frozen encoder can run through the TFLite interpreter (XNNPACK), which on these
+file. A frozen encoder can run through the TFLite interpreter (LiteRT's, with XNNPACK), which on these
 CPUs is ~8x faster than Keras for the same weights (measured: ../shared/DESIGN.md).
 """
 
@@ -166,8 +166,10 @@ class FrameEncoder:
         self.batch_size = batch_size
         self.dim = feature_dim(encoder)
         if backend == "tflite":
+            from ai_edge_litert.interpreter import Interpreter  # LiteRT: TensorFlow only converts
+
             content = cached_tflite(encoder)
-            self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count())
+            self.interpreter = Interpreter(model_content=content, num_threads=threads or os.cpu_count())
             self._batch = 0
         elif backend != "keras":
             raise UserError(f"preprocess.encoder_backend: unknown backend {backend!r}; expected tflite or keras")

@@ -7,7 +7,8 @@
                                                                            (+ <name>.json: examples, errors)
 
 Shards are fixed slices of the rows sorted by (split, path), so an interrupted run resumes by
-skipping the shards that exist (each is written under a temporary name and renamed when complete).
+skipping the shards that exist (each is written under a temporary name and renamed when complete; a write that
+fails, e.g. on a full disk, removes its temporary file and raises one OSError naming the shard).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.datasets import SPLITS, ManifestRow
-from pipeline.files import atomic_write_json, temp_path
+from pipeline.files import atomic_write_json, temp_path, write_error
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def serialize_example(job: ClipJob, arrays: dict) -> bytes:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))
 
     feature = {
-        "clip_id": raw(job.row.path.encode()),
+        "clip_id": raw(job.row.clip_id.encode()),
         "label": ints(job.label_id),
         "split": raw(job.row.split.encode()),
         "group": raw(job.row.group.encode()),
@@ -87,7 +88,7 @@ def feature_schema(cfg: Config, feature_dim: int | None) -> dict:
         num_samples = round(p.audio_seconds * p.sample_rate)
         schema["mfcc"] = {"shape": [params.num_frames(num_samples), params.feature_dim], "dtype": "float32"}
         schema["mfcc_length"] = {"shape": [], "dtype": "int64"}
-        if p.encoder == "none":
+        if p.keeps_waveform:
             schema["waveform"] = {"shape": [num_samples], "dtype": "float32"}
             schema["num_samples"] = {"shape": [], "dtype": "int64"}
     return schema
@@ -109,20 +110,30 @@ def plan_shards(rows: Sequence[ManifestRow], shard_size: int) -> list[Shard]:
     """Fixed slices of the rows sorted by (split, path): the same rows always land in the same shard."""
     shards = []
     for split in SPLITS:
-        part = sorted((r for r in rows if r.split == split), key=lambda r: r.path)
+        part = sorted((r for r in rows if r.split == split), key=lambda r: r.clip_id)
         count = max(1, -(-len(part) // shard_size)) if part else 0
         shards += [Shard(split, i, count, part[i * shard_size : (i + 1) * shard_size]) for i in range(count)]
     return shards
 
 
 def write_shard(features_dir: Path, shard: Shard, examples: Iterable[bytes], errors: list[tuple[str, str]]) -> None:
-    """Write the shard's examples and its errors; the .tfrecord appears (atomically) last."""
+    """Write the shard's examples and its errors; the .tfrecord appears (atomically) last.
+
+    A failed write leaves no temporary file and raises OSError naming the shard (files.write_error).
+    """
     import tensorflow as tf
 
     examples = list(examples)
     atomic_write_json(features_dir / (shard.name + ".json"), {"examples": len(examples), "errors": errors})
-    tmp = temp_path(features_dir / shard.name)
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for example in examples:
-            writer.write(example)
-    tmp.replace(features_dir / shard.name)
+    path = features_dir / shard.name
+    tmp = temp_path(path)
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for example in examples:
+                writer.write(example)
+        tmp.replace(path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # a partial shard is of no use to a resumed run, which writes the whole shard again
+        if isinstance(e, tf.errors.OpError):  # a full disk reaches us as TensorFlow's error (OutOfRangeError for EFBIG)
+            raise write_error(path, e.message) from None
+        raise

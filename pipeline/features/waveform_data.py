@@ -38,7 +38,10 @@ def waveform_rows(cfg: Config, index: dict, split: str) -> list:
     rows, _, _ = resolve_rows(cfg)
     skipped = {path for path, _ in index["errors"]}
     classes = set(index["classes"])
-    rows = [r for r in rows if r.split == split and r.label in classes and r.path not in skipped]
+    rows = [r for r in rows if r.split == split and r.label in classes and r.clip_id not in skipped]
+    if any(r.start is not None for r in rows):
+        raise UserError(f"{cfg.data.root}: train.source raw_audio reads whole WAV files, not the _silence_ windows cut from "
+                        f"background recordings (data.keywords); use train.source: features")
     if len(rows) != index["counts"][split]:
         raise UserError(
             f"{cfg.data.root}: {len(rows)} {split} clips found now, {index['counts'][split]} when the features were made; "

@@ -30,13 +30,14 @@ def clip_seed(seed: int, clip_id: str) -> int:
 
 
 def decode_clip(path: str | Path, cfg: Config, crops: Sequence[str] = ("center",), train: bool = False,
-                clip_id: str | None = None) -> dict:
+                clip_id: str | None = None, start: float | None = None) -> dict:
     """Decode one file into arrays (no encoder).
 
     Returns {'frames': uint8 [V, T, S, S, 3], 'frame_lengths': int32 [V]} for video and
     {'mfcc': float32 [F, C], 'mfcc_length': int, 'waveform'?: float32 [N], 'num_samples'?: int} for audio.
     train: random (seeded) segment sampling, as for training clips. clip_id (default: the file name)
-    seeds that sampling, so a clip gets the same frames whichever process decodes it.
+    seeds that sampling, so a clip gets the same frames whichever process decodes it. start (seconds, audio
+    only): the clip is the audio_seconds window of a longer recording that begins there (a _silence_ cut).
     Raises MediaError with the reason when the file cannot be used.
     """
     from pipeline.media.audio import load_audio
@@ -50,7 +51,11 @@ def decode_clip(path: str | Path, cfg: Config, crops: Sequence[str] = ("center",
         clip = read_clip(path, p.num_frames, p.image_size, p.sampling, p.num_clips, crops, train=train, rng=rng)
         out["frames"], out["frame_lengths"] = clip.frames, clip.lengths
     if "audio" in p.modalities:
-        out.update(audio_arrays(load_audio(path, p.sample_rate), cfg))
+        waveform = load_audio(path, p.sample_rate)
+        if start is not None:
+            first = round(start * p.sample_rate)
+            waveform = waveform[first:first + round(p.audio_seconds * p.sample_rate)]
+        out.update(audio_arrays(waveform, cfg))
     return out
 
 
@@ -71,6 +76,6 @@ def audio_arrays(waveform: np.ndarray, cfg: Config) -> dict:
     waveform, valid = fit_length(waveform, round(p.audio_seconds * p.sample_rate))
     out = {"mfcc": librosa_mfcc(waveform, params).astype(np.float32)}
     out["mfcc_length"] = min(len(out["mfcc"]), params.num_frames(valid))
-    if p.encoder == "none":  # the end-to-end model computes its own MFCC in-graph
+    if p.keeps_waveform:  # an in-graph MFCC model reads it; training augments it
         out["waveform"], out["num_samples"] = waveform.astype(np.float32), valid
     return out

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.config import Config
-from pipeline.files import temp_path
+from pipeline.files import atomic_write_weights
 from pipeline.media import MediaError
 from pipeline.runtime.decode import decode_clip
 
@@ -39,16 +39,14 @@ def load_frame_encoder(cfg: Config, encoder_dir: str | Path, threads: int | None
             keras_encoder = build_encoder(p.encoder, p.image_size, str(local_weights), seed=cfg.seed)
     else:
         keras_encoder = build_encoder(p.encoder, p.image_size, p.weights, seed=cfg.seed)
-        tmp = temp_path(weights_file).with_suffix(".weights.h5")
-        keras_encoder.save_weights(str(tmp))  # Keras writes URLs through tf.io.gfile
-        tmp.replace(weights_file)
+        atomic_write_weights(weights_file, keras_encoder)  # a full disk: one OSError naming the file, no temporary left
     return FrameEncoder(keras_encoder, p.encoder_backend, p.encoder_batch, threads=threads)
 
 
 def decode_job(job, cfg: Config) -> tuple[object, dict | None, str | None]:
     """(job, decode_clip arrays or None, reason or None) for one records.ClipJob: picklable work for a process pool."""
     try:
-        return job, decode_clip(job.path, cfg, train=job.row.split == "train", clip_id=job.row.path), None
+        return job, decode_clip(job.path, cfg, train=job.row.split == "train", clip_id=job.row.clip_id, start=job.row.start), None
     except MediaError as e:
         reason = str(e)
         if reason == "no audio track":

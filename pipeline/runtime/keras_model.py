@@ -114,13 +114,13 @@ class RunModel:
                     batch[name] = batch[name].astype(np.int32)
         return batch
 
-    def decode(self, path) -> dict:
-        """The run's own preprocessing of one file, with the evaluation sampling (views, crops)."""
+    def decode(self, path, start: float | None = None) -> dict:
+        """The run's own preprocessing of one file (or of its window at `start` seconds), with the evaluation sampling."""
         crops = ("start", "center", "end") if self.crops == 3 else ("center",)
-        return decode_clip(path, self.clip_cfg, crops=crops)
+        return decode_clip(path, self.clip_cfg, crops=crops, start=start)
 
-    def predict_clip(self, path) -> np.ndarray:
-        return self.predict_decoded(self.decode(path))
+    def predict_clip(self, path, start: float | None = None) -> np.ndarray:
+        return self.predict_decoded(self.decode(path, start))
 
     def predict_decoded(self, decoded: dict) -> np.ndarray:
         """A decode_clip result -> probabilities float32 [V, K]."""

@@ -7,9 +7,14 @@
                                         num_samples   int32   []
         --TFLiteClassifier.predict (batch axis added, inputs by name)--> probabilities float32 [K]
 
-The file is read through the TFLite interpreter with its default XNNPACK delegate, as a phone's runtime
-does; `preprocessing.json` and `labels.txt` beside it give the input shapes, dtypes, defaults and class
-names. TensorFlow is imported only when a classifier is made.
+    or, with no run directory and no TensorFlow (what an app or an edge device has):
+    TFLiteClassifier("export/model_float.tflite").predict_file("clip.mp4")  -> probabilities float32 [K]
+
+The file is read through LiteRT (`ai_edge_litert.interpreter.Interpreter`, the maintained TFLite runtime)
+with its default XNNPACK delegate, as a phone's runtime does; `preprocessing.json` and `labels.txt` beside
+it give the input shapes, dtypes, defaults, the decoding recipe and class names. Nothing here imports
+TensorFlow or Keras: this module, pipeline.media and pipeline.config are all an inference-only install
+needs (ai-edge-litert, numpy, opencv-python-headless, av, soundfile, librosa, omegaconf, pyyaml).
 """
 
 from __future__ import annotations
@@ -51,19 +56,58 @@ def clip_inputs(decoded: dict, view: int = 0) -> dict[str, np.ndarray]:
     return inputs
 
 
+def file_inputs(path: str | Path, preprocessing: dict) -> list[dict[str, np.ndarray]]:
+    """A media file decoded by the recipe of an export's preprocessing.json: one clip_inputs dict per view.
+
+    The same media functions, with the same settings, as decode_clip for `actrec predict --model` (the
+    run's evaluation sampling, the centre crop), without a run directory. Raises MediaError.
+    """
+    from pipeline.media import MediaError
+
+    views: list[dict] = [{}]
+    video, audio = preprocessing.get("video"), preprocessing.get("audio")
+    if video is not None:
+        from pipeline.media.video import read_clip
+
+        clip = read_clip(path, video["num_frames"], video["frame_size"], video["sampling"], video["num_clips"])
+        views = [{"frames": clip.frames[v], "frame_lengths": np.int32(clip.lengths[v])} for v in range(len(clip.lengths))]
+    if audio is not None:
+        from pipeline.media.audio import check_finite, fit_length, load_audio
+
+        waveform = load_audio(path, audio["sample_rate"])
+        if waveform.size == 0:
+            raise MediaError("audio track is empty")
+        check_finite(waveform)
+        waveform, valid = fit_length(waveform, audio["num_samples"])
+        for view in views:
+            view.update(waveform=waveform, num_samples=np.int32(valid))
+    return views
+
+
+def load_interpreter(path: str | Path, threads: int = 2):
+    """A LiteRT interpreter of a .tflite file, tensors allocated (which applies the default XNNPACK delegate)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    # allocate_tensors() applies the default XNNPACK delegate, as an app's runtime does; a signature
+    # runner made before it runs the reference kernels, which hid an XNNPACK-only float16 failure
+    interpreter.allocate_tensors()
+    return interpreter
+
+
 class TFLiteClassifier:
-    """An exported .tflite file run the way an app runs it, one clip at a time.
+    """An exported .tflite file run the way an app runs it, one clip at a time (LiteRT, no TensorFlow).
 
     TFLiteClassifier(path, threads=2) reads preprocessing.json and labels.txt beside the file.
     predict({'frames': uint8 [T, S, S, 3], 'frame_lengths': int, 'waveform': float32 [N], 'num_samples': int})
         -> probabilities float32 [K]
     Inputs the file does not take are ignored; a missing length means a full-length clip.
+    predict_file(media path) -> probabilities float32 [K]: decoded by preprocessing.json's recipe (file_inputs),
+        averaged over the views of a multi_clip export.
     head_*.tflite files take the cached features instead (frame_features [T, D], mfcc [F, C], lengths).
     """
 
     def __init__(self, path: str | Path, threads: int = 2):
-        import tensorflow as tf
-
         self.path = Path(path)
         if self.path.suffix != ".tflite":
             raise UserError(f"{self.path}: not a .tflite file (expected a file written by `actrec export`, or keras)")
@@ -74,13 +118,11 @@ class TFLiteClassifier:
             raise UserError(f"{meta_file}: missing; the .tflite file must sit beside the preprocessing.json `actrec export` wrote")
         self.preprocessing = json.loads(meta_file.read_text())
         self.labels = (self.path.parent / self.preprocessing["labels_file"]).read_text().splitlines()
-        graph = self.preprocessing["head"] if self.path.name.startswith("head") else self.preprocessing
+        self.head = self.path.name.startswith("head")
+        graph = self.preprocessing["head"] if self.head else self.preprocessing
         self.inputs = {spec["name"]: spec for spec in graph["inputs"]}
         try:
-            self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=threads)
-            # allocate_tensors() applies the default XNNPACK delegate, as an app's runtime does; a signature
-            # runner made before it runs the reference kernels, which hid an XNNPACK-only float16 failure
-            self.interpreter.allocate_tensors()
+            self.interpreter = load_interpreter(self.path, threads)
             self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         except (ValueError, RuntimeError) as e:  # a truncated or foreign file: the interpreter's message is long
             raise UserError(f"{self.path}: not a TFLite model `actrec export` wrote ({str(e).splitlines()[0][:120]})") from None
@@ -98,3 +140,9 @@ class TFLiteClassifier:
                 raise UserError(f"{self.path.name}: input '{name}' must have shape {spec['shape'][1:]}, got {list(value.shape)}")
             feed[name] = value[None]
         return self.runner(**feed)[OUTPUT][0]
+
+    def predict_file(self, path: str | Path) -> np.ndarray:
+        """A video clip or sound file -> probabilities float32 [K] (labels in self.labels). Raises MediaError."""
+        if self.head:
+            raise UserError(f"{self.path.name}: takes cached features, not media files; use a model_*.tflite file")
+        return np.mean([self.predict(view) for view in file_inputs(path, self.preprocessing)], axis=0)

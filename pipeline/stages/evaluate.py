@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.datasets import resolve_rows
 from pipeline.errors import UserError
+from pipeline.labels import is_open_set
 from pipeline.media import MediaError
 from pipeline.rundir import RunDir, read_json
 from pipeline.runtime.keras_model import RunModel
@@ -44,6 +45,7 @@ def evaluate(
 
     model: "keras" (DIR/model.keras) or the path of an exported .tflite file.
     """
+    from pipeline.kws_metrics import DET_FILE, DetCurve, keyword_spotting_metrics, markdown_section, operating_point_summary, plot_det
     from pipeline.progress import progress_bar
     from pipeline.report import compute_metrics, multi_view_scores, summary_line, worst_misclassified, write_report
 
@@ -58,7 +60,7 @@ def evaluate(
     elif manifest is None and not Path(cfg.data.root).is_dir():
         raise UserError(f"{cfg.data.root}: the run's dataset folder is not there (moved, or another machine); "
                         f"pass --data DIR to evaluate on the clips where they are now")
-    rows, found_classes, problems = resolve_rows(cfg, manifest)
+    rows, found_classes, problems = resolve_rows(cfg, manifest, own_dataset=data is None)
     unknown = sorted(set(found_classes) - set(runner.classes))
     if unknown:
         raise UserError(f"{data or manifest}: class '{unknown[0]}' is not one the run knows; known: {', '.join(runner.classes)}")
@@ -83,13 +85,13 @@ def evaluate(
     start = time.time()
     for row in progress_bar(rows, desc="evaluate", unit="clip", disable=not progress):
         try:
-            probs = runner.predict_clip(root / row.path)
+            probs = runner.predict_clip(root / row.path, row.start)
         except MediaError as e:
-            skipped.append((row.path, str(e)))
+            skipped.append((row.clip_id, str(e)))
             continue
         labels.append(runner.classes.index(row.label))
         view_probs.append(probs)
-        clip_ids.append(row.path)
+        clip_ids.append(row.clip_id)
     if not labels:
         raise UserError(f"{root}: none of the {len(rows)} clips could be decoded (first: {skipped[0][0]}: {skipped[0][1]})")
     seconds = time.time() - start
@@ -98,6 +100,9 @@ def evaluate(
     view_probs = np.stack(view_probs)  # [N, V, K]
     probs = multi_view_scores(view_probs)
     metrics = compute_metrics(labels, probs, runner.classes)
+    open_set = is_open_set(runner.classes)  # a keyword spotter: also false rejects / false accepts and the DET curve
+    if open_set:
+        metrics.update(keyword_spotting_metrics(labels, probs, runner.classes))
     extra = {"clips_per_second": round(len(labels) / seconds, 2), "views": views, "crops": crops,
              "model": str(model), "run_dir": str(runner.run), "data": data_path, "split": split}
     if data is None and split == "test" and _selected_on(runner.run) == "test":
@@ -111,6 +116,10 @@ def evaluate(
     with runner.run.lock("evaluate"):
         worst = worst_misclassified(labels, probs, clip_ids, runner.classes)
         write_report(out_dir, metrics, runner.classes, worst=worst, skipped=skipped, extra=extra,
-                     title=f"actrec evaluation: {runner.run.name} on {extra['data']} ({split})")
-    print(f"evaluate: {summary_line(metrics)}; {len(skipped)} skipped -> {out_dir}")
+                     title=f"actrec evaluation: {runner.run.name} on {extra['data']} ({split})",
+                     sections=[markdown_section(metrics)] if open_set else ())
+        if open_set:
+            plot_det(DetCurve.from_dict(metrics["det_curve"]), out_dir / DET_FILE, metrics["far_target"])
+    kws = f" | {operating_point_summary(metrics)}" if open_set else ""
+    print(f"evaluate: {summary_line(metrics)}{kws}; {len(skipped)} skipped -> {out_dir}")
     return metrics

@@ -11,6 +11,8 @@
         --> per window: the same sampling (T frames spread over the window), audio_arrays, encoder, model
         --> probs [Wn, K] --> <out>/<stem>_timeline.csv and .png (report.write_timeline_csv / plot_timeline)
 
+    --threshold P: a top class (not _silence_/_unknown_) below P is reported as _unknown_ (kws_metrics.decided_labels).
+
 A WAV goes to a speech run, a video to an action run. Every file gets one result; a file that cannot be
 used gets its reason instead of labels, and the other files of a batch still get predictions.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.kws_metrics import decided_labels
 from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
 from pipeline.runtime.decode import audio_arrays, decode_clip
 from pipeline.runtime.keras_model import RunModel
@@ -257,8 +260,8 @@ class Predictor:
     # ---- one file
 
     def classify(self, path: Path) -> np.ndarray:
-        """probabilities float32 [K] of one whole clip or WAV."""
-        return self.model(self.features([self.decode(path)]))[0]
+        """probabilities float32 [K] of one whole clip or WAV: the mean over its views (multi_clip windows), as evaluate."""
+        return self.model(self.features([self.decode(path)])).mean(axis=0)
 
     def timeline(self, path: Path, window_s: float, stride_s: float) -> dict:
         """Sliding windows over one file: {'starts', 'ends': float [Wn] seconds, 'probs': float32 [Wn, K],
@@ -354,12 +357,15 @@ def iter_predict(
     stride: float | None = None,
     out: str | Path | None = None,
     allow_unfinished: bool = False,
+    threshold: float | None = None,
 ) -> Iterator[dict]:
     """Yield one result per file, as soon as it is done (see `predict`)."""
     from pipeline.report import plot_timeline, write_timeline_csv
 
     if top < 1:
         raise UserError(f"--top-k must be >= 1 (got {top})")
+    if threshold is not None and not 0 < threshold < 1:
+        raise UserError(f"--threshold must be a probability between 0 and 1, both excluded (got {threshold})")
     if stride is not None and window is None:
         raise UserError("--stride needs --window (the window length in seconds)")
     if window is not None:
@@ -382,13 +388,19 @@ def iter_predict(
                     probs = timeline["probs"].mean(axis=0)
                     name = _unique(f"{path.stem}_timeline", used_names)
                     csv_file, png_file = out_dir / f"{name}.csv", out_dir / f"{name}.png"
-                    write_timeline_csv(csv_file, timeline["starts"], timeline["ends"], timeline["probs"], predictor.classes)
+                    window_labels = None if threshold is None else decided_labels(timeline["probs"], predictor.classes, threshold)
+                    write_timeline_csv(csv_file, timeline["starts"], timeline["ends"], timeline["probs"], predictor.classes, window_labels)
                     plot_timeline((timeline["starts"] + timeline["ends"]) / 2, timeline["probs"], predictor.classes, png_file,
                                   top=min(TIMELINE_TOP, len(predictor.classes)), title=f"{path.name}: {window:g} s windows every {stride:g} s")
                     result["windows"] = len(timeline["starts"])
                     result["window_probs"] = timeline["probs"]
                     result["max_frames_held"] = timeline["max_frames_held"]
                     result["timeline_csv"], result["timeline_png"] = str(csv_file), str(png_file)
+                    if window_labels is not None:
+                        result["window_labels"] = window_labels
+                if threshold is not None:
+                    result["label"] = decided_labels(probs[None], predictor.classes, threshold)[0]
+                    result["threshold"] = threshold
                 result["top"] = top_k(probs, predictor.classes, top)
                 result["probs"] = probs
             except MediaError as e:
@@ -418,6 +430,7 @@ def predict(
     output: str | None = None,
     verbose: bool = False,
     allow_unfinished: bool = False,
+    threshold: float | None = None,
 ) -> list[dict]:
     """Classify raw video clips or audio files with a trained run; one result per file.
 
@@ -429,13 +442,16 @@ def predict(
     windows (top/probs are then the mean over windows) and also gets windows, window_probs float32 [Wn, K],
     max_frames_held, timeline_csv, timeline_png (written to `out`, default RUN/predict/).
     allow_unfinished: use model.keras even though its training did not finish.
+    threshold (0 < P < 1): adds label, the keyword-spotting decision (kws_metrics.decided_labels): the top class,
+    or `_unknown_` when that is a keyword below P (in a run without an `_unknown_` class too), and threshold;
+    with `window`, also window_labels [Wn] (and a label column in the timeline CSV).
     output: None (silent), "text" (one line per file) or "json" (JSON lines), printed as files finish,
     then a summary line (on stderr for JSON, so stdout stays JSON lines).
     """
     import sys
 
     results = []
-    for result in iter_predict(run_dir, paths, model, top, window, stride, out, allow_unfinished):
+    for result in iter_predict(run_dir, paths, model, top, window, stride, out, allow_unfinished, threshold):
         results.append(result)
         if output is not None:
             print(format_result(result, json_lines=output == "json", verbose=verbose), flush=True)
@@ -447,16 +463,26 @@ def predict(
 
 
 def format_result(result: dict, json_lines: bool = False, verbose: bool = False) -> str:
-    """One line: `path: label1 0.91, label2 0.05, label3 0.02`, `path: error: reason`, or a JSON object."""
+    """One line: `path: label1 0.91, label2 0.05, label3 0.02`, `path: error: reason`, or a JSON object.
+
+    With a threshold, the decided label leads: `path: _unknown_ | yes 0.42, no 0.30, _silence_ 0.10`, and a
+    timeline counts its windows' labels: `path: 3 window(s) [yes 2, _unknown_ 1], mean yes | yes 0.61, ... -> ...`.
+    """
     if json_lines:
-        keys = ("path", "error", "top", "windows", "timeline_csv", "timeline_png") + (("ms",) if verbose else ())
+        keys = (("path", "error", "label", "threshold", "top", "windows", "window_labels", "timeline_csv", "timeline_png")
+                + (("ms",) if verbose else ()))
         return json.dumps({k: result[k] for k in keys if result.get(k) is not None})
     if result["error"] is not None:
         return f"{result['path']}: error: {result['error']}"
     labels = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in result["top"])
+    if "label" in result:
+        labels = f"{result['label']} | {labels}"
     line = f"{result['path']}: {labels}"
     if "windows" in result:
-        line = (f"{result['path']}: {result['windows']} window(s), mean {labels} -> "
+        counts = ""
+        if "window_labels" in result:
+            counts = " [" + ", ".join(f"{label} {n}" for label, n in collections.Counter(result["window_labels"]).most_common()) + "]"
+        line = (f"{result['path']}: {result['windows']} window(s){counts}, mean {labels} -> "
                 f"{result['timeline_csv']}, {Path(result['timeline_png']).name}")
     if verbose:
         ms = result["ms"]

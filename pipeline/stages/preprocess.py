@@ -106,8 +106,9 @@ def preprocess(
             raise UserError(f"{cfg.data.root}: no usable clips ({len(problems)} files skipped, e.g. {problems[0][0]}: {problems[0][1]})"
                             if problems else f"{cfg.data.root}: no usable clips")
         train_per_class = collections.Counter(r.label for r in rows if r.split == "train")
-        train_groups = len({r.group for r in rows if r.split in ("train", "val")})
-        if {r.group for r in rows if r.split == "val"} & {r.group for r in rows if r.split == "train"}:
+        # _silence_ windows (start set) share their recording's group across splits by design: cut apart in time
+        train_groups = len({r.group for r in rows if r.split in ("train", "val") and r.start is None})
+        if {r.group for r in rows if r.split == "val" and r.start is None} & {r.group for r in rows if r.split == "train" and r.start is None}:
             print(f"preprocess: warning: {train_groups} training group(s) only: validation clips were drawn from the same "
                   f"group(s), so validation accuracy is optimistic (add groups: actors or speakers)")
         for warning in check_splits(collections.Counter(r.split for r in rows), classes, str(cfg.data.root), train_per_class,
@@ -177,7 +178,7 @@ def _run_local(cfg, processor, todo, features_dir, label_ids, done_before, total
             for _ in shard.rows:
                 job, decoded, error = next(results)
                 if error:
-                    errors.append((job.row.path, error))
+                    errors.append((job.row.clip_id, error))
                 else:
                     pending.append((job, decoded))
                 if len(pending) * p.num_frames >= p.encoder_batch:
@@ -237,7 +238,7 @@ def _finalize(cfg: Config, key: dict, run: RunDir, shards: list[Shard], classes:
         if shard.split == "train":
             failed = {path for path, _ in meta["errors"]}
             for row in shard.rows:
-                train_per_class[row.label] += row.path not in failed
+                train_per_class[row.label] += row.clip_id not in failed
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "reason"])

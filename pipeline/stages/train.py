@@ -26,7 +26,9 @@ import numpy as np
 from pipeline.config import Config, features_hash, section_hash, to_yaml
 from pipeline.datasets import check_splits
 from pipeline.errors import UserError
+from pipeline.features.augment import change_speed, mix_background, spatial_augment, spec_augment, temporal_jitter, time_shift
 from pipeline.files import atomic_write_json, atomic_write_text, temp_path
+from pipeline.labels import SILENCE, UNKNOWN
 from pipeline.progress import keras_verbosity
 from pipeline.rundir import RunDir, read_json
 from pipeline.runtime.keras_model import input_names, load_trained_model, model_spec
@@ -62,8 +64,12 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
         raise UserError(f"{run_dir}: the {split} split has no cached clips")
     schema = index["features"]
     num_classes = len(index["classes"])
+    t = cfg.train
+    # Speech runs with cached waveforms: augment the sound, then compute the MFCCs the model reads (augment_audio).
+    sound = training and t.augment and "waveform" in schema and "mfcc" in input_names and "waveform" not in input_names
+    read = [*input_names, "waveform"] if sound else list(input_names)
     spec = {"label": tf.io.FixedLenFeature([], tf.int64), "clip_id": tf.io.FixedLenFeature([], tf.string)}
-    for name in input_names:
+    for name in read:
         if name not in schema:
             raise UserError(f"{run_dir}: the model needs cached '{name}', which features/index.json does not list; re-run `actrec preprocess` with a config that caches it")
         shape, dtype = schema[name]["shape"], schema[name]["dtype"]
@@ -71,13 +77,12 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
             spec[name] = tf.io.FixedLenFeature([], tf.string)
         else:
             spec[name] = tf.io.FixedLenFeature(shape, tf.float32 if dtype == "float32" else tf.int64)
-
-    t = cfg.train
+    augment_sound = audio_augmentation(run_dir, index, cfg) if sound else None
 
     def parse(record):
         ex = tf.io.parse_single_example(record, spec)
         out = {}
-        for name in input_names:
+        for name in read:
             value = ex[name]
             if schema[name]["dtype"] == "uint8":
                 value = tf.reshape(tf.io.decode_raw(value, tf.uint8), schema[name]["shape"])
@@ -98,6 +103,8 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
             x[key] = temporal_jitter(x[key], x["frame_lengths"])
         if "frames" in x:  # the end-to-end model sees pixels: unseen actors and backgrounds need spatial variety
             x["frames"] = spatial_augment(x["frames"])
+        if augment_sound is not None:
+            x["mfcc"] = augment_sound(x.pop("waveform"))
         if "mfcc" in x:
             x["mfcc"] = spec_augment(x["mfcc"], t.time_masks, t.time_mask_width, t.freq_masks, t.freq_mask_width)
         return x, y, clip_id
@@ -108,6 +115,7 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(t.shuffle_buffer, max(1, index["counts"][split])), seed=cfg.seed, reshuffle_each_iteration=True)
+        ds = with_epoch_shares(ds, index, cfg)
     if view is not None or training:
         ds = ds.map(pick_view, num_parallel_calls=tf.data.AUTOTUNE)
     if training and t.augment:
@@ -117,60 +125,82 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
     return ds.batch(batch_size or t.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def temporal_jitter(steps, lengths, max_shift: int = 1):
-    """Move each valid step's source index by -1..+1 (clipped to the valid range): [T, ...] -> [T, ...].
+def audio_augmentation(run_dir, index: dict, cfg: Config):
+    """waveform float32 [N] -> augmented (time shift, speed, background) -> MFCC float32 [F, C], the function that
+    replaces a training example's cached MFCCs. The backgrounds are the training split's cached `_silence_` windows."""
+    import tensorflow as tf
 
-    Imitates sampling the clip at slightly different moments without re-decoding it.
+    from pipeline.features.mfcc import MFCCParams
+    from pipeline.features.mfcc_layers import MFCC
+
+    t, p = cfg.train, cfg.preprocess
+    mfcc = MFCC.from_params(MFCCParams.from_config(p))
+    backgrounds = training_backgrounds(run_dir, index) if t.background_mix > 0 else None
+    max_shift = round(t.time_shift * p.sample_rate)
+    mfcc_shape = index["features"]["mfcc"]["shape"]
+
+    def augment_sound(waveform):
+        if max_shift:
+            waveform = time_shift(waveform, max_shift)
+        if t.speed_change:
+            waveform = change_speed(waveform, t.speed_change)
+        if backgrounds is not None:
+            waveform = mix_background(waveform, backgrounds, t.background_mix, tuple(t.background_snr_db))
+        return tf.ensure_shape(mfcc(tf.clip_by_value(waveform, -1.0, 1.0)[None])[0], mfcc_shape)  # static F for the model
+
+    return augment_sound
+
+
+def training_backgrounds(run_dir, index: dict) -> np.ndarray | None:
+    """The cached waveforms of the training split's `_silence_` windows: float32 [S, N], or None if there are none."""
+    import tensorflow as tf
+
+    if SILENCE not in index["classes"]:
+        return None
+    silence = index["classes"].index(SILENCE)
+    n = index["features"]["waveform"]["shape"][0]
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64), "waveform": tf.io.FixedLenFeature([n], tf.float32)}
+    files = [str(RunDir(run_dir).features / name) for name in index["shards"]["train"]]
+    windows = [ex["waveform"] for ex in tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, spec))
+               .filter(lambda ex: ex["label"] == silence).as_numpy_iterator()]
+    return np.stack(windows) if windows else None
+
+
+def epoch_plan(index: dict, cfg: Config) -> dict[str, int]:
+    """Training examples per epoch by kind: {'keywords': n, '_unknown_': n, '_silence_': n} for an open-set run
+    (each reject label a data.<label>_fraction share of the epoch), {'all': training clips} otherwise."""
+    classes, per_class = index["classes"], index.get("train_per_class") or {}
+    shares = {label: share for label, share in ((UNKNOWN, cfg.data.unknown_fraction), (SILENCE, cfg.data.silence_fraction))
+              if label in classes}
+    if not shares:
+        return {"all": index["counts"]["train"]}
+    keywords = sum(n for label, n in per_class.items() if label not in shares)
+    plan = {"keywords": keywords}
+    plan.update({label: round(share / (1 - sum(shares.values())) * keywords) for label, share in shares.items()})
+    return plan
+
+
+def with_epoch_shares(ds, index: dict, cfg: Config):
+    """An open-set run's training stream: every keyword clip once per epoch, and _unknown_ / _silence_ clips drawn
+    (in a new seeded order each epoch) from all that were cached, to make up their share of the epoch (epoch_plan).
+
+    ds: (inputs, one-hot label [K], clip_id) examples of the training split, shuffled. Other runs: ds unchanged.
     """
     import tensorflow as tf
 
-    t = tf.shape(steps)[0]
-    length = tf.maximum(tf.cast(lengths, tf.int32), 1)
-    shift = tf.random.uniform([t], -max_shift, max_shift + 1, dtype=tf.int32)
-    source = tf.clip_by_value(tf.range(t) + shift, 0, length - 1)
-    source = tf.where(tf.range(t) < length, tf.sort(source), tf.range(t))  # keep order, leave padding alone
-    return tf.gather(steps, source)
+    plan = epoch_plan(index, cfg)
+    if "all" in plan:
+        return ds
+    reject = [index["classes"].index(label) for label in plan if label != "keywords"]
 
+    def label_is(ids):
+        return lambda x, y, clip_id: tf.reduce_any(tf.equal(tf.argmax(y, output_type=tf.int32), ids))
 
-def spatial_augment(frames, min_crop: float = 0.8, max_brightness: float = 0.15, contrast: tuple = (0.8, 1.25)):
-    """One random transform for all frames of a clip, uint8 [T, S, S, 3] -> uint8 [T, S, S, 3]: a horizontal
-    flip (actions here read the same mirrored), a crop of min_crop..1 of the side resized back (zoom and
-    shift), and brightness/contrast jitter (cameras and lighting)."""
-    import tensorflow as tf
-
-    size = tf.shape(frames)[1]
-    x = tf.cast(frames, tf.float32) / 255.0
-    x = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(x, axis=[2]), lambda: x)
-    side = tf.cast(tf.cast(size, tf.float32) * tf.random.uniform([], min_crop, 1.0), tf.int32)
-    top = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
-    left = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
-    x = tf.image.resize(x[:, top : top + side, left : left + side, :], tf.stack([size, size]))
-    mean = tf.reduce_mean(x)
-    x = (x - mean) * tf.random.uniform([], *contrast) + mean + tf.random.uniform([], -max_brightness, max_brightness)
-    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
-
-
-def spec_augment(mfcc, time_masks: int, time_width: int, freq_masks: int, freq_width: int):
-    """SpecAugment on one MFCC sequence [F, C]: zero random bands of frames and of coefficients.
-
-    Masked values are set to the sequence mean so the in-model normalisation sees no outliers.
-    """
-    import tensorflow as tf
-
-    f, c = tf.shape(mfcc)[0], tf.shape(mfcc)[1]
-    fill = tf.reduce_mean(mfcc)
-    keep = tf.ones_like(mfcc, dtype=tf.bool)
-    for _ in range(time_masks):
-        width = tf.random.uniform([], 0, time_width + 1, dtype=tf.int32)
-        start = tf.random.uniform([], 0, tf.maximum(f - width, 1), dtype=tf.int32)
-        band = (tf.range(f) >= start) & (tf.range(f) < start + width)
-        keep &= ~band[:, None]
-    for _ in range(freq_masks):
-        width = tf.random.uniform([], 0, freq_width + 1, dtype=tf.int32)
-        start = tf.random.uniform([], 0, tf.maximum(c - width, 1), dtype=tf.int32)
-        band = (tf.range(c) >= start) & (tf.range(c) < start + width)
-        keep &= ~band[None, :]
-    return tf.where(keep, mfcc, fill)
+    streams = [ds.filter(lambda x, y, clip_id: tf.logical_not(label_is(reject)(x, y, clip_id)))]
+    streams += [ds.filter(label_is([i])).repeat() for i in reject]
+    kinds = np.repeat(np.arange(len(plan), dtype=np.int64), list(plan.values()))
+    choice = tf.data.Dataset.from_tensor_slices(kinds).shuffle(len(kinds), seed=cfg.seed, reshuffle_each_iteration=True)
+    return tf.data.Dataset.choose_from_datasets(streams, choice)
 
 
 # ----------------------------------------------------------------------------- training
@@ -347,7 +377,7 @@ def train(
         atomic_write_text(out.config_file, to_yaml(cfg))
         keras.utils.set_random_seed(cfg.seed)
 
-        steps = max(1, math.ceil(index["counts"]["train"] / cfg.train.batch_size))
+        steps = max(1, math.ceil(sum(epoch_plan(index, cfg).values()) / cfg.train.batch_size))
         with strategy.scope():  # model, optimizer and metric variables are mirrored on every replica and worker
             model = build_model(model_spec(cfg, index), cfg.model)
             model.compile(

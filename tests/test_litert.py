@@ -1,0 +1,140 @@
+"""Exported files run on LiteRT (ai-edge-litert) without TensorFlow, as an app or an edge device runs them.
+
+A fresh venv gets ai-edge-litert, numpy, the media libraries and the config's two small pure dependencies from the
+package index (no tensorflow, no keras), imports pipeline.runtime.tflite from this checkout and classifies test
+clips and WAVs with `TFLiteClassifier(file).predict_file(path)`: the probabilities must be those of
+`actrec predict --model file` (pipeline.stages.predict.predict) in the test environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from pipeline.stages.export import export
+from pipeline.stages.predict import predict
+from pipeline.stages.preprocess import preprocess
+from pipeline.stages.train import train
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5  # max |dprob| between the TensorFlow-free venv and `actrec predict --model`
+# What an inference-only install needs, at the versions of this environment (same decoders, same resampler, same
+# runtime, so the same inputs reach the same kernels): pipeline.config reads YAML through omegaconf.
+RUNTIME_PACKAGES = ("ai-edge-litert", "numpy", "opencv-python-headless", "av", "soundfile", "librosa", "soxr", "omegaconf", "pyyaml")
+HEAVY = ("tensorflow", "keras", "tensorflow_io")
+# Runs in the venv: argv = checkout, model file, media files -> JSON {'probs': {path: [K floats]}, 'labels': [...]}.
+CLASSIFY = """
+import importlib.util, json, sys
+sys.path.insert(0, sys.argv[1])
+from pipeline.runtime.tflite import TFLiteClassifier
+classifier = TFLiteClassifier(sys.argv[2])
+probs = {path: classifier.predict_file(path).tolist() for path in sys.argv[3:]}
+print(json.dumps({"probs": probs, "labels": classifier.labels,
+                  "installed": [m for m in %r if importlib.util.find_spec(m) is not None],
+                  "imported": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
+""" % (HEAVY, HEAVY)
+
+
+def _clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+def test_runtime_modules_do_not_import_tensorflow():
+    """What decoding and the interpreter need (runtime.tflite, runtime.decode, media, config) imports neither TF nor Keras."""
+    code = ("import sys; import pipeline.runtime.tflite, pipeline.runtime.decode, pipeline.media.video, pipeline.media.audio, "
+            f"pipeline.media.probe, pipeline.config, ai_edge_litert.interpreter; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def litert_python(tmp_path_factory) -> Path:
+    """The python of a fresh venv with RUNTIME_PACKAGES only, installed by pip from the package index."""
+    venv = tmp_path_factory.mktemp("litert") / "venv"
+    start = time.perf_counter()
+    made = subprocess.run([sys.executable, "-m", "venv", venv], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    python = venv / "bin" / "python"
+    pins = [f"{name}=={version(name)}" for name in RUNTIME_PACKAGES]
+    installed = subprocess.run([python, "-m", "pip", "install", "-q", *pins], capture_output=True, text=True, timeout=1800, env=_clean_env())
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    checked = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, timeout=120, env=_clean_env())
+    assert checked.returncode == 0, checked.stdout[-2000:]
+    print(f"\nLiteRT venv ({', '.join(pins)}): {time.perf_counter() - start:.0f} s")
+    return python
+
+
+def classify_in_venv(python: Path, model: Path, paths: list[Path], cwd: Path) -> dict:
+    out = subprocess.run([python, "-c", CLASSIFY, ROOT, model, *paths], cwd=cwd, capture_output=True, text=True,
+                         timeout=600, env=_clean_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["installed"] == [] and result["imported"] == [], result  # no TensorFlow to import, none imported
+    return result
+
+
+def assert_same_as_predict(run: Path, model: Path, paths: list[Path], python: Path, cwd: Path) -> float:
+    """Max |dprob| of the venv's predict_file against `actrec predict --model` on each file."""
+    expected = predict(run, paths, model=str(model))
+    got = classify_in_venv(python, model, paths, cwd)
+    assert got["labels"] == (model.parent / "labels.txt").read_text().splitlines()
+    worst = 0.0
+    for path, want in zip(paths, expected):
+        assert want["error"] is None, want
+        probs = np.asarray(got["probs"][str(path)], np.float32)
+        assert probs.argmax() == np.argmax(want["probs"])
+        worst = max(worst, float(np.abs(probs - want["probs"]).max()))
+    print(f"\n{model.name}: {len(paths)} {paths[0].suffix} files, max |dprob| LiteRT venv vs actrec predict --model = {worst:.1e}")
+    assert worst <= TOLERANCE
+    return worst
+
+
+@pytest.mark.slow  # builds a venv from the package index (~1-2 min) and exports a run
+def test_action_clips_without_tensorflow(litert_python, trained_run, dataset, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)  # the session's run stays as it was
+    export(run, "float", progress=False)
+    clips = sorted(dataset.glob("*/v_*_g01_*.mp4"))  # the test clips: MP4, 22.05 kHz sound resampled to 16 kHz
+    assert_same_as_predict(run, run / "export/model_float.tflite", clips, litert_python, tmp_path)
+
+
+def _tone_wav(path: Path, hz: float, offset: float, amplitude: float, seconds: float = 1.0, rate: int = 16000) -> Path:
+    """A mono WAV: silence with a 0.6-s sine at `hz` from `offset` seconds."""
+    t = np.arange(round(seconds * rate)) / rate
+    wave = np.where((t >= offset) & (t < offset + 0.6), amplitude * np.sin(2 * np.pi * hz * t), 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, wave.astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+@pytest.mark.slow  # trains and exports a tiny speech run (the venv is shared with the action test)
+def test_speech_wavs_without_tensorflow(litert_python, tmp_path):
+    root = tmp_path / "commands"
+    for word, hz in {"no": 1500.0, "yes": 440.0}.items():
+        for s in range(6):
+            _tone_wav(root / word / f"spk{s:05d}_nohash_0.wav", hz * (1 + 0.02 * s), 0.05 * s, 0.2 + 0.05 * s)
+    (root / "validation_list.txt").write_text("no/spk00001_nohash_0.wav\nyes/spk00001_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("no/spk00000_nohash_0.wav\nyes/spk00000_nohash_0.wav\n")
+    run = tmp_path / "run"
+    args = [f"data.root={root}", "data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0",
+            "preprocess.workers=0", "model.name=audio_rnn", "export.latency_runs=3"] + TINY + ["train.epochs=4"]
+    preprocess(None, run, args, progress=False)
+    train(None, run, args, progress=False)
+    export(run, "float", progress=False)
+    # the test WAVs, and two at 22.05 kHz (resampled): longer and shorter than the 1-s window (centre crop; zero padding)
+    wavs = [root / "no/spk00000_nohash_0.wav", root / "yes/spk00000_nohash_0.wav",
+            _tone_wav(tmp_path / "long.wav", 1500.0, 0.7, 0.3, seconds=2.0, rate=22050),
+            _tone_wav(tmp_path / "short.wav", 440.0, 0.0, 0.3, seconds=0.5, rate=22050)]
+    assert_same_as_predict(run, run / "export/model_float.tflite", wavs, litert_python, tmp_path)
