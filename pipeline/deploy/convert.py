@@ -184,7 +184,7 @@ def write_representative_data(cfg: Config, path: Path, count: int) -> int:
             break
         tried += 1
         try:
-            decoded = decode_clip(root / row.path, raw_cfg)
+            decoded = decode_clip(root / row.path, raw_cfg, start=row.start)
         except MediaError:
             continue
         for name, value in clip_inputs(decoded).items():

@@ -64,7 +64,9 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
     if not rows:
         return {"error": f"no raw test clips under data.root {root}: parity and latency not measured"}
 
-    deployable = graphs.deployable(None)
+    deployable_model = graphs.deployable(None)
+    # one traced graph for every clip: called eagerly, a Keras RNN steps through its loop in Python (~1 s per clip)
+    deployable = tf.function(lambda batch: deployable_model(batch, training=False), reduce_retracing=True)
     saved_model = tf.saved_model.load(str(export_dir / "saved_model")).signatures[SIGNATURE] if (export_dir / "saved_model").is_dir() else None
     classifiers = {t: TFLiteClassifier(export_dir / TFLITE_FILES[t]) for t in tflite_targets}
     decode_cfg = raw_input_config(keras_model.clip_cfg)  # the evaluation sampling, plus the raw waveform
@@ -74,9 +76,9 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
     saved_model_diff = 0.0
     for row in tqdm(rows, desc="parity", unit="clip", disable=not progress, dynamic_ncols=True):
         try:
-            decoded = decode_clip(root / row.path, decode_cfg)
+            decoded = decode_clip(root / row.path, decode_cfg, start=row.start)
         except MediaError as e:
-            skipped.append([row.path, str(e)])
+            skipped.append([row.clip_id, str(e)])
             continue
         labels.append(classes.index(row.label))
         views = range(len(decoded.get("frame_lengths", [0])))
@@ -86,7 +88,7 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
         first_inputs = first_inputs or view_inputs[0]
         batch = {name: np.stack([vi[name] for vi in view_inputs]) for name in view_inputs[0]}
         batch = {s.name: batch[s.name] for s in graphs.inputs()}
-        deployable_probs = np.asarray(deployable(batch, training=False))
+        deployable_probs = np.asarray(deployable(batch))
         probs["deployable"].append(deployable_probs)
         if saved_model is not None:
             served = saved_model(**{k: tf.constant(v) for k, v in batch.items()})[OUTPUT].numpy()
@@ -119,7 +121,7 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
         "skipped": skipped,
         "reference": "model.keras on the raw test clips through the run's own preprocessing (what `actrec evaluate` measures)",
         "keras": {"accuracy": round(float((keras_top1 == labels).mean()), 4),
-                  "predict_ms": _latency_ms(lambda: deployable.predict(batch_one, verbose=0), runs)},
+                  "predict_ms": _latency_ms(lambda: deployable_model.predict(batch_one, verbose=0), runs)},
         "deployable_keras": {**compare(probs["deployable"]),
                              "doc": "the rebuilt graph with in-model encoder and MFCC, in Keras, vs the reference"},
         "formats": {},

@@ -108,7 +108,7 @@ def run_beam(cfg: Config, todo: Sequence[Shard], features_dir, label_ids: dict[s
     root = cfg.data.root if storage.is_url(cfg.data.root) else str(Path(cfg.data.root).absolute())
     plan_file = features_dir / PLAN_FILE
     lines = [json.dumps({"shard": shard.name, "position": i, "path": row.path, "label": row.label, "split": row.split,
-                         "group": row.group, "label_id": label_ids[row.label]})
+                         "group": row.group, "start": row.start, "label_id": label_ids[row.label]})
              for shard in todo for i, row in enumerate(shard.rows)]
     atomic_write_text(plan_file, "\n".join(lines) + "\n")
     headers = {shard.name: (shard.split, shard.index, shard.count) for shard in todo}
@@ -147,7 +147,7 @@ def read_plan(plan_file: str) -> Iterator[tuple[str, int, ClipJob]]:
     """The plan's lines as (shard name, position, ClipJob without root); read through tf.io.gfile on a cluster."""
     for line in storage.path(plan_file).read_text().splitlines():
         item = json.loads(line)
-        row = ManifestRow(item["path"], item["label"], item["split"], item["group"])
+        row = ManifestRow(item["path"], item["label"], item["split"], item["group"], item.get("start"))
         yield item["shard"], item["position"], ClipJob("", row, item["label_id"])
 
 
@@ -179,7 +179,7 @@ class ProcessClip(beam.DoFn):
             self.loads_to_report = 0
         example, error = self._process(ClipJob(self.root, job.row, job.label_id))
         (self.skipped if error else self.clips).inc()
-        yield shard, (position, job.row.path, example, error)
+        yield shard, (position, job.row.clip_id, example, error)
 
     def _process(self, job: ClipJob) -> tuple[bytes | None, str | None]:
         import tensorflow as tf
