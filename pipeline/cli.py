@@ -237,7 +237,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pipeline.datasets import SPEECH_COMMANDS_FRACTIONS, background_files, index_dataset, open_set_rows, silence_windows, write_manifest
+    from pipeline.datasets import background_files, index_dataset, keyword_index_rows, write_manifest
     from pipeline.labels import BACKGROUND_NOISE
     from pipeline.media import AUDIO_EXTENSIONS
 
@@ -254,9 +254,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         keywords = [w.strip() for w in args.keywords.split(",") if w.strip()]
         cfg = load_config(None, ["data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0",
                                  f"data.keywords={keywords}", f"seed={args.seed}"])  # 1-s windows, as Speech Commands
-        fractions = SPEECH_COMMANDS_FRACTIONS if index.layout == "speech_commands" else (cfg.data.val_fraction, cfg.data.test_fraction)
-        windows = silence_windows(root, cfg.preprocess.audio_seconds, fractions, index.problems)
-        index.rows, index.classes = open_set_rows(index.rows + windows, cfg.data, args.seed, own_dataset=False, where=str(root))
+        index.rows, index.classes = keyword_index_rows(index, cfg.data, cfg.preprocess.audio_seconds, args.seed, own_dataset=False)
         index.warnings += [(f"{w}/", "keyword with no folder of clips") for w in keywords if not any(r.label == w for r in index.rows)]
     write_manifest(index.rows, args.out)
     counts = index.counts()

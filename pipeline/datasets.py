@@ -28,7 +28,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
-from pipeline.labels import BACKGROUND_NOISE, SILENCE, UNKNOWN
+from pipeline.labels import BACKGROUND_NOISE, SILENCE, UNKNOWN, reject_clips
 from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
 from pipeline.media.probe import probe_media
 
@@ -360,10 +360,16 @@ def resolve_rows(cfg, manifest: str | Path | None = None, own_dataset: bool = Tr
                           needs_audio=d.kind == "video" and "audio" in cfg.preprocess.modalities)
     if not d.keywords:
         return index.rows, index.classes, index.problems
-    fractions = SPEECH_COMMANDS_FRACTIONS if index.layout == "speech_commands" else (d.val_fraction, d.test_fraction)
-    silence = silence_windows(Path(d.root), cfg.preprocess.audio_seconds, fractions, index.problems)
-    rows, classes = open_set_rows(index.rows + silence, d, cfg.seed, own_dataset, where=str(d.root))
+    rows, classes = keyword_index_rows(index, d, cfg.preprocess.audio_seconds, cfg.seed, own_dataset)
     return rows, classes, index.problems
+
+
+def keyword_index_rows(index: Index, d, seconds: float, seed: int, own_dataset: bool) -> tuple[list[ManifestRow], list[str]]:
+    """An indexed folder's open-set (rows, classes): its word rows plus `seconds`-long _silence_ windows of its
+    background recordings, split in time like Speech Commands' lists (or data.val/test_fraction for `folders`)."""
+    fractions = SPEECH_COMMANDS_FRACTIONS if index.layout == "speech_commands" else (d.val_fraction, d.test_fraction)
+    silence = silence_windows(index.root, seconds, fractions, index.problems)
+    return open_set_rows(index.rows + silence, d, seed, own_dataset, where=str(index.root))
 
 
 # ----------------------------------------------------------------------------- open-set keyword spotting
@@ -433,13 +439,12 @@ def open_set_rows(rows: list[ManifestRow], d, seed: int, own_dataset: bool, wher
 
 def _with_shares(rows: list[ManifestRow], shares: dict[str, float], seed: int) -> list[ManifestRow]:
     """Validation and test rows with a seeded subset of each reject label: share x (its split's clips)."""
-    keyword_share = 1 - sum(shares.values())
     drop = set()
     for split_no, split in enumerate(SPLITS[1:]):
-        keywords = sum(r.split == split and r.label not in shares for r in rows)
-        for label_no, (label, share) in enumerate(shares.items()):
+        targets = reject_clips(sum(r.split == split and r.label not in shares for r in rows), shares)
+        for label_no, label in enumerate(shares):
             pool = [i for i, r in enumerate(rows) if r.split == split and r.label == label]
-            keep = min(len(pool), round(share / keyword_share * keywords))
+            keep = min(len(pool), targets[label])
             rng = np.random.default_rng([seed, split_no, label_no])
             drop.update(rng.permutation(pool)[keep:].tolist())
     return [r for i, r in enumerate(rows) if i not in drop]

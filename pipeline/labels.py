@@ -26,3 +26,12 @@ def is_open_set(classes: Sequence[str]) -> bool:
 def keyword_ids(classes: Sequence[str]) -> list[int]:
     """Indices of the classes that are keywords (everything but _silence_ and _unknown_)."""
     return [i for i, c in enumerate(classes) if c not in REJECT_LABELS]
+
+
+def reject_clips(keyword_clips: int, shares: dict[str, float]) -> dict[str, int]:
+    """{reject label: clips} that make each label its share of a set holding keyword_clips keyword clips.
+
+    shares: {_unknown_/_silence_: share of the whole set}; the keywords take the rest (1 - their sum).
+    """
+    keyword_share = 1 - sum(shares.values())
+    return {label: round(share / keyword_share * keyword_clips) for label, share in shares.items()}

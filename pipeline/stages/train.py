@@ -28,7 +28,7 @@ from pipeline.datasets import check_splits
 from pipeline.errors import UserError
 from pipeline.features.augment import change_speed, mix_background, spatial_augment, spec_augment, temporal_jitter, time_shift
 from pipeline.files import atomic_write_json, atomic_write_text, temp_path
-from pipeline.labels import SILENCE, UNKNOWN
+from pipeline.labels import SILENCE, UNKNOWN, reject_clips
 from pipeline.progress import keras_verbosity
 from pipeline.rundir import RunDir, read_json
 from pipeline.runtime.keras_model import input_names, load_trained_model, model_spec
@@ -175,9 +175,7 @@ def epoch_plan(index: dict, cfg: Config) -> dict[str, int]:
     if not shares:
         return {"all": index["counts"]["train"]}
     keywords = sum(n for label, n in per_class.items() if label not in shares)
-    plan = {"keywords": keywords}
-    plan.update({label: round(share / (1 - sum(shares.values())) * keywords) for label, share in shares.items()})
-    return plan
+    return {"keywords": keywords, **reject_clips(keywords, shares)}
 
 
 def with_epoch_shares(ds, index: dict, cfg: Config):
