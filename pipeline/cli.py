@@ -177,6 +177,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--verbose", action="store_true", help="also print each file's time split: decode, features, model (ms)")
     _add_allow_unfinished(pr)
 
+    # actrec stream
+    st = sub.add_parser(
+        "stream", help="keyword detections on a live or recorded stream, one 20 ms hop at a time (streamable runs)",
+        description="Run a streamable run's RUN/export/model_stream_float.tflite (or _int8) as an app does: one hop of "
+        "audio per call, its states fed back. SOURCE is a sound or video file played as a stream (as fast as possible, "
+        "or --realtime), - for raw 16-bit mono PCM at the model's sample rate on stdin (e.g. `arecord -f S16_LE -r 16000 "
+        "-c 1 | actrec stream --run-dir RUN -`), or --mic. Prints one line per detection, `12.34 s  yes  0.97` (time in "
+        "seconds of input from its start), after posterior smoothing, a threshold and a refractory period, so one "
+        "spoken word fires once. Memory stays flat over any length of input.",
+    )
+    st.add_argument("source", nargs="?", metavar="SOURCE", help="a sound or video file, or - for 16-bit PCM on stdin")
+    st.add_argument("--run-dir", required=True, metavar="DIR", help="a streamable run, exported (DIR/export/model_stream_*.tflite)")
+    st.add_argument("--model", default="float", choices=["float", "int8"], help="which streaming file (default float)")
+    st.add_argument("--mic", action="store_true", help="listen to the default microphone (needs the optional sounddevice package)")
+    st.add_argument("--realtime", action="store_true", help="pace a file at the speed of sound, as if it were live")
+    st.add_argument("--threshold", type=float, default=0.7, metavar="P", help="smoothed probability a keyword must reach (default 0.7)")
+    st.add_argument("--smoothing", type=float, default=0.2, metavar="SECONDS", help="posterior smoothing window (default 0.2 s)")
+    st.add_argument("--refractory", type=float, default=1.0, metavar="SECONDS", help="no second detection within this time (default 1 s)")
+    st.add_argument("--json", action="store_true", help='one JSON object per detection: {"time": 12.34, "label": "yes", "score": 0.97}')
+    st.add_argument("--timeline", metavar="OUT.png", help="also plot every class's probability over time, detections marked")
+    st.add_argument("--threads", type=int, default=1, metavar="N", help="interpreter threads (default 1, as a phone's audio thread)")
+
     # actrec export
     ex = sub.add_parser(
         "export", help="SavedModel and TFLite (float, float16, dynamic, int8) files that take raw frames and waveforms",
@@ -274,11 +296,18 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from pipeline.config import load_config, markdown_reference, to_yaml
+    from pipeline.derived import derived_settings, streaming_blockers
 
     if args.action == "docs":
         print(markdown_reference(), end="")
     else:
-        print(to_yaml(load_config(args.config, args.overrides)), end="")
+        cfg = load_config(args.config, args.overrides)
+        print(to_yaml(cfg), end="")
+        print("# derived (follow from the keys above; not settable):")
+        for key, value in derived_settings(cfg).items():
+            print(f"#   {key}: {str(value).lower() if isinstance(value, bool) else value}")
+        for reason in streaming_blockers(cfg):
+            print(f"#     not streamable: {reason}")
     return 0
 
 
@@ -329,7 +358,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any(r["error"] is not None for r in results) else 0
 
 
-HANDLERS = {"export": cmd_export, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
+def cmd_stream(args: argparse.Namespace) -> int:
+    from pipeline.stages.stream import stream
+
+    stream(args.run_dir, args.source, model=args.model, mic=args.mic, realtime=args.realtime, threshold=args.threshold,
+           smoothing=args.smoothing, refractory=args.refractory, as_json=args.json, timeline=args.timeline, threads=args.threads)
+    return 0
+
+
+HANDLERS = {"stream": cmd_stream, "export": cmd_export, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data, "index": cmd_index, "config": cmd_config, "preprocess": cmd_preprocess, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,7 @@ class PreprocessConfig:
     fmin: float = option(20.0, "Lowest mel band edge (Hz), below the highest.", minimum=0.0)
     fmax: Optional[float] = option(None, "Highest mel band edge (Hz), at most sample_rate / 2 (the Nyquist frequency); null means sample_rate / 2.", above=0.0)
     deltas: bool = option(False, "Append delta and delta-delta coefficients (3 x n_mfcc features per frame).")
+    mfcc_framing: str = option("centred", "MFCC frames `centred` on each hop (librosa's default; dB floor 80 below the utterance's loudest bin) or `causal`: each frame ends at its hop and has a fixed floor, so a streaming model computes the same frames from the newest samples (see model.streamable).", ["centred", "causal"])
     keep_waveform: bool = option(False, "Also cache each audio window's samples (float32 [N]), so training can augment the sound itself (train.time_shift, speed_change, background_mix) and compute its MFCCs in tf.data; `encoder: none` always keeps them.")
     normalize: str = option("utterance", "MFCC normalisation: per `utterance` (zero mean, unit variance per coefficient), over the training `dataset` (stats saved in index.json), or `none`.", ["utterance", "dataset", "none"])
 
@@ -382,6 +383,10 @@ def _validate(cfg: Config, source: str) -> None:
         raise UserError(f"{source}: key 'preprocess.fmin' must be below fmax ({fmax:g} Hz); got {p.fmin:g}")
     if p.n_mfcc > p.n_mels:
         raise UserError(f"{source}: key 'preprocess.n_mfcc' must be at most n_mels ({p.n_mels}); got {p.n_mfcc}")
+    if p.mfcc_framing == "causal" and p.deltas:
+        raise UserError(f"{source}: key 'preprocess.deltas' cannot be true with mfcc_framing causal (deltas need 4 future frames)")
+    if p.mfcc_framing == "causal" and p.n_fft < p.hop_length:
+        raise UserError(f"{source}: key 'preprocess.n_fft' ({p.n_fft}) must be at least hop_length ({p.hop_length}) with mfcc_framing causal")
     if p.n_fft > p.audio_seconds * p.sample_rate and "audio" in p.modalities:
         raise UserError(
             f"{source}: key 'preprocess.n_fft' ({p.n_fft}) is longer than the audio window "

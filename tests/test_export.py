@@ -356,12 +356,17 @@ def test_acceptance_checks_and_their_thresholds():
                 "formats": {"float": {"top1_agreement": 1.0, "max_abs_diff_prob": 5e-5, "accuracy": 0.9, "bytes": 1000,
                                       "latency_ms": {"threads_1": {"median": 9.0}, "threads_2": {"median": 12.0}}},
                             "float16": {"top1_agreement": 0.99},
-                            "int8": {"accuracy": 0.89, "bytes": 301}}}
-    assert list(checks(measured).values()) == [True, False, None, True, False, True]
+                            "int8": {"accuracy": 0.89, "bytes": 301},
+                            "stream_float": {"top1_agreement": 1.0, "max_abs_diff_prob": 2e-5},
+                            "stream_int8": {"top1_agreement": 0.985}}}
+    # float, float16, dynamic, int8 accuracy, int8 size, stream_float, stream_int8, speed
+    assert list(checks(measured).values()) == [True, False, None, True, False, True, False, True]
     measured["formats"]["float"].update(max_abs_diff_prob=2e-4, latency_ms={"threads_1": {"median": 11.0}})
     measured["formats"]["float16"]["top1_agreement"] = 0.995
     measured["formats"]["int8"].update(accuracy=0.85, bytes=300)
-    assert list(checks(measured).values()) == [False, True, None, False, True, False]
+    measured["formats"]["stream_float"]["max_abs_diff_prob"] = 1.5e-4
+    measured["formats"]["stream_int8"]["top1_agreement"] = 0.99
+    assert list(checks(measured).values()) == [False, True, None, False, True, False, True, False]
     assert set(checks({}).values()) == {None}
 
 

@@ -274,3 +274,28 @@ def test_tfio_loading_agrees_with_load_audio(speech_wav, speech):
     mfcc_diff = np.abs(librosa_mfcc(waveform, params) - librosa_mfcc(speech, params))
     print(f"MFCC |tfio - load_audio|: median {np.median(mfcc_diff):.3f}, max {mfcc_diff.max():.2f}")
     assert np.median(mfcc_diff) < 1.0
+
+
+def test_causal_layer_matches_librosa_and_frames_end_at_their_hop(commands_speech):
+    """framing="causal": left padding only, no per-utterance floor; N // hop frames; the layer matches librosa."""
+    params = MFCCParams(framing="causal")
+    expected = np.stack([librosa_mfcc(x, params) for x in commands_speech[:6]])
+    assert expected.shape == (6, 100, 20) and params.num_frames(16000) == 100
+    got = MFCC.from_params(params)(commands_speech[:6]).numpy()
+    np.testing.assert_allclose(got, expected, atol=MFCC_ATOL, rtol=0)
+    # a frame depends on its own samples only: the frames of the first half-second are those of the whole second,
+    # and changing the second half of the audio leaves them alone (a centred frame would see half an FFT ahead)
+    first = librosa_mfcc(commands_speech[0][:8000], params)
+    np.testing.assert_array_equal(first, expected[0][:50])
+    changed = commands_speech[0].copy()
+    changed[8000:] = commands_speech[1][8000:]
+    np.testing.assert_array_equal(librosa_mfcc(changed, params)[:50], expected[0][:50])
+    assert not np.array_equal(librosa_mfcc(changed, MFCCParams())[:50], librosa_mfcc(commands_speech[0], MFCCParams())[:50])
+
+
+def test_causal_frame_count_and_config_key():
+    causal = MFCCParams.from_config(PreprocessConfig(mfcc_framing="causal"))
+    assert causal.causal and causal.padding == (352, 0)
+    for n in (160, 1600, 16000, 16159, 16160):
+        assert causal.num_frames(n) == n // 160 == librosa_mfcc(np.zeros(n, np.float32), causal).shape[0]
+    assert causal.num_frames(100) == 0

@@ -47,9 +47,10 @@ from pipeline.deploy.tflite_edit import (
     widen_small_float16_constants,
 )
 from pipeline.errors import UserError
-from pipeline.runtime.tflite import OUTPUT, SIGNATURE, clip_inputs, raw_input_config
+from pipeline.runtime.tflite import OUTPUT, SAMPLES, SIGNATURE, STREAM_SIGNATURE, clip_inputs, raw_input_config
 
 REPRESENTATIVE_FILE = "representative.npz"  # the int8 calibration inputs, in the work folder
+STREAM_REPRESENTATIVE_FILE = "stream_representative.npz"  # the streaming int8 file's: hops and states
 STATUS_FILE = "status.jsonl"  # the child's progress, in the work folder
 LOG_FILE = "convert.log"  # what the converter printed, in the work folder
 # The child imports the package the parent runs: its folder goes first on the import path unless it is there already
@@ -76,13 +77,48 @@ def save_model(model, path: Path, specs: Sequence[InputSpec], batch_size: int | 
     archive.write_out(str(path), verbose=False)
 
 
-def convert(saved_model: Path, mode: str, representative: Path | None = None) -> bytes:
-    """TFLite flatbuffer (builtin ops only) of a batch-1 SavedModel: mode float | float16 | dynamic | int8."""
+def save_step_model(stepper, path: Path) -> None:
+    """SavedModel of a streaming step (pipeline.models.streaming): signature `step`, {samples, states} -> {probabilities, states}."""
+    import keras
+    import tensorflow as tf
+
+    signature = {SAMPLES: tf.TensorSpec((1, stepper.hop_samples), tf.float32, name=SAMPLES),
+                 **{s.name: tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in stepper.states()}}
+    archive = keras.export.ExportArchive()
+    archive.track(stepper.model)
+    archive.add_endpoint(STREAM_SIGNATURE, stepper.step, input_signature=[signature])
+    archive.write_out(str(path), verbose=False)
+
+
+def write_stream_representative(stepper, clips: Path, path: Path, every: int = 5) -> int:
+    """The int8 calibration inputs of a streaming step: the whole-clip calibration waveforms (`clips`, an .npz of
+    write_representative_data) streamed hop by hop through the float step, every `every`-th hop's inputs kept."""
+    import tensorflow as tf
+
+    step = tf.function(stepper.step)
+    waveforms = np.load(clips)["waveform"]  # [N clips, samples]
+    hop = stepper.hop_samples
+    kept: dict[str, list] = {}
+    for waveform in waveforms:
+        states = {s.name: s.zeros() for s in stepper.states()}
+        for k in range(len(waveform) // hop):
+            inputs = {SAMPLES: waveform[None, k * hop : (k + 1) * hop].astype(np.float32), **states}
+            if k % every == every - 1:
+                for name, value in inputs.items():
+                    kept.setdefault(name, []).append(value[0])
+            out = step(inputs)
+            states = {name: out[name].numpy() for name in states}
+    np.savez(path, **{name: np.stack(values) for name, values in kept.items()})
+    return len(kept[SAMPLES])
+
+
+def convert(saved_model: Path, mode: str, representative: Path | None = None, signature: str = SIGNATURE) -> bytes:
+    """TFLite flatbuffer (builtin ops only) of a batch-1 SavedModel's `signature`: mode float | float16 | dynamic | int8."""
     import tensorflow as tf
 
     from pipeline.features.encoders import quiet_converter
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[SIGNATURE])
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[signature])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode in ("float16", "dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -235,6 +271,13 @@ def convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
             saved_models[kind] = path
         return saved_models[kind]
 
+    def step_model() -> Path:
+        """A SavedModel of the streaming step (signature `step`), written once."""
+        if "step" not in saved_models:
+            saved_models["step"] = work / ".saved_model_step"
+            save_step_model(graphs.stepper(), saved_models["step"])
+        return saved_models["step"]
+
     for target in targets:
         _status(work, "start", target)
         if os.environ.get(CRASH_FOR_TESTS) == target:
@@ -245,6 +288,11 @@ def convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
                 save_model(graphs.deployable(None), work / "saved_model", graphs.inputs(), None)
             elif target == "head_float":
                 (work / TFLITE_FILES[target]).write_bytes(convert(saved_model_for("head"), "float"))
+            elif target in ("stream_float", "stream_int8"):
+                mode, representative = target.removeprefix("stream_"), work / STREAM_REPRESENTATIVE_FILE
+                if mode == "int8" and not representative.is_file():
+                    write_stream_representative(graphs.stepper(), work / REPRESENTATIVE_FILE, representative)
+                (work / TFLITE_FILES[target]).write_bytes(convert(step_model(), mode, representative, STREAM_SIGNATURE))
             else:
                 content = convert(saved_model_for("deployable"), target, work / REPRESENTATIVE_FILE)
                 (work / TFLITE_FILES[target]).write_bytes(content)

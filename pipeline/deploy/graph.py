@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.derived import streaming_blockers
 from pipeline.errors import UserError
 from pipeline.rundir import RunDir
 from pipeline.runtime.tflite import OUTPUT, SIGNATURE
@@ -36,7 +37,10 @@ TFLITE_FILES = {  # format -> file name in RUN/export
     "dynamic": "model_dynamic.tflite",
     "int8": "model_int8.tflite",
     "head_float": "head_float.tflite",
+    "stream_float": "model_stream_float.tflite",  # streamable runs: one hop per call, states in and out (signature `step`)
+    "stream_int8": "model_stream_int8.tflite",
 }
+STREAM_FORMATS = {"float": "stream_float", "int8": "stream_int8"}  # the streaming file each format brings along
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class InferenceGraphs:
         self.trained = load_trained_model(self.run.model)
         self.end_to_end = self.cfg.model.name == "hybrid"  # frames and waveform are already its inputs
         self.head_input_names = [t.name.split(":")[0] for t in self.trained.inputs]
+        self.streamable = not streaming_blockers(self.cfg)
 
     def inputs(self) -> list[InputSpec]:
         """The deployable graph's inputs, in the order an app fills them."""
@@ -158,8 +163,36 @@ class InferenceGraphs:
         if "waveform" in inputs:
             params = MFCCParams.from_config(p)
             features["mfcc"] = MFCC.from_params(params, name="mfcc")(inputs["waveform"])
-            features["mfcc_length"] = SamplesToFrames(params.hop_length, params.num_frames(self.num_samples), name="mfcc_length")(inputs["num_samples"])
+            features["mfcc_length"] = SamplesToFrames.from_params(params, self.num_samples, name="mfcc_length")(inputs["num_samples"])
         return keras.Model(inputs, call_by_name(model, features), name="deployable")
+
+
+    def stepper(self):
+        """The streaming step of a streamable run (pipeline.models.streaming.AudioStepper) on the rebuilt model."""
+        from pipeline.models.streaming import AudioStepper
+
+        return AudioStepper(self.rebuilt(), self.cfg)
+
+    def stream_spec(self, classes: list[str]) -> dict:
+        """preprocessing.json's "stream" entry: the step signature's inputs and outputs, and how an app calls it."""
+        from pipeline.models.streaming import PROBABILITIES, SAMPLES, STREAM_SIGNATURE, hop_samples, stream_states
+
+        p = self.cfg.preprocess
+        hop = hop_samples(self.cfg)
+        states = [s.to_json() for s in stream_states(self.cfg)]
+        return {
+            "files": {fmt: TFLITE_FILES[target] for fmt, target in STREAM_FORMATS.items()},
+            "signature": STREAM_SIGNATURE,
+            "hop_samples": hop,
+            "hop_seconds": hop / p.sample_rate,
+            "sample_rate": p.sample_rate,
+            "window_hops": self.num_samples // hop,
+            "inputs": [{"name": SAMPLES, "shape": [1, hop], "dtype": "float32", "doc": f"the newest {hop} samples, mono at {p.sample_rate} Hz in [-1, 1]"}, *states],
+            "outputs": [{"name": PROBABILITIES, "shape": [1, len(classes)], "dtype": "float32", "doc": "class probabilities now, in labels.txt order"}, *states],
+            "how": ("call `step` once per hop with the newest samples and every state; feed each state output back under its name "
+                    "at the next call; start (and restart) with all states zero. After window_hops hops from zero states the "
+                    "probabilities equal the whole-window model's on those samples."),
+        }
 
 
 def _encode_frames(encoder, frames):
@@ -237,6 +270,8 @@ def preprocessing_spec(graphs: InferenceGraphs, classes: list[str]) -> dict:
                     f"centre-cropped to {graphs.num_samples} samples, a shorter one zero-padded at the end with "
                     f"num_samples = the number of real samples; the model computes its MFCCs itself"),
         }
+    if graphs.streamable:
+        spec["stream"] = graphs.stream_spec(classes)
     if not graphs.end_to_end:
         spec["head"] = {
             "file": TFLITE_FILES["head_float"],

@@ -6,6 +6,8 @@
         --saved_model/ (signature serving_default)-------------------------------------------------> [V, K]
         --clip_inputs--> each .tflite file through TFLiteClassifier (XNNPACK, as apps run it)-------> [V, K]
         (head_float.tflite: the run's encoder and librosa MFCCs first, as an app with its own would)
+        (model_stream_*.tflite: the waveform hop by hop from zero states through StreamingClassifier, the last hop's output;
+         latency is per hop)
 
 Per file: top-1 agreement with the reference (views averaged), max |dprob|, test accuracy, and the
 latency of one clip with 1 and 2 interpreter threads (median and 90th percentile). `checks` turns the
@@ -21,6 +23,7 @@ import numpy as np
 
 from pipeline.deploy.graph import TFLITE_FILES, InferenceGraphs
 from pipeline.errors import UserError
+from pipeline.runtime.stream import StreamingClassifier
 from pipeline.runtime.tflite import (
     OUTPUT,
     SIGNATURE,
@@ -28,6 +31,10 @@ from pipeline.runtime.tflite import (
     clip_inputs,
     raw_input_config,
 )
+
+
+def is_stream(target: str) -> bool:
+    return target.startswith("stream_")
 
 
 def _latency_ms(fn, runs: int) -> dict:
@@ -68,7 +75,7 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
     # one traced graph for every clip: called eagerly, a Keras RNN steps through its loop in Python (~1 s per clip)
     deployable = tf.function(lambda batch: deployable_model(batch, training=False), reduce_retracing=True)
     saved_model = tf.saved_model.load(str(export_dir / "saved_model")).signatures[SIGNATURE] if (export_dir / "saved_model").is_dir() else None
-    classifiers = {t: TFLiteClassifier(export_dir / TFLITE_FILES[t]) for t in tflite_targets}
+    classifiers = {t: (StreamingClassifier if is_stream(t) else TFLiteClassifier)(export_dir / TFLITE_FILES[t]) for t in tflite_targets}
     decode_cfg = raw_input_config(keras_model.clip_cfg)  # the evaluation sampling, plus the raw waveform
 
     labels, skipped, first_inputs, first_head_inputs = [], [], None, None
@@ -99,6 +106,9 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
                 head_views = [{k: v[i] for k, v in head_batch.items()} for i in views]
                 first_head_inputs = first_head_inputs or head_views[0]
                 probs[target].append(np.stack([classifier.predict(hv) for hv in head_views]))
+            elif is_stream(target):  # fed hop by hop from zero states: the last hop's probabilities
+                classifier.reset()
+                probs[target].append(classifier.run(decoded["waveform"])[-1:])
             else:
                 probs[target].append(np.stack([classifier.predict(vi) for vi in view_inputs]))
     if not labels:
@@ -133,9 +143,15 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
         sample = first_head_inputs if target == "head_float" else first_inputs
         latency = {}
         for threads in (1, 2):
-            timed = TFLiteClassifier(path, threads=threads)
-            latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, sample=sample: timed.predict(sample), runs)
-        result["formats"][target] = {"file": path.name, "bytes": path.stat().st_size, **compare(probs[target]), "latency_ms": latency}
+            if is_stream(target):
+                timed = StreamingClassifier(path, threads=threads)
+                hop = sample["waveform"][: timed.hop_samples]
+                latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, hop=hop: timed.step(hop), runs)
+            else:
+                timed = TFLiteClassifier(path, threads=threads)
+                latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, sample=sample: timed.predict(sample), runs)
+        result["formats"][target] = {"file": path.name, "bytes": path.stat().st_size, **compare(probs[target]), "latency_ms": latency,
+                                     **({"latency_of": "one hop"} if is_stream(target) else {})}
     return result
 
 
@@ -147,6 +163,7 @@ FLOAT16_MIN_AGREEMENT = 0.995  # model_float16.tflite: top-1 agreement with Kera
 QUANTIZED_MAX_ACCURACY_DROP = 0.02  # dynamic and int8: test accuracy at most 2 points below the float file's
 INT8_MAX_SIZE_RATIO = 0.3  # model_int8.tflite: bytes at most 30% of model_float.tflite's
 FLOAT_MIN_SPEEDUP = 5.0  # model_float.tflite: one clip at least 5x faster than Keras `predict`
+STREAM_INT8_MIN_AGREEMENT = 0.99  # model_stream_int8.tflite: top-1 agreement with Keras after a whole window of hops
 
 
 def checks(result: dict) -> dict[str, bool | None]:
@@ -159,6 +176,9 @@ def checks(result: dict) -> dict[str, bool | None]:
     - dynamic, int8: test accuracy at most QUANTIZED_MAX_ACCURACY_DROP (2 points) below the float file's.
     - int8 size: the file at most INT8_MAX_SIZE_RATIO (30%) of the float file's bytes (int8 weights are a
       quarter of float32; the rest is the graph, quantization parameters and what stays float).
+    - stream_float (streamable runs): after a window's hops from zero states, as float: agreement 100% and
+      max |dprob| below 1e-4, the whole-window model up to float32 rounding.
+    - stream_int8: top-1 agreement at least STREAM_INT8_MIN_AGREEMENT (99%) after a window's hops.
     - speed: the float file's median latency for one clip (the better of 1 and 2 threads) at least
       FLOAT_MIN_SPEEDUP (5x) below Keras `predict` on the same clip.
     """
@@ -185,6 +205,10 @@ def checks(result: dict) -> dict[str, bool | None]:
         "int8: accuracy within 2 points of float": within("int8"),
         "int8 file <= 30% of float": None if get("int8", "bytes") is None or get("float", "bytes") is None
         else get("int8", "bytes") <= INT8_MAX_SIZE_RATIO * get("float", "bytes"),
+        "stream_float: top-1 agreement 100% and max |dprob| < 1e-4": None if get("stream_float", "top1_agreement") is None
+        else get("stream_float", "top1_agreement") == 1.0 and get("stream_float", "max_abs_diff_prob") < FLOAT_MAX_ABS_DIFF,
+        "stream_int8: top-1 agreement >= 99%": None if get("stream_int8", "top1_agreement") is None
+        else get("stream_int8", "top1_agreement") >= STREAM_INT8_MIN_AGREEMENT,
         "TFLite float >= 5x faster than Keras predict": None if not (keras_ms and float_ms) else keras_ms >= FLOAT_MIN_SPEEDUP * float_ms,
     }
 
@@ -200,6 +224,7 @@ def parity_table(result: dict) -> str:
         diff = f"{r['max_abs_diff_prob']:.1e}" if "max_abs_diff_prob" in r else "-"
         acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "-"
         weights = f" ({r['weight_bytes'] / 1024:.0f})" if "weight_bytes" in r else ""
+        target = f"{target} (ms per hop)" if r.get("latency_of") == "one hop" else target
         lines.append(f"| {target} | {r['file']} | {r['bytes'] / 1024:.0f}{weights} | {agree} | {diff} | {acc} | {ms.get('threads_1', '-')} | {ms.get('threads_2', '-')} |")
     if "keras" in result:
         k = result["keras"]

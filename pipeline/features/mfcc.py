@@ -16,6 +16,19 @@ that the TFLite converter maps to builtins (no Flex ops). Both follow one recipe
 
 Features are time-major ([F, C]), the layout the RNN heads read.
 
+framing="causal" (what a streaming model needs) changes two steps, so that each frame depends on
+its own n_fft samples and nothing later or elsewhere in the utterance:
+
+    waveform float32 [N]
+      -> zero-pad n_fft - hop on the left only           frame t ends at sample (t + 1) * hop
+      -> frames [F, n_fft], F = N // hop                  (librosa center=False on the padded signal)
+      -> ... as above ...
+      -> 10 log10(max(x, 1e-10)), no per-utterance floor  (librosa.power_to_db, ref=1, top_db=None)
+
+A stream then computes the newest frame from the newest hop and the n_fft - hop samples before it
+(zeros at the start, as the padding), and the frames of a streamed utterance equal the frames of
+the whole utterance.
+
 Zero padding (not librosa's former "reflect" default) is chosen on purpose: audio that
 `fit_length` pads with zeros then gives exactly the frames of the unpadded audio for the
 first `params.num_frames(valid_samples)` frames, so masking the rest loses nothing.
@@ -46,6 +59,7 @@ DELTA_WIDTH = 9
 # silence) normalises to 0 instead of NaN. Negligible against MFCC spreads of ~1-100 dB.
 NORM_EPSILON = 1e-5
 NORMALIZE_MODES = ("utterance", "dataset", "none")
+FRAMINGS = ("centred", "causal")
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -63,11 +77,13 @@ class MFCCParams:
     fmin: float = 20.0
     fmax: Optional[float] = None  # None: sample_rate / 2
     deltas: bool = False
+    framing: str = "centred"  # "causal": left padding only and no per-utterance floor (see the module docstring)
 
     @classmethod
     def from_config(cls, preprocess_cfg) -> "MFCCParams":
-        """The MFCC fields of a `PreprocessConfig` (or any object with the same attributes)."""
-        return cls(**{f.name: getattr(preprocess_cfg, f.name) for f in dataclasses.fields(cls)})
+        """The MFCC fields of a `PreprocessConfig` (or any object with the same attributes; `framing` is its mfcc_framing)."""
+        names = {f.name: "mfcc_framing" if f.name == "framing" else f.name for f in dataclasses.fields(cls)}
+        return cls(**{field: getattr(preprocess_cfg, name) for field, name in names.items() if hasattr(preprocess_cfg, name)})
 
     @property
     def fmax_hz(self) -> float:
@@ -78,10 +94,23 @@ class MFCCParams:
         """C: coefficients per frame (n_mfcc, tripled with deltas)."""
         return self.n_mfcc * (3 if self.deltas else 1)
 
+    @property
+    def causal(self) -> bool:
+        return self.framing == "causal"
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        """Zeros added (before, after) the waveform before framing."""
+        return (self.n_fft - self.hop_length, 0) if self.causal else (self.n_fft // 2, self.n_fft // 2)
+
+    @property
+    def frame_offset(self) -> int:
+        """Samples added to N before the floor division: F = 1 + (N + frame_offset) // hop."""
+        return sum(self.padding) - self.n_fft
+
     def num_frames(self, num_samples: int) -> int:
-        """F for a waveform of num_samples (librosa center=True): 1 + num_samples // hop for even n_fft."""
-        padded = num_samples + 2 * (self.n_fft // 2)
-        return 1 + (padded - self.n_fft) // self.hop_length
+        """F for a waveform of num_samples: 1 + N // hop (centred, even n_fft), N // hop (causal)."""
+        return max(1 + (num_samples + self.frame_offset) // self.hop_length, 0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,31 +183,47 @@ def librosa_mfcc(waveform: np.ndarray, params: MFCCParams) -> np.ndarray:
     # float64 all the way (librosa follows its input's dtype): in float32 its log/DCT steps alone
     # are off by up to ~7e-5 on MFCCs of ~500, as much as the in-model layer's whole error budget.
     waveform = np.asarray(waveform, dtype=np.float64)
-    mfcc = librosa.feature.mfcc(
-        y=waveform,
-        sr=params.sample_rate,
-        n_mfcc=params.n_mfcc,
-        dct_type=2,
-        norm="ortho",
-        lifter=0,
-        # melspectrogram / stft arguments
-        n_fft=params.n_fft,
-        hop_length=params.hop_length,
-        window="hann",
-        center=True,
-        pad_mode="constant",
-        power=2.0,
-        n_mels=params.n_mels,
-        fmin=params.fmin,
-        fmax=params.fmax_hz,
-        htk=False,
-    )  # [n_mfcc, F]; power_to_db inside uses ref=1.0, amin=1e-10, top_db=80
+    if params.causal:
+        mfcc = _causal_mfcc(waveform, params)
+    else:
+        mfcc = librosa.feature.mfcc(
+            y=waveform,
+            sr=params.sample_rate,
+            n_mfcc=params.n_mfcc,
+            dct_type=2,
+            norm="ortho",
+            lifter=0,
+            # melspectrogram / stft arguments
+            n_fft=params.n_fft,
+            hop_length=params.hop_length,
+            window="hann",
+            center=True,
+            pad_mode="constant",
+            power=2.0,
+            n_mels=params.n_mels,
+            fmin=params.fmin,
+            fmax=params.fmax_hz,
+            htk=False,
+        )  # [n_mfcc, F]; power_to_db inside uses ref=1.0, amin=1e-10, top_db=80
     if params.deltas:
         check_delta_frames(mfcc.shape[1])
         d1 = librosa.feature.delta(mfcc, width=DELTA_WIDTH, order=1, mode="interp")
         d2 = librosa.feature.delta(mfcc, width=DELTA_WIDTH, order=2, mode="interp")
         mfcc = np.concatenate([mfcc, d1, d2], axis=0)
     return np.ascontiguousarray(mfcc.T.astype(np.float32))
+
+
+def _causal_mfcc(waveform: np.ndarray, params: MFCCParams) -> np.ndarray:
+    """float64 [N] -> [n_mfcc, N // hop]: left-padded frames, no per-utterance floor (framing="causal")."""
+    import librosa
+
+    padded = np.pad(waveform, params.padding)
+    mel = librosa.feature.melspectrogram(
+        y=padded, sr=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length, window="hann",
+        center=False, power=2.0, n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax_hz, htk=False,
+    )
+    log_mel = librosa.power_to_db(mel, ref=1.0, amin=AMIN, top_db=None)
+    return librosa.feature.mfcc(S=log_mel, n_mfcc=params.n_mfcc, dct_type=2, norm="ortho", lifter=0)
 
 
 def check_delta_frames(num_frames: int) -> None:

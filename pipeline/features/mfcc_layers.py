@@ -40,7 +40,8 @@ class MFCC(keras.layers.Layer):
     A plain float32 FFT gets 1.8e-4 on clean speech: see `_power_spectrum` for why and what fixes it.
 
     Input:  waveform float32 [B, N] at `sample_rate`.
-    Output: mfcc float32 [B, F, C], F = 1 + N // hop_length (even n_fft), C = n_mfcc (x3 with deltas).
+    Output: mfcc float32 [B, F, C], F = params.num_frames(N) (1 + N // hop_length centred with an even
+    n_fft, N // hop_length causal), C = n_mfcc (x3 with deltas).
 
     Every constant (window, mel filterbank, DCT, delta weights) is rebuilt from the
     constructor arguments, so the layer has no weights and `get_config` is all a .keras
@@ -58,6 +59,7 @@ class MFCC(keras.layers.Layer):
         fmin: float = 20.0,
         fmax: Optional[float] = None,
         deltas: bool = False,
+        framing: str = "centred",
         **kwargs,
     ):
         # The FFT has no float16 kernel; keep this layer float32 under a mixed-precision policy.
@@ -72,6 +74,7 @@ class MFCC(keras.layers.Layer):
             fmin=float(fmin),
             fmax=None if fmax is None else float(fmax),
             deltas=bool(deltas),
+            framing=str(framing),
         )
         self._window = hann_window(self.params.n_fft)
         self._mel = mel_matrix(self.params)
@@ -88,16 +91,24 @@ class MFCC(keras.layers.Layer):
     def call(self, waveform):
         p = self.params
         waveform = tf.convert_to_tensor(waveform, dtype=tf.float32)
-        # center=True with zeros: frame t is centred on sample t * hop.
-        half = p.n_fft // 2
-        padded = tf.pad(waveform, [[0, 0], [half, half]])
-        frames = frame_signal(padded, p.n_fft, p.hop_length)  # [B, F, n_fft]
+        # centred: frame t is centred on sample t * hop; causal: it ends at sample (t + 1) * hop.
+        padded = tf.pad(waveform, [[0, 0], list(p.padding)])
+        return self.frames_to_mfcc(frame_signal(padded, p.n_fft, p.hop_length))
+
+    def frames_to_mfcc(self, frames):
+        """frames: float32 [B, F, n_fft] (raw samples, not windowed) -> mfcc [B, F, C].
+
+        A streaming model calls this on the newest frames alone: with framing="causal" each
+        output frame depends on its own input frame only (no per-utterance floor, no deltas).
+        """
+        p = self.params
         power = self._power_spectrum(frames)  # [B, F, n_fft/2+1]
         mel = tf.matmul(power, self._mel)  # [B, F, n_mels]
         log_mel = (10.0 / math.log(10.0)) * tf.math.log(tf.maximum(mel, AMIN))
-        # top_db is relative to each utterance's loudest bin, as librosa does per call.
-        loudest = tf.reduce_max(log_mel, axis=[1, 2], keepdims=True)
-        log_mel = tf.maximum(log_mel, loudest - TOP_DB)
+        if not p.causal:
+            # top_db is relative to each utterance's loudest bin, as librosa does per call.
+            loudest = tf.reduce_max(log_mel, axis=[1, 2], keepdims=True)
+            log_mel = tf.maximum(log_mel, loudest - TOP_DB)
         # DCT as a matmul, on log-mels centred per frame: summing 40 values of ~-70 dB in float32
         # loses ~2e-4 to rounding, centred values sum near 0. The mean goes back in through the
         # DCT of a constant, which is sqrt(n_mels) in coefficient 0 and exactly 0 elsewhere.

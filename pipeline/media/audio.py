@@ -64,6 +64,48 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.clip(waveform, -1.0, 1.0).astype(np.float32, copy=False)
 
 
+def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 0.5):
+    """Decode a sound file or a video's audio track block by block, as a stream: memory stays flat for any length.
+
+    Yields float32 [n] mono blocks at `sample_rate` (about block_seconds each, the last one shorter), clipped to
+    [-1, 1]. Decoding and rate conversion are FFmpeg's (PyAV), on the fly: a file's samples can differ slightly
+    from `load_audio`'s soxr resampling when its rate is not sample_rate. Raises MediaError as load_audio does.
+    """
+    import av
+
+    path = Path(path)
+    check_readable(path)
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
+        raise MediaError(f"cannot open as media ({_one_line(e)})") from None
+    block = max(1, round(block_seconds * sample_rate))
+    with container:
+        if not container.streams.audio:
+            raise MediaError("no audio track")
+        # our own channel mean, as load_audio does; FFmpeg converts the rate
+        converter = av.AudioResampler(format="fltp", rate=sample_rate)
+        pending: list[np.ndarray] = []
+        size = 0
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                for converted in converter.resample(frame):
+                    pending.append(converted.to_ndarray().mean(axis=0, dtype=np.float32))
+                    size += pending[-1].size
+                if size >= block:
+                    samples = np.concatenate(pending)
+                    check_finite(samples)
+                    yield np.clip(samples, -1.0, 1.0)
+                    pending, size = [], 0
+            pending += [c.to_ndarray().mean(axis=0, dtype=np.float32) for c in converter.resample(None)]
+        except (av.FFmpegError, ValueError) as e:
+            raise MediaError(f"audio track is truncated or corrupt ({_one_line(e)})") from None
+    if pending:
+        samples = np.concatenate(pending)
+        check_finite(samples)
+        yield np.clip(samples, -1.0, 1.0)
+
+
 def check_finite(waveform: np.ndarray) -> None:
     """Raise MediaError when a waveform holds NaN or inf samples (a float WAV can; MFCCs of them are NaN)."""
     bad = int(waveform.size - np.count_nonzero(np.isfinite(waveform)))

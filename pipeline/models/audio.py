@@ -46,18 +46,22 @@ def mfcc_normalization(spec: ModelSpec):
 
 @keras.saving.register_keras_serializable(package="actrec")
 class SamplesToFrames(layers.Layer):
-    """Valid waveform samples [B] -> valid MFCC frames [B] (centred STFT: 1 + n // hop)."""
+    """Valid waveform samples [B] -> valid MFCC frames [B]: 1 + (n + offset) // hop (MFCCParams.num_frames)."""
 
-    def __init__(self, hop_length: int, max_frames: int, **kwargs):
+    def __init__(self, hop_length: int, max_frames: int, offset: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.hop_length, self.max_frames = hop_length, max_frames
+        self.hop_length, self.max_frames, self.offset = hop_length, max_frames, offset
+
+    @classmethod
+    def from_params(cls, params, num_samples: int, **kwargs) -> "SamplesToFrames":
+        return cls(params.hop_length, params.num_frames(num_samples), params.frame_offset, **kwargs)
 
     def call(self, num_samples):
-        frames = 1 + ops.floor_divide(ops.cast(num_samples, "int32"), self.hop_length)
-        return ops.minimum(frames, self.max_frames)
+        frames = 1 + ops.floor_divide(ops.cast(num_samples, "int32") + self.offset, self.hop_length)
+        return ops.clip(frames, 0, self.max_frames)
 
     def get_config(self):
-        return {**super().get_config(), "hop_length": self.hop_length, "max_frames": self.max_frames}
+        return {**super().get_config(), "hop_length": self.hop_length, "max_frames": self.max_frames, "offset": self.offset}
 
 
 def waveform_branch(spec: ModelSpec, cfg):
@@ -73,5 +77,5 @@ def waveform_branch(spec: ModelSpec, cfg):
     waveform = keras.Input((spec.waveform,), name="waveform")
     num_samples = keras.Input((), dtype="int32", name="num_samples")
     mfcc = MFCC.from_params(params, name="mfcc")(waveform)  # [B, F, C]
-    mfcc_length = SamplesToFrames(params.hop_length, params.num_frames(spec.waveform), name="mfcc_length")(num_samples)
+    mfcc_length = SamplesToFrames.from_params(params, spec.waveform, name="mfcc_length")(num_samples)
     return [waveform, num_samples], audio_head(mfcc, mfcc_length, spec, cfg)

@@ -30,6 +30,8 @@ from pipeline.errors import UserError
 
 SIGNATURE = "serving_default"  # the one signature of every exported file
 OUTPUT = "probabilities"  # its one output: float32 [B, K]
+STREAM_SIGNATURE = "step"  # the one signature of a streaming file (model_stream_*.tflite)
+SAMPLES = "samples"  # its audio input: the newest hop, float32 [1, H]
 
 
 def raw_input_config(cfg: Config) -> Config:

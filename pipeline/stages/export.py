@@ -14,6 +14,9 @@
       model_dynamic.tflite    int8 weights, float activations (dynamic range)
       model_int8.tflite       int8 weights and activations (uint8 frames stay uint8, float in/out)
       head_float.tflite       feature-level runs: the RNN head alone (frame_features / mfcc in)
+      model_stream_float.tflite, model_stream_int8.tflite
+                              streamable runs (model.streamable): signature `step`, one audio hop and every state in,
+                              probabilities and the new states out (pipeline.models.streaming)
       labels.txt  preprocessing.json  parity.json  (convert.log: what the converter printed, when it did)
 
 Nothing good is replaced by something worse:
@@ -42,14 +45,15 @@ from pipeline.deploy.convert import (
     run_conversions,
     write_representative_data,
 )
-from pipeline.deploy.graph import TFLITE_FILES, InferenceGraphs, preprocessing_spec
+from pipeline.deploy.graph import STREAM_FORMATS, TFLITE_FILES, InferenceGraphs, preprocessing_spec
 from pipeline.deploy.parity import checks, measure_parity, parity_table
 from pipeline.deploy.tflite_edit import tflite_ops, tflite_weight_bytes
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.rundir import pid_alive, read_json
 
-TARGETS = ("saved_model", "float", "head_float", "float16", "dynamic", "int8")  # what a child converts, in this order
+TARGETS = ("saved_model", "float", "head_float", "stream_float", "float16", "dynamic", "int8", "stream_int8")  # what a child converts, in this order
+BROUGHT_BY = {"head_float": "float", "stream_float": "float", "stream_int8": "int8"}  # companion file -> its format
 WORK_PREFIX, OLD_PREFIX = ".export.tmp-", ".export.old-"  # + the PID of the export that made them
 
 
@@ -88,7 +92,7 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
             atomic_write_text(work / "labels.txt", "".join(f"{c}\n" for c in classes))
             atomic_write_json(work / "preprocessing.json", preprocessing_spec(graphs, classes))
             errors: dict[str, str] = {}
-            targets = [t for t in TARGETS if t in formats or (t == "head_float" and "float" in formats and not graphs.end_to_end)]
+            targets = [t for t in TARGETS if t in formats or t in companions(graphs, formats)]
             if "int8" in targets:
                 try:
                     count = write_representative_data(cfg, work / REPRESENTATIVE_FILE, cfg.export.representative_samples)
@@ -96,7 +100,7 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
                         print(f"export: int8 calibration on {count} training clips", flush=True)
                 except UserError as e:
                     errors["int8"] = str(e)
-                    targets.remove("int8")
+                    targets = [t for t in targets if t not in ("int8", "stream_int8")]
                     if progress:
                         print(f"export: int8 failed: {e}", flush=True)
 
@@ -126,7 +130,7 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
                 entry = result.setdefault("formats", {}).setdefault(t, {"file": TFLITE_FILES[t], "bytes": (work / TFLITE_FILES[t]).stat().st_size})
                 entry.update({"convert_seconds": conversions[t]["seconds"], "weight_bytes": tflite_weight_bytes(work / TFLITE_FILES[t]), "ops": ops[t],
                               "flex_ops": sorted(name for name in ops[t] if name.startswith("Flex"))})
-            redone = formats + ["head_float"] * ("float" in formats)  # written now, or failed now: the old files go
+            redone = formats + companions(graphs, formats)  # written now, or failed now: the old files go
             kept = keep_previous_formats(out_dir, work, redone, graphs.run.model, result)
             result["checks"] = checks(result)
             atomic_write_json(work / "parity.json", result)
@@ -139,6 +143,12 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
             print(f"export: {len([t for t in formats if t not in errors])} of {len(formats)} formats -> {out_dir}"
                   + (f"; failed: {', '.join(errors)}" if errors else "") + (f"; kept from the previous export: {', '.join(kept)}" if kept else ""))
         return result
+
+
+def companions(graphs: InferenceGraphs, formats: Sequence[str]) -> list[str]:
+    """The files a format brings along: float the head (feature-level runs); float and int8 their streaming files (streamable runs)."""
+    extra = ["head_float"] if "float" in formats and not graphs.end_to_end else []
+    return extra + [STREAM_FORMATS[f] for f in formats if f in STREAM_FORMATS and graphs.streamable]
 
 
 def _nothing_written(formats: list[str], errors: dict[str, str], log: Path, failed_log: Path, out_dir: Path) -> str:
@@ -164,7 +174,7 @@ def keep_previous_formats(out_dir: Path, work: Path, redone: Sequence[str], mode
         return []
     stale = [t for t, path in old_files.items() if path.stat().st_mtime_ns < model.stat().st_mtime_ns]
     if stale:
-        again = dict.fromkeys("float" if t == "head_float" else t for t in stale)
+        again = dict.fromkeys(BROUGHT_BY.get(t, t) for t in stale)
         print(f"export: dropped {', '.join(stale)} of the previous export: {model.name} is newer than them "
               f"(export them again with --formats {','.join(again)})", file=sys.stderr, flush=True)
     try:

@@ -1,0 +1,131 @@
+"""Running a streaming export as an app does: one hop of audio per call, the states fed back; keyword detections.
+
+    audio stream (file, stdin PCM, microphone), mono at the export's sample_rate
+        --hops of H samples (preprocessing.json "stream".hop_samples)-->
+    StreamingClassifier.step(samples [H]) --model_stream_*.tflite `step`, states in and out--> probabilities [K]
+        --KeywordDetector.update (posterior smoothing over a window, threshold, refractory period)--> Detection | None
+
+kws_streaming's post-processing: the mean of the last `smoothing` seconds of probabilities per class; a
+keyword fires when its smoothed probability reaches `threshold`, no keyword fired in the last `refractory`
+seconds, and it is armed: a keyword that fired re-arms only once its smoothed probability has fallen below the
+threshold. A causal model keeps a word's probability up for a while after the word (it was trained on windows
+that contain the word anywhere), so one spoken word fires once. `_silence_` and `_unknown_` never fire.
+
+Like pipeline.runtime.tflite this imports no TensorFlow: LiteRT and numpy are all a device needs.
+Memory is constant in the stream's length: the states and a smoothing window of hops.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.labels import REJECT_LABELS
+from pipeline.runtime.tflite import OUTPUT, SAMPLES, STREAM_SIGNATURE, load_interpreter
+
+
+class StreamingClassifier:
+    """A model_stream_*.tflite file (LiteRT), with the states an app keeps between calls.
+
+    StreamingClassifier(path, threads=1) reads preprocessing.json and labels.txt beside the file.
+    step(samples float32 [H]) -> probabilities float32 [K] for "now"; reset() zeroes every state.
+    run(waveform float32 [N]) -> probabilities [N // H, K], one row per hop (a last partial hop is dropped).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        self.path = Path(path)
+        meta_file = self.path.parent / "preprocessing.json"
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: no such file; `actrec export` of a streamable run writes RUN/export/model_stream_*.tflite")
+        if not meta_file.is_file():
+            raise UserError(f"{meta_file}: missing; the .tflite file must sit beside the preprocessing.json `actrec export` wrote")
+        preprocessing = json.loads(meta_file.read_text())
+        if "stream" not in preprocessing:
+            raise UserError(f"{self.path.parent}: not the export of a streamable run (preprocessing.json has no 'stream' entry)")
+        self.spec = preprocessing["stream"]
+        self.labels = (self.path.parent / preprocessing["labels_file"]).read_text().splitlines()
+        self.hop_samples = int(self.spec["hop_samples"])
+        self.sample_rate = int(self.spec["sample_rate"])
+        self.states = {s["name"]: s for s in self.spec["inputs"] if s["name"] != SAMPLES}
+        try:
+            self.runner = load_interpreter(self.path, threads).get_signature_runner(STREAM_SIGNATURE)
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"{self.path}: not a streaming TFLite model `actrec export` wrote ({str(e).splitlines()[0][:120]})") from None
+        self.reset()
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_samples / self.sample_rate
+
+    def reset(self) -> None:
+        """Back to the start of a stream: every state zero."""
+        self._state = {name: np.zeros(s["shape"], s["dtype"]) for name, s in self.states.items()}
+
+    def step(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.asarray(samples, np.float32).reshape(1, -1)
+        if samples.shape[1] != self.hop_samples:
+            raise UserError(f"{self.path.name}: a hop is {self.hop_samples} samples, got {samples.shape[1]}")
+        out = self.runner(**{SAMPLES: samples}, **self._state)
+        self._state = {name: out[name] for name in self._state}
+        return out[OUTPUT][0]
+
+    def run(self, waveform: np.ndarray) -> np.ndarray:
+        hops = len(waveform) // self.hop_samples
+        return np.stack([self.step(waveform[k * self.hop_samples : (k + 1) * self.hop_samples]) for k in range(hops)]) if hops \
+            else np.zeros((0, len(self.labels)), np.float32)
+
+
+# ----------------------------------------------------------------------------- detections
+
+
+@dataclass(frozen=True)
+class Detection:
+    time: float  # seconds of input from the stream's start, at the end of the hop that fired
+    label: str
+    score: float  # the smoothed probability that crossed the threshold
+
+    def to_json(self) -> dict:
+        return {"time": round(self.time, 3), "label": self.label, "score": round(self.score, 4)}
+
+    def __str__(self) -> str:
+        return f"{self.time:8.2f} s  {self.label}  {self.score:.2f}"
+
+
+class KeywordDetector:
+    """Posterior smoothing, a threshold and a refractory period over a stream of per-hop probabilities.
+
+    KeywordDetector(labels, hop_seconds, threshold=0.7, smoothing=0.2, refractory=1.0)
+    update(probabilities [K]) -> Detection | None, called once per hop in stream order.
+    """
+
+    def __init__(self, labels: list[str], hop_seconds: float, threshold: float = 0.7, smoothing: float = 0.2, refractory: float = 1.0):
+        if not 0.0 < threshold <= 1.0:
+            raise UserError(f"detection threshold must be in (0, 1]; got {threshold}")
+        if smoothing < 0 or refractory < 0:
+            raise UserError(f"smoothing and refractory must be >= 0 seconds; got {smoothing} and {refractory}")
+        self.labels, self.hop_seconds = list(labels), float(hop_seconds)
+        self.threshold, self.refractory = float(threshold), float(refractory)
+        self.keywords = np.array([label not in REJECT_LABELS for label in self.labels])
+        self.window: deque = deque(maxlen=max(1, round(smoothing / self.hop_seconds)))
+        self.hops = 0
+        self.last_fired = -np.inf
+        self.holding: int | None = None  # the keyword that fired and is still above the threshold
+
+    def update(self, probabilities: np.ndarray) -> Detection | None:
+        self.window.append(np.asarray(probabilities, np.float64))
+        self.hops += 1
+        now = self.hops * self.hop_seconds
+        smoothed = np.mean(self.window, axis=0)
+        scores = np.where(self.keywords, smoothed, -1.0)
+        if self.holding is not None and scores[self.holding] < self.threshold:
+            self.holding = None  # re-armed
+        best = int(np.argmax(scores))
+        if scores[best] < self.threshold or now - self.last_fired < self.refractory or best == self.holding:
+            return None
+        self.last_fired, self.holding = now, best
+        return Detection(now, self.labels[best], float(scores[best]))

@@ -1,0 +1,158 @@
+"""Stream stage: a streaming export run on a live or recorded stream, printing keyword detections as they happen.
+
+    SOURCE: a sound or video file (its audio track, decoded block by block) | "-" (raw 16-bit PCM, mono, at the
+            export's sample rate, on stdin) | --mic (the default microphone, with the optional `sounddevice` package)
+        --hops of H samples--> StreamingClassifier (RUN/export/model_stream_<float|int8>.tflite, states fed back)
+        --probabilities [K] per hop--> KeywordDetector (smoothing, threshold, refractory)
+        --> "12.34 s  yes  0.97" per detection (or one JSON object per line with --json)
+        --> --timeline OUT.png: each class's probability over time, detections marked
+
+Memory is flat in the stream's length (blocks of half a second, the states, the smoothing window), except
+with --timeline, which keeps every hop's probabilities for the plot (K floats per hop: 2.6 MB per hour at
+12 classes and 20 ms hops).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.rundir import RunDir
+from pipeline.runtime.stream import Detection, KeywordDetector, StreamingClassifier
+
+STDIN = "-"
+STREAM_MODELS = {"float": "model_stream_float.tflite", "int8": "model_stream_int8.tflite"}
+
+
+def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic: bool = False, realtime: bool = False,
+           threshold: float = 0.7, smoothing: float = 0.2, refractory: float = 1.0, as_json: bool = False,
+           timeline: str | Path | None = None, threads: int = 1, out=None) -> list[Detection]:
+    """Run RUN/export/model_stream_<model>.tflite over `source` and print each detection to `out` (stdout).
+
+    Returns the detections. realtime: pace the hops at the speed of sound (a file played as if live).
+    """
+    out = out or sys.stdout
+    classifier = StreamingClassifier(stream_model_path(run_dir, model), threads=threads)
+    detector = KeywordDetector(classifier.labels, classifier.hop_seconds, threshold, smoothing, refractory)
+    if timeline is not None and Path(timeline).suffix.lower() != ".png":
+        raise UserError(f"--timeline {timeline}: the plot is written as PNG; name the file *.png")
+    history: list[np.ndarray] | None = [] if timeline is not None else None
+    detections: list[Detection] = []
+    started = time.monotonic()
+    for hop, samples in enumerate(hops(source_blocks(source, mic, classifier.sample_rate), classifier.hop_samples)):
+        probabilities = classifier.step(samples)
+        if history is not None:
+            history.append(probabilities.astype(np.float16))
+        detection = detector.update(probabilities)
+        if detection is not None:
+            detections.append(detection)
+            print(json.dumps(detection.to_json()) if as_json else str(detection), file=out, flush=True)
+        if realtime:  # the next hop arrives when the sound does
+            time.sleep(max(0.0, started + (hop + 1) * classifier.hop_seconds - time.monotonic()))
+    if history is not None:
+        write_timeline(Path(timeline), np.array(history, np.float32), classifier.hop_seconds, classifier.labels, detections)
+    return detections
+
+
+def stream_model_path(run_dir: str | Path, model: str) -> Path:
+    """RUN/export/model_stream_<model>.tflite, or a one-line error saying what to run."""
+    if model not in STREAM_MODELS:
+        raise UserError(f"--model {model}: streaming files are {', '.join(STREAM_MODELS)}")
+    run = RunDir(run_dir)
+    path = run.export / STREAM_MODELS[model]
+    if path.is_file():
+        return path
+    if run.config_file.is_file():
+        from pipeline.derived import streaming_blockers
+
+        blockers = streaming_blockers(run.config())
+        if blockers:
+            raise UserError(f"{run_dir}: this run cannot stream: {blockers[0]} (configs/commands.yaml is a streamable recipe)")
+    raise UserError(f"{path}: missing; run `actrec export --run-dir {run_dir}` (formats float and int8 write the streaming files)")
+
+
+def source_blocks(source: str | None, mic: bool, sample_rate: int) -> Iterator[np.ndarray]:
+    """Blocks of mono float32 samples at sample_rate from a file, stdin PCM or the microphone."""
+    if mic:
+        if source is not None:
+            raise UserError("give a SOURCE or --mic, not both")
+        return microphone_blocks(sample_rate)
+    if source is None:
+        raise UserError("nothing to stream: give a SOURCE (a sound or video file, or - for PCM on stdin) or --mic")
+    if source == STDIN:
+        return pcm_blocks(sys.stdin.buffer, sample_rate)
+    from pipeline.media import MediaError
+    from pipeline.media.audio import stream_audio
+
+    def blocks():
+        try:
+            yield from stream_audio(source, sample_rate)
+        except MediaError as e:
+            raise UserError(f"{source}: {e}") from None
+
+    return blocks()
+
+
+def pcm_blocks(stream, sample_rate: int, block_seconds: float = 0.1) -> Iterator[np.ndarray]:
+    """Raw little-endian 16-bit mono PCM from a binary stream -> float32 blocks in [-1, 1)."""
+    size = 2 * max(1, round(block_seconds * sample_rate))
+    carry = b""
+    while True:
+        data = stream.read(size)
+        if not data:
+            return
+        data = carry + data
+        whole = len(data) - len(data) % 2
+        carry = data[whole:]
+        yield np.frombuffer(data[:whole], "<i2").astype(np.float32) / 32768.0
+
+
+def microphone_blocks(sample_rate: int, block_seconds: float = 0.1) -> Iterator[np.ndarray]:
+    """The default input device through `sounddevice` (optional: pip install sounddevice), until Ctrl-C."""
+    try:
+        import sounddevice
+    except (ImportError, OSError) as e:  # OSError: the package is there but PortAudio is not
+        raise UserError(f"--mic needs the sounddevice package and PortAudio (pip install sounddevice; apt-get install "
+                        f"libportaudio2): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    block = max(1, round(block_seconds * sample_rate))
+    with sounddevice.InputStream(samplerate=sample_rate, channels=1, dtype="float32", blocksize=block) as mic:
+        while True:
+            samples, _ = mic.read(block)
+            yield samples[:, 0].copy()
+
+
+def hops(blocks: Iterator[np.ndarray], hop: int) -> Iterator[np.ndarray]:
+    """Blocks of any size -> consecutive hops of exactly `hop` samples (a last partial hop is zero-padded)."""
+    buffer = np.zeros(0, np.float32)
+    for block in blocks:
+        buffer = np.concatenate([buffer, block])
+        whole = len(buffer) // hop
+        for k in range(whole):
+            yield buffer[k * hop : (k + 1) * hop]
+        buffer = buffer[whole * hop :]
+    if len(buffer):
+        yield np.pad(buffer, (0, hop - len(buffer)))
+
+
+def write_timeline(path: Path, probabilities: np.ndarray, hop_seconds: float, labels: list[str], detections: list[Detection]) -> None:
+    """PNG: each class's probability per hop over time, the detections marked where they fired."""
+    from pipeline.report import new_figure, save_figure
+
+    times = np.arange(1, len(probabilities) + 1) * hop_seconds
+    end = float(times[-1]) if len(times) else 1.0
+    fig = new_figure(max(8.0, min(40.0, end / 3)), 4)
+    ax = fig.add_subplot()
+    for k, label in enumerate(labels):
+        ax.plot(times, probabilities[:, k], lw=0.8, label=label, ls=":" if label.startswith("_") else "-")
+    for d in detections:
+        ax.axvline(d.time, color="k", lw=0.5, alpha=0.5)
+        ax.text(d.time, 1.02, d.label, rotation=90, fontsize=7, ha="center", va="bottom")
+    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1.15), xlim=(0, end), title=f"{len(detections)} detections")
+    ax.legend(fontsize=7, ncol=min(6, len(labels)), loc="upper right")
+    save_figure(fig, path)

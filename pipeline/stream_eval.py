@@ -1,0 +1,94 @@
+"""Keyword spotting on a stream: a long recording assembled from a split's clips, and its detections scored.
+
+    the split's rows (keywords, other words, _silence_ windows of the background recordings)
+        --assemble_stream (random order, 0.5-2 s of background between words, optional minutes of non-keywords after)-->
+    waveform float32 [N] + events [(start s, end s, keyword)]
+        --StreamingClassifier.run--> probabilities [hops, K] --score_detections (KeywordDetector at a threshold)-->
+    detection rate (keywords whose label fired from their start to LATE s after their end) and false accepts per hour
+    (every other detection)
+
+Used by `actrec demo` (a short stream of unseen speakers) and benchmarks/stream.py (the long one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.datasets import resolve_rows
+from pipeline.labels import REJECT_LABELS, SILENCE
+from pipeline.media.audio import load_audio
+from pipeline.runtime.stream import KeywordDetector
+
+LATE = 0.5  # seconds after a keyword's end in which its detection still counts
+
+
+def clip_audio(root: Path, row, sample_rate: int) -> np.ndarray:
+    """The row's audio: a whole file, or a 1-s window of a background recording (row.start)."""
+    waveform = load_audio(root / row.path, sample_rate)
+    if row.start is None:
+        return waveform
+    begin = round(row.start * sample_rate)
+    return waveform[begin : begin + sample_rate]
+
+
+def assemble_stream(cfg, seed: int = 0, negative_minutes: float = 0.0, split: str = "test", max_words: int | None = None) -> tuple[np.ndarray, list[tuple[float, float, str]], float]:
+    """(stream float32 [N], keyword events [(start s, end s, label)], seconds of stream) from the split's clips.
+
+    Every keyword and other word of the split once (at most max_words of them), in random order, each after a gap of
+    0.5-2 s of the split's background windows at a random gain; then negative_minutes of other words and background.
+    """
+    rng = np.random.default_rng(seed)
+    sr = cfg.preprocess.sample_rate
+    root = Path(cfg.data.root)
+    rows = [r for r in resolve_rows(cfg)[0] if r.split == split]
+    fillers = [clip_audio(root, r, sr) for r in rows if r.label == SILENCE]
+    words = [(r.label, clip_audio(root, r, sr)) for r in rows if r.label != SILENCE]
+    others = [w for w in words if w[0] in REJECT_LABELS]
+    if not fillers or not words:
+        raise ValueError(f"the {split} split needs keywords and _silence_ windows (a data.keywords run)")
+    pieces, events, t = [], [], 0.0
+
+    def add(x: np.ndarray) -> float:
+        nonlocal t
+        pieces.append(x.astype(np.float32))
+        start, t = t, t + len(x) / sr
+        return start
+
+    def gap() -> None:
+        seconds = rng.uniform(0.5, 2.0)
+        noise = np.concatenate([fillers[rng.integers(len(fillers))] for _ in range(int(np.ceil(seconds)))])
+        add(rng.uniform(0.1, 1.0) * noise[: round(seconds * sr)])
+
+    for k in rng.permutation(len(words))[:max_words]:
+        label, audio = words[k]
+        gap()
+        start = add(audio)
+        if label not in REJECT_LABELS:
+            events.append((start, t, label))
+    speech_end = t
+    while t - speech_end < 60 * negative_minutes and others:
+        gap()
+        add(others[rng.integers(len(others))][1])
+    return np.concatenate(pieces), events, t
+
+
+def detect(probabilities: np.ndarray, labels: list[str], hop_seconds: float, threshold: float) -> list:
+    """KeywordDetector (default smoothing and refractory) over per-hop probabilities [hops, K] -> [Detection]."""
+    detector = KeywordDetector(labels, hop_seconds, threshold=threshold)
+    return [d for p in probabilities if (d := detector.update(p)) is not None]
+
+
+def score_detections(detections: list, events: list[tuple[float, float, str]], seconds: float) -> dict:
+    """Detections against the keyword events of an assembled stream: detection rate, false accepts (count, per hour)."""
+    hit = [False] * len(events)
+    false_accepts = 0
+    for d in detections:
+        match = next((i for i, (s, e, label) in enumerate(events) if s <= d.time <= e + LATE and label == d.label and not hit[i]), None)
+        if match is None:
+            false_accepts += 1
+        else:
+            hit[match] = True
+    return {"detected": sum(hit), "keywords": len(events), "detection_rate": sum(hit) / max(len(events), 1),
+            "false_accepts": false_accepts, "false_accepts_per_hour": false_accepts / (seconds / 3600)}

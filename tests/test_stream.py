@@ -1,0 +1,214 @@
+"""Streaming: causal models stepped one hop at a time, their TFLite `step` files, and `actrec stream`.
+
+Fast: the step against the whole-window model (GRU and LSTM, one and two layers, random weights), the
+derived model.streamable, the detector's smoothing/threshold/refractory logic, hops and PCM parsing.
+Slow: a causal keyword spotter trained on tones (tests/test_open_set.py's tree), exported, its streaming
+files checked (signature, state names and shapes, builtin ops, parity.json) and run on a stream with known
+word times, from a file and from stdin PCM.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.config import load_config
+from pipeline.derived import streaming_blockers
+from pipeline.errors import UserError
+from pipeline.runtime.stream import KeywordDetector
+from pipeline.stages.stream import hops, pcm_blocks
+
+CAUSAL = ["data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0", "preprocess.mfcc_framing=causal",
+          "preprocess.normalize=dataset", "model.name=audio_rnn", "model.bidirectional=false", "model.pooling=last", "model.dropout=0.0"]
+
+
+def test_shipped_commands_config_streams_and_its_bidirectional_variant_does_not():
+    assert streaming_blockers(load_config("commands")) == []
+    reasons = streaming_blockers(load_config("commands_bidirectional"))
+    assert any("bidirectional" in r for r in reasons) and any("pooling is attention" in r for r in reasons)
+    assert any("mfcc_framing" in r for r in reasons) and any("normalize" in r for r in reasons)
+    odd = streaming_blockers(load_config(None, CAUSAL + ["model.audio_stack=3"]))  # 16000 samples are not whole 480-sample hops
+    assert len(odd) == 1 and "480" in odd[0]
+
+
+def test_config_show_prints_the_derived_streamable_key():
+    def show(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "show", *args], capture_output=True, text=True, check=True).stdout
+
+    assert "#   model.streamable: true" in show("--config", "commands")
+    out = show("--config", "commands", "--set", "model.pooling=attention")
+    assert "#   model.streamable: false" in out and "not streamable: model.pooling is attention" in out
+
+
+def test_causal_framing_refuses_deltas():
+    with pytest.raises(UserError, match="preprocess.deltas"):
+        load_config(None, CAUSAL + ["preprocess.deltas=true"])
+
+
+@pytest.mark.parametrize("cell,layers,stack,pooling", [("gru", 1, 2, "last"), ("lstm", 1, 2, "mean"), ("gru", 2, 1, "mean"), ("lstm", 2, 4, "last")])
+def test_step_by_step_equals_the_whole_window(cell, layers, stack, pooling):
+    """From zero states, the probabilities after the last hop are the whole-window model's (random weights)."""
+    import tensorflow as tf
+
+    from pipeline.features.mfcc import MFCCParams
+    from pipeline.features.mfcc_layers import MFCC
+    from pipeline.models import ModelSpec, build_model
+    from pipeline.models.streaming import AudioStepper
+
+    cfg = load_config(None, CAUSAL + [f"model.cell={cell}", f"model.num_layers={layers}", f"model.audio_stack={stack}", "model.units=12",
+                                   f"model.pooling={pooling}"])
+    params = MFCCParams.from_config(cfg.preprocess)
+    rng = np.random.default_rng(0)
+    waveform = (0.1 * rng.standard_normal((1, 16000)) * np.sin(np.arange(16000) / 700)).astype(np.float32)
+    mfcc = MFCC.from_params(params)(waveform)  # [1, 100, 20]
+    stats = {"mean": mfcc.numpy().mean((0, 1)).tolist(), "std": mfcc.numpy().std((0, 1)).tolist()}
+    model = build_model(ModelSpec(num_classes=5, mfcc=(100, 20), mfcc_stats=stats, preprocess=cfg.preprocess, seed=1), cfg.model)
+    whole = model([mfcc, tf.constant([100])]).numpy()[0]
+
+    stepper = AudioStepper(model, cfg)
+    assert stepper.hop_samples == 160 * stack
+    names = [s.name for s in stepper.states()]
+    assert names == (["audio_context"] + [f"audio_{cell}{i}_{part}" for i in range(layers) for part in ("hc" if cell == "lstm" else "h")]
+                     + ["audio_mean_window", "audio_mean_count"] * (pooling == "mean"))
+    states = {s.name: s.zeros() for s in stepper.states()}
+    step = tf.function(stepper.step)
+    for k in range(16000 // stepper.hop_samples):
+        out = step({"samples": waveform[:, k * stepper.hop_samples : (k + 1) * stepper.hop_samples], **states})
+        states = {name: out[name].numpy() for name in states}
+    assert states["audio_context"].shape == (1, 352)
+    np.testing.assert_allclose(out["probabilities"].numpy()[0], whole, atol=1e-5)
+
+
+def test_detector_smooths_thresholds_and_fires_once_per_word():
+    labels = ["yes", "no", "_silence_", "_unknown_"]
+    detector = KeywordDetector(labels, hop_seconds=0.1, threshold=0.55, smoothing=0.3, refractory=1.0)
+    silence, yes, unknown = [0.0, 0.0, 1.0, 0.0], [0.9, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]
+    # a one-hop blip of "yes" is smoothed away (mean of 3 hops: 0.3 < 0.6); _unknown_ never fires
+    seq = [silence] * 5 + [yes] + [silence] * 5 + [unknown] * 5 + [yes] * 6 + [silence] * 4 + [yes] * 6 + [silence] * 10
+    fired = [(k, d) for k, p in enumerate(seq) if (d := detector.update(p)) is not None]
+    assert [d.label for _, d in fired] == ["yes", "yes"]
+    # the second "yes" run starts at hop 16 and fires at hop 17 (mean of 2 of 3 = 0.6); the third run starts 0.9 s
+    # later, inside the 1 s refractory period, and fires once it is over (hop 27 = 1.0 s after hop 17; "yes" had
+    # fallen below the threshold in between, so it is armed again)
+    assert [k for k, _ in fired] == [17, 27]
+    assert fired[0][1].time == pytest.approx(1.8) and fired[0][1].score == pytest.approx(0.6)
+    assert fired[0][1].to_json() == {"time": 1.8, "label": "yes", "score": 0.6}
+    # a keyword held above the threshold fires once, however long; after it falls below, it fires again
+    held = KeywordDetector(labels, hop_seconds=0.1, threshold=0.55, smoothing=0.3, refractory=1.0)
+    assert [k for k, p in enumerate([yes] * 35 + [silence] * 3 + [yes] * 3) if held.update(p) is not None] == [0, 39]
+    with pytest.raises(UserError, match="threshold"):
+        KeywordDetector(labels, 0.02, threshold=0.0)
+
+
+def test_hops_and_pcm_blocks_cut_any_block_sizes_into_whole_hops():
+    x = np.arange(1000, dtype=np.float32)
+    blocks = [x[:7], x[7:300], x[300:301], x[301:]]
+    out = list(hops(iter(blocks), 320))
+    assert [len(h) for h in out] == [320, 320, 320, 320]
+    np.testing.assert_array_equal(np.concatenate(out)[:1000], x)
+    assert not out[-1][40:].any()  # the last partial hop is zero-padded
+    pcm = (np.array([0, 16384, -32768, 32767, 5], "<i2")).tobytes()
+    parsed = np.concatenate(list(pcm_blocks(io.BytesIO(pcm), sample_rate=20, block_seconds=0.15)))  # 3-sample blocks
+    np.testing.assert_allclose(parsed, [0, 0.5, -1.0, 32767 / 32768, 5 / 32768])
+
+
+# ----------------------------------------------------------------------------- a trained, exported streaming run
+
+
+WORD_HZ = {"yes": 300.0, "no": 450.0}  # test_open_set's tone tree: word w is a 0.4-s tone of 300 + 150 w Hz
+
+
+@pytest.fixture(scope="module", params=["gru", "lstm"])
+def stream_run(request, tmp_path_factory):
+    """A causal 4-label spotter on the tone tree (GRU and LSTM), exported as float and int8."""
+    from pipeline.stages.export import export
+    from pipeline.stages.preprocess import preprocess
+    from pipeline.stages.train import train
+    from tests.test_open_set import BACKGROUND_SECONDS, KEYWORDS, OTHERS, SPEAKERS, wav
+
+    root = tmp_path_factory.mktemp("tones")
+    for w, word in enumerate(KEYWORDS + OTHERS):
+        for s, speaker in enumerate(SPEAKERS):
+            wav(root / word / f"{speaker}_nohash_0.wav", 1.0, 300 + 150 * w, seed=s)
+    for n, name in enumerate(("white", "hum")):
+        wav(root / "_background_noise_" / f"{name}.wav", BACKGROUND_SECONDS, 50 + 10 * n, word=False)
+    (root / "validation_list.txt").write_text("".join(f"{w}/{SPEAKERS[8]}_nohash_0.wav\n" for w in KEYWORDS + OTHERS))
+    (root / "testing_list.txt").write_text("".join(f"{w}/{SPEAKERS[9]}_nohash_0.wav\n" for w in KEYWORDS + OTHERS))
+    run = tmp_path_factory.mktemp(f"stream_{request.param}")
+    args = [f"data.root={root}", f"data.keywords={KEYWORDS}", *CAUSAL, f"model.cell={request.param}", "model.units=16",
+            "model.audio_stack=2", "train.epochs=30", "train.batch_size=8", "train.early_stopping=0", "train.learning_rate=0.01",
+            "data.unknown_fraction=0.25", "data.silence_fraction=0.25", "preprocess.workers=0", "export.formats=[float,int8]",
+            "export.latency_runs=2"]
+    preprocess(None, run, args, progress=False)
+    train(None, run, args, progress=False)
+    result = export(run, progress=False)
+    return run, result, request.param
+
+
+@pytest.mark.slow
+def test_streaming_files_have_named_states_and_builtin_ops_only(stream_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    run, result, cell = stream_run
+    spec = json.loads((run / "export" / "preprocessing.json").read_text())["stream"]
+    states = {"audio_context": [1, 352], f"audio_{cell}0_h": [1, 16], **({"audio_lstm0_c": [1, 16]} if cell == "lstm" else {})}
+    assert spec["hop_samples"] == 320 and spec["window_hops"] == 50
+    assert {s["name"]: s["shape"] for s in spec["inputs"]} == {"samples": [1, 320], **states}
+    assert {s["name"]: s["shape"] for s in spec["outputs"]} == {"probabilities": [1, 4], **states}
+    for fmt in ("float", "int8"):
+        path = run / "export" / f"model_stream_{fmt}.tflite"
+        interpreter = Interpreter(model_path=str(path))
+        signature = interpreter.get_signature_list()
+        assert signature == {"step": {"inputs": sorted(["samples", *states]), "outputs": sorted(["probabilities", *states])}}
+        details = interpreter.get_signature_runner("step").get_input_details()
+        assert {name: list(d["shape"]) for name, d in details.items()} == {"samples": [1, 320], **states}
+        ops = result["formats"][f"stream_{fmt}"]["ops"]
+        assert not result["formats"][f"stream_{fmt}"]["flex_ops"]
+        assert not {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE", "WHILE"} & set(ops)  # states are plain tensors
+
+
+@pytest.mark.slow
+def test_streaming_parity_float_and_int8(stream_run):
+    _, result, _ = stream_run
+    stream_float, stream_int8 = result["formats"]["stream_float"], result["formats"]["stream_int8"]
+    assert stream_float["max_abs_diff_prob"] < 1e-4 and stream_float["top1_agreement"] == 1.0
+    assert result["checks"]["stream_float: top-1 agreement 100% and max |dprob| < 1e-4"] is True
+    assert stream_int8["top1_agreement"] >= 0.99, stream_int8
+    assert stream_float["latency_of"] == "one hop"
+
+
+def tone_stream(path, words: list[tuple[float, str]], seconds: float, seed: int = 0) -> None:
+    """A WAV of faint noise with 0.4-s tone 'words' starting at the given times."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * 16000)) / 16000
+    x = 0.01 * rng.standard_normal(len(t))
+    for start, word in words:
+        x += 0.3 * np.sin(2 * np.pi * WORD_HZ[word] * t) * ((t >= start) & (t < start + 0.4))
+    sf.write(path, x.astype(np.float32), 16000, subtype="PCM_16")
+
+
+@pytest.mark.slow
+def test_actrec_stream_finds_words_at_their_times_from_a_file_and_from_stdin(stream_run, tmp_path):
+    from pipeline.stages.stream import stream
+
+    run, _, _ = stream_run
+    words = [(1.0, "yes"), (3.0, "no"), (5.0, "yes"), (7.5, "no")]
+    tone_stream(tmp_path / "long.wav", words, 9.0)
+    out = io.StringIO()
+    detections = stream(run, str(tmp_path / "long.wav"), threshold=0.7, as_json=True, timeline=tmp_path / "t.png", out=out)
+    assert [d.label for d in detections] == [w for _, w in words]
+    for d, (start, _) in zip(detections, words):  # fires once the word is heard: within 0.3 s of its end
+        assert abs(d.time - (start + 0.4)) <= 0.3, (d, start)
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [d.to_json() for d in detections]
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    pcm = (sf.read(tmp_path / "long.wav", dtype="int16")[0]).tobytes()
+    cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "stream", "--run-dir", str(run), "-", "--json"],
+                         input=pcm, capture_output=True, check=True)
+    assert [json.loads(line) for line in cli.stdout.decode().splitlines()] == [d.to_json() for d in detections]
