@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help='one JSON object per detection: {"time": 12.34, "label": "yes", "score": 0.97}')
     st.add_argument("--timeline", metavar="OUT.png", help="also plot every class's probability over time, detections marked")
     st.add_argument("--threads", type=int, default=1, metavar="N", help="interpreter threads (default 1, as a phone's audio thread)")
+    st.add_argument("--no-refresh", action="store_true", help="let the model's states run on for the whole stream (default: two "
+                    "copies restarted every window, half a window apart, so it never remembers more than it was trained on)")
 
     # actrec export
     ex = sub.add_parser(
@@ -362,7 +364,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from pipeline.stages.stream import stream
 
     stream(args.run_dir, args.source, model=args.model, mic=args.mic, realtime=args.realtime, threshold=args.threshold,
-           smoothing=args.smoothing, refractory=args.refractory, as_json=args.json, timeline=args.timeline, threads=args.threads)
+           smoothing=args.smoothing, refractory=args.refractory, as_json=args.json, timeline=args.timeline, threads=args.threads,
+           refresh=not args.no_refresh)
     return 0
 
 

@@ -156,6 +156,9 @@ def test_streaming_files_have_named_states_and_builtin_ops_only(stream_run):
     from ai_edge_litert.interpreter import Interpreter
 
     run, result, cell = stream_run
+    assert {p.name for p in (run / "export").iterdir()} == {  # no calibration scratch left behind
+        "labels.txt", "preprocessing.json", "parity.json", "model_float.tflite", "head_float.tflite", "model_int8.tflite",
+        "model_stream_float.tflite", "model_stream_int8.tflite"}
     spec = json.loads((run / "export" / "preprocessing.json").read_text())["stream"]
     states = {"audio_context": [1, 352], f"audio_{cell}0_h": [1, 16], **({"audio_lstm0_c": [1, 16]} if cell == "lstm" else {})}
     assert spec["hop_samples"] == 320 and spec["window_hops"] == 50
@@ -212,3 +215,27 @@ def test_actrec_stream_finds_words_at_their_times_from_a_file_and_from_stdin(str
     cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "stream", "--run-dir", str(run), "-", "--json"],
                          input=pcm, capture_output=True, check=True)
     assert [json.loads(line) for line in cli.stdout.decode().splitlines()] == [d.to_json() for d in detections]
+
+
+@pytest.mark.slow
+def test_refresh_answers_from_states_that_heard_half_to_one_window(stream_run):
+    """With refresh, the answer at hop k is a fresh model's after the hops since its copy's last restart."""
+    from pipeline.runtime.stream import StreamingClassifier
+
+    run, _, _ = stream_run
+    path = run / "export" / "model_stream_float.tflite"
+    hop, window = 320, 50
+    x = (0.05 * np.random.default_rng(1).standard_normal(170 * hop)).astype(np.float32)
+    refreshed = StreamingClassifier(path, refresh=True).run(x)
+    continuous = StreamingClassifier(path).run(x)
+    for k in (10, 24, 25, 49, 50, 60, 74, 75, 120, 169):
+        if k < window // 2:
+            start = 0
+        elif k % window >= window // 2:
+            start = k - k % window  # the copy restarted at whole windows
+        else:
+            start = k - (k - window // 2) % window  # the copy restarted half a window later
+        fresh = StreamingClassifier(path).run(x[start * hop : (k + 1) * hop])[-1]
+        np.testing.assert_allclose(refreshed[k], fresh, atol=1e-6, err_msg=f"hop {k}")
+        assert window // 2 <= k + 1 - start <= window or k < window // 2
+    np.testing.assert_allclose(refreshed[:50], continuous[:50], atol=1e-6)  # the first window is the same

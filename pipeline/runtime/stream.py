@@ -32,12 +32,17 @@ from pipeline.runtime.tflite import OUTPUT, SAMPLES, STREAM_SIGNATURE, load_inte
 class StreamingClassifier:
     """A model_stream_*.tflite file (LiteRT), with the states an app keeps between calls.
 
-    StreamingClassifier(path, threads=1) reads preprocessing.json and labels.txt beside the file.
+    StreamingClassifier(path, threads=1, refresh=False) reads preprocessing.json and labels.txt beside the file.
     step(samples float32 [H]) -> probabilities float32 [K] for "now"; reset() zeroes every state.
     run(waveform float32 [N]) -> probabilities [N // H, K], one row per hop (a last partial hop is dropped).
+
+    refresh=True bounds what the model remembers to what it was trained on (one window, W hops): two copies of the
+    states run side by side, each restarted from zeros every W hops, half a window apart, and the answer comes from
+    the copy that has heard between W/2 and W hops. Without it the states run on for the whole stream, longer than
+    any training example (measured in docs/streaming.md). Twice the calls per hop.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, refresh: bool = False):
         self.path = Path(path)
         meta_file = self.path.parent / "preprocessing.json"
         if not self.path.is_file():
@@ -52,6 +57,8 @@ class StreamingClassifier:
         self.hop_samples = int(self.spec["hop_samples"])
         self.sample_rate = int(self.spec["sample_rate"])
         self.states = {s["name"]: s for s in self.spec["inputs"] if s["name"] != SAMPLES}
+        self.refresh = refresh
+        self.window_hops = int(self.spec["window_hops"])
         try:
             self.runner = load_interpreter(self.path, threads).get_signature_runner(STREAM_SIGNATURE)
         except (ValueError, RuntimeError) as e:
@@ -62,17 +69,35 @@ class StreamingClassifier:
     def hop_seconds(self) -> float:
         return self.hop_samples / self.sample_rate
 
+    def zero_states(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros(s["shape"], s["dtype"]) for name, s in self.states.items()}
+
     def reset(self) -> None:
         """Back to the start of a stream: every state zero."""
-        self._state = {name: np.zeros(s["shape"], s["dtype"]) for name, s in self.states.items()}
+        self._copies = [self.zero_states(), self.zero_states()]  # the second one runs only with refresh
+        self._hops = 0
+
+    def _call(self, samples: np.ndarray, copy: int) -> np.ndarray:
+        out = self.runner(**{SAMPLES: samples}, **self._copies[copy])
+        self._copies[copy] = {name: out[name] for name in self.states}
+        return out[OUTPUT][0]
 
     def step(self, samples: np.ndarray) -> np.ndarray:
         samples = np.asarray(samples, np.float32).reshape(1, -1)
         if samples.shape[1] != self.hop_samples:
             raise UserError(f"{self.path.name}: a hop is {self.hop_samples} samples, got {samples.shape[1]}")
-        out = self.runner(**{SAMPLES: samples}, **self._state)
-        self._state = {name: out[name] for name in self._state}
-        return out[OUTPUT][0]
+        k, self._hops = self._hops, self._hops + 1
+        if not self.refresh:
+            return self._call(samples, 0)
+        window, half = self.window_hops, self.window_hops // 2
+        for copy, offset in ((0, 0), (1, half)):
+            if k >= offset and (k - offset) % window == 0 and k > 0:
+                self._copies[copy] = self.zero_states()
+        first = self._call(samples, 0)
+        if k < half:  # only the first copy has started
+            return first
+        second = self._call(samples, 1)
+        return first if k % window >= half else second
 
     def run(self, waveform: np.ndarray) -> np.ndarray:
         hops = len(waveform) // self.hop_samples

@@ -42,6 +42,7 @@ from pipeline.deploy.convert import (
     LOG_FILE,
     REPRESENTATIVE_FILE,
     STATUS_FILE,
+    STREAM_REPRESENTATIVE_FILE,
     run_conversions,
     write_representative_data,
 )
@@ -107,7 +108,7 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
             # convert first: when nothing converts, no time goes to measuring the Keras model
             conversions = run_conversions(run_dir, work, targets, progress)
             errors.update({t: r["error"] for t, r in conversions.items() if "error" in r})
-            for scratch in (work / REPRESENTATIVE_FILE, work / STATUS_FILE):
+            for scratch in (work / REPRESENTATIVE_FILE, work / STREAM_REPRESENTATIVE_FILE, work / STATUS_FILE):
                 scratch.unlink(missing_ok=True)
             log = work / LOG_FILE
             if log.is_file() and not log.read_text().strip():

@@ -32,13 +32,15 @@ STREAM_MODELS = {"float": "model_stream_float.tflite", "int8": "model_stream_int
 
 def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic: bool = False, realtime: bool = False,
            threshold: float = 0.7, smoothing: float = 0.2, refractory: float = 1.0, as_json: bool = False,
-           timeline: str | Path | None = None, threads: int = 1, out=None) -> list[Detection]:
+           timeline: str | Path | None = None, threads: int = 1, refresh: bool = True, out=None) -> list[Detection]:
     """Run RUN/export/model_stream_<model>.tflite over `source` and print each detection to `out` (stdout).
 
-    Returns the detections. realtime: pace the hops at the speed of sound (a file played as if live).
+    Returns the detections. realtime: pace the hops at the speed of sound (a file played as if live). refresh: restart
+    the model's states every window, two copies half a window apart (StreamingClassifier), so it never remembers
+    more than it was trained on.
     """
     out = out or sys.stdout
-    classifier = StreamingClassifier(stream_model_path(run_dir, model), threads=threads)
+    classifier = StreamingClassifier(stream_model_path(run_dir, model), threads=threads, refresh=refresh)
     detector = KeywordDetector(classifier.labels, classifier.hop_seconds, threshold, smoothing, refractory)
     if timeline is not None and Path(timeline).suffix.lower() != ".png":
         raise UserError(f"--timeline {timeline}: the plot is written as PNG; name the file *.png")
