@@ -7,6 +7,9 @@ soundfile, small and fast to make (the 10-minute WAV is ~19 MB of PCM, written i
 
     video cases   (an audio-visual action run: classes Fast, Slow)   write_video_case(case, root)
     audio cases   (a speech run: words no, yes)                       write_audio_case(case, root)
+
+It also builds, once per pytest process, the tiny runs that several modules read (shared_speech_run,
+shared_float_export): training and exporting them once instead of once per module is most of a minute each.
 """
 
 from __future__ import annotations
@@ -333,4 +336,63 @@ def reference_twin(case: Case, folder: Path) -> Path:
     return tone_wav(folder / f"twin_{case.name}.wav", WORDS[word])
 
 
-__all__ = ["AUDIO_CASES", "VIDEO_CASES", "Case", "FORMAT_TWINS"]
+# ----------------------------------------------------------------------------- runs shared by several test modules
+
+# A speech run (audio_rnn over MFCCs, words no/yes of speech_training_set): the TINY settings of tests/conftest.py, a
+# one-way GRU with no attention or augmentation (half the tracing time) and a quick export. test_faults, test_predict
+# and test_litert read it (and its float export); a test that changes it copies it first.
+SPEECH_ARGS = (["data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0", "preprocess.workers=0",
+                "model.name=audio_rnn", "model.units=8", "train.batch_size=4", "train.early_stopping=0", "model.dropout=0.0",
+                "train.learning_rate=0.01", "model.bidirectional=false", "model.pooling=last", "train.augment=false",
+                "export.latency_runs=2", "export.representative_samples=4", "train.epochs=8"])
+_SHARED: dict = {}
+
+
+def shared_speech_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(data root, run dir): speech_training_set preprocessed and trained with SPEECH_ARGS, once per pytest process."""
+    if "speech" not in _SHARED:
+        from contextlib import redirect_stdout
+        from io import StringIO
+
+        from pipeline.stages.preprocess import preprocess
+        from pipeline.stages.train import train
+
+        base = tmp_path_factory.mktemp("shared_speech")
+        root, run = speech_training_set(base / "commands"), base / "run"
+        args = SPEECH_ARGS + [f"data.root={root}"]
+        with redirect_stdout(StringIO()):
+            preprocess(None, run, args, progress=False)
+            train(None, run, args, progress=False)
+        _SHARED["speech"] = (root, run)
+    return _SHARED["speech"]
+
+
+def shared_float_export(run: Path) -> Path:
+    """RUN/export with model_float.tflite, exported once per pytest process (`actrec export --formats float`)."""
+    key = ("export", str(run))
+    if key not in _SHARED:
+        from contextlib import redirect_stderr, redirect_stdout
+        from io import StringIO
+
+        from pipeline.cli import main
+
+        out, err = StringIO(), StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = main(["export", "--run-dir", str(run), "--formats", "float", "--no-progress"])
+        assert rc == 0 and "Traceback" not in err.getvalue(), err.getvalue()
+        assert (run / "export/model_float.tflite").is_file()
+        _SHARED[key] = run / "export"
+    return _SHARED[key]
+
+
+def shared_copy(run: Path, tmp_path_factory, name: str) -> Path:
+    """A copy of a read-mostly session run (tests/conftest.py's trained_run), made once per pytest process and name."""
+    key = ("copy", name)
+    if key not in _SHARED:
+        _SHARED[key] = tmp_path_factory.mktemp(name) / "run"
+        shutil.copytree(run, _SHARED[key], symlinks=True)
+    return _SHARED[key]
+
+
+__all__ = ["AUDIO_CASES", "VIDEO_CASES", "Case", "FORMAT_TWINS", "SPEECH_ARGS", "shared_copy", "shared_float_export",
+           "shared_speech_run"]

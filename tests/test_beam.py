@@ -1,7 +1,8 @@
 """`actrec preprocess --runner beam`: the same files as the local runner, through tf.io.gfile URLs, clear errors.
 
 The clips are the embedded action data (make_actions, 2 per class, with its fault files), encoded by
-small_cnn with random weights at 32 px, so the whole module runs in about a minute on 2 cores.
+small_cnn with random weights at 32 px, so the whole module runs in about a minute on 2 cores. Tests that make those
+clips are `slow`; the fast lane keeps the configuration errors, which come before any clip is read.
 """
 
 import json
@@ -89,6 +90,7 @@ def test_beam_writes_the_same_files_as_the_local_runner(actions, local_run, tmp_
     assert again["counts"] == index["counts"] and "nothing to do" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # makes and preprocesses the clips (~15 s)
 def test_beam_reads_and_writes_urls_through_tf_gfile(actions, local_run, tmp_path, capsys):
     """Clips and run dir behind URLs (TensorFlow's in-memory ram:// file system, so in-process Beam workers):
     the same examples as the local run, and a clip missing from the bucket is listed, not fatal."""
@@ -114,8 +116,11 @@ def test_beam_reads_and_writes_urls_through_tf_gfile(actions, local_run, tmp_pat
     assert "frame encoder loaded 1 time(s)" in capsys.readouterr().out
 
 
-def test_configuration_mistakes_are_one_line_errors(actions, tmp_path):
+def test_configuration_mistakes_are_one_line_errors(tmp_path):
     from pipeline.stages.preprocess_beam import pipeline_options
+
+    actions = tmp_path / "clips"  # never read: every mistake is found before the data
+    actions.mkdir()
 
     with pytest.raises(UserError, match="--beam-option runer: not a Beam pipeline option .did you mean 'runner'"):
         pipeline_options(["runer=DataflowRunner"], workers=2)
@@ -135,8 +140,10 @@ def test_configuration_mistakes_are_one_line_errors(actions, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_beam_extra_names_the_install_command(actions, tmp_path):
+def test_missing_beam_extra_names_the_install_command(tmp_path):
     """Without apache_beam importable, `--runner beam` prints one line naming `pip install -e .[beam]` and exits 2."""
+    actions = tmp_path / "clips"  # never read: the missing extra is found first
+    actions.mkdir()
     code = ("import sys; sys.modules['apache_beam'] = None; from pipeline.cli import main; "
             f"sys.exit(main(['preprocess', '--run-dir', {str(tmp_path / 'run')!r}, '--runner', 'beam', '--set', 'data.root={actions}']))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -95,12 +95,18 @@ def test_mirrored_strategy_matches_default(dataset, feature_run, one_worker, tmp
     assert "strategy: mirrored" in (run / "config.yaml").read_text()
 
 
-def test_multi_worker_needs_a_valid_tf_config(dataset, feature_run, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow  # needs the session's cached features (feature_run), which only slow tests build
+def test_multi_worker_without_tf_config_is_one_line(dataset, feature_run, tmp_path, monkeypatch, capsys):
     run = new_run(feature_run, tmp_path, "run")
     monkeypatch.delenv("TF_CONFIG", raising=False)
     code = main(["train", "--run-dir", str(run), "--strategy", "multi_worker"] + [x for a in FAST + [f"data.root={dataset}"] + TASK for x in ("--set", a)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("actrec: error: train.strategy=multi_worker needs the TF_CONFIG")
+
+
+def test_multi_worker_needs_a_valid_tf_config():
+    with pytest.raises(UserError, match="train.strategy=multi_worker needs the TF_CONFIG"):
+        check_tf_config(None)
     with pytest.raises(UserError, match="TF_CONFIG: expected JSON"):
         check_tf_config("{not json")
     with pytest.raises(UserError, match="TF_CONFIG: expected JSON"):

@@ -1,4 +1,7 @@
-"""`actrec evaluate` on raw clips: the same numbers as the cached features, subsets of classes, bad input."""
+"""`actrec evaluate` on raw clips: the same numbers as the cached features, subsets of classes, bad input.
+
+Tests that need the session's trained_run (most of a minute to build) are `slow`.
+"""
 
 import json
 import os
@@ -16,6 +19,7 @@ from pipeline.stages.train import evaluate_split
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_raw_clips_match_cached_features(trained_run):
     metrics = evaluate(trained_run, progress=False)
     cached = evaluate_split(trained_run, "test")
@@ -28,12 +32,14 @@ def test_raw_clips_match_cached_features(trained_run):
     assert saved["top1"] == metrics["top1"] and saved["top5"] is None  # 2 classes: no top-5
 
 
+@pytest.mark.slow
 def test_multi_view_reports_single_and_multi(trained_run):
     evaluate(trained_run, views=3, crops=3, progress=False)
     saved = json.loads((trained_run / "eval/test-v3-c3/metrics.json").read_text())
     assert "single-view (centre)" in saved["extra"] and "multi-view (9 views)" in saved["extra"]
 
 
+@pytest.mark.slow
 def test_folder_with_some_classes(trained_run, dataset, tmp_path):
     folder = tmp_path / "only_slow"
     (folder / "Slow").mkdir(parents=True)
@@ -46,6 +52,7 @@ def test_folder_with_some_classes(trained_run, dataset, tmp_path):
     assert saved["skipped"]["count"] == 1
 
 
+@pytest.mark.slow
 def test_unknown_class_lists_the_known_ones(trained_run, tmp_path):
     (tmp_path / "Dance").mkdir()
     shutil.copy(next((ROOT / "tests").glob("*.py")), tmp_path / "Dance" / "x.mp4")

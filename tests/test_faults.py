@@ -7,6 +7,9 @@ in-process through `pipeline.cli.main` (an escaping exception is a traceback: th
 only where a process boundary matters (SIGKILL, a file size limit, a second process holding the lock, file permissions
 that root obeys only without its capabilities, what C libraries print on the terminal). What each test measured is
 written up in docs/reliability.md; bugs in files outside this suite's reach are xfail(strict=True) with the fix.
+Tests that need the trained runs, the preprocessed trees or a new process are `slow`; the fast lane keeps `actrec index`
+over the corpus and the lock's clean-up. The speech run (and its float export) is built once per pytest process and
+shared with test_predict and test_litert (fault_corpus.shared_speech_run).
 """
 
 from __future__ import annotations
@@ -46,8 +49,7 @@ EXPORT_FAST = ["export.latency_runs=2", "export.representative_samples=4"]
 EPOCHS = 8
 # 1-clip shards and 8 epochs: the video run is also the uninterrupted run the SIGKILLed preprocess and train are compared with
 VIDEO_ARGS = FAST + TINY + SMALL + EXPORT_FAST + ["model.name=av_fusion", f"train.epochs={EPOCHS}", "preprocess.shard_size=1"]
-SPEECH_ARGS = (["data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0", "preprocess.workers=0",
-                "model.name=audio_rnn"] + TINY + SMALL + EXPORT_FAST + ["train.epochs=8"])
+SPEECH_ARGS = fc.SPEECH_ARGS  # the same settings: TINY + SMALL + EXPORT_FAST, 8 epochs (the run is shared with other modules)
 
 CASES = [("video", c) for c in VIDEO_CASES] + [("audio", c) for c in AUDIO_CASES]
 CASE_IDS = [f"{kind}-{c.name}" for kind, c in CASES]
@@ -113,8 +115,8 @@ def action_data(work):
 
 
 @pytest.fixture(scope="module")
-def speech_data(work):
-    return fc.speech_training_set(work / "commands")
+def speech_data(tmp_path_factory):
+    return fc.shared_speech_run(tmp_path_factory)[0]
 
 
 def quietly(fn, *args, **kw):
@@ -135,23 +137,16 @@ def video_run(work, action_data):
 
 
 @pytest.fixture(scope="module")
-def speech_run(work, speech_data):
-    """A speech run (audio_rnn over MFCCs; words no, yes), trained 8 epochs."""
-    from pipeline.stages.preprocess import preprocess
-    from pipeline.stages.train import train
-
-    run, args = work / "runs/commands", SPEECH_ARGS + [f"data.root={speech_data}"]
-    quietly(preprocess, None, run, args, progress=False)
-    quietly(train, None, run, args, progress=False)
-    return run
+def speech_run(tmp_path_factory):
+    """A speech run (audio_rnn over MFCCs; words no, yes), trained 8 epochs (fault_corpus.shared_speech_run: built once
+    per pytest process, test_predict and test_litert read it too)."""
+    return fc.shared_speech_run(tmp_path_factory)[1]
 
 
 @pytest.fixture(scope="module")
 def speech_export(speech_run):
     """The speech run exported as float TFLite, uninterrupted (the reference of the SIGKILL test): RUN/export."""
-    ok(cli("export", "--run-dir", speech_run, "--formats", "float", "--no-progress"))
-    assert (speech_run / "export/model_float.tflite").is_file()
-    return speech_run / "export"
+    return fc.shared_float_export(speech_run)
 
 
 @dataclass
@@ -274,6 +269,7 @@ def test_index(kind, case, index_results):
     assert sum(rel in ln for ln in result.lines()) == len(skipped) + len(warned)
 
 
+@pytest.mark.slow  # preprocesses both trees (~15 s)
 @pytest.mark.parametrize("kind, case", CASES, ids=CASE_IDS)
 def test_preprocess(kind, case, preprocess_results):
     result, errors, cached = preprocess_results[kind]
@@ -286,6 +282,7 @@ def test_preprocess(kind, case, preprocess_results):
     assert case.file not in result.out + result.err  # named in preprocess_errors.csv, not printed
 
 
+@pytest.mark.slow  # trains the two runs (~1 min)
 @pytest.mark.parametrize("kind, case", CASES, ids=CASE_IDS)
 def test_evaluate_data(kind, case, evaluate_results):
     result, metrics = evaluate_results[kind]
@@ -304,6 +301,7 @@ def check_predict_line(case, line):
         assert ": error: " in line and case.reason in line.split(": error: ", 1)[1], line
 
 
+@pytest.mark.slow  # needs the trained runs
 @pytest.mark.parametrize("kind, case", CASES, ids=CASE_IDS)
 def test_predict(kind, case, trees, predict_results):
     result, lines = predict_results[kind]
@@ -322,6 +320,7 @@ def test_predict_tflite(case, trees, predict_tflite_results):
 # ----------------------------------------------------------------------------- the good files of each batch
 
 
+@pytest.mark.slow  # needs the trained runs
 @pytest.mark.parametrize("kind", ["video", "audio"])
 def test_good_files_of_a_bad_batch_are_processed(kind, trees, index_results, preprocess_results, evaluate_results, predict_results):
     tree = trees[kind]
@@ -347,6 +346,7 @@ def test_good_files_of_a_bad_batch_are_processed(kind, trees, index_results, pre
 TWIN_TOLERANCE = {"pcm_u8": (1 / 128, 0.005), "pcm_24": (1 / 32768, 2e-5), "stereo": (0.0, 0.0), "rate_44100": (0.05, 1e-3)}
 
 
+@pytest.mark.slow  # needs the trained speech run
 @pytest.mark.parametrize("name", sorted(FORMAT_TWINS))
 def test_format_variants_decode_and_predict_like_the_original(name, trees, predict_results):
     """8-bit, 24-bit, stereo and 44.1 kHz WAVs: the waveform of the 16-bit mono 16 kHz file of the same sound, and its label."""
@@ -363,6 +363,7 @@ def test_format_variants_decode_and_predict_like_the_original(name, trees, predi
     assert top[0][0] == top[1][0] and abs(float(top[0][1]) - float(top[1][1])) <= 0.1, top
 
 
+@pytest.mark.slow  # needs the trained speech run
 def test_predict_a_folder_gives_every_media_entry_a_line(trees, speech_run):
     """A folder argument: every entry named like media gets its line (the FIFO, the link loop among them); exit status 1."""
     tree = trees["audio"]
@@ -767,9 +768,11 @@ def test_export_holds_the_run_dir_lock(export_kill):
 
 # ----------------------------------------------------------------------------- a full disk (a file size limit)
 
-# Where the first write fails under each limit (bytes): config.yaml (a Python write), the first TFRecord shard of the speech
-# run (TensorFlow's writer; its MFCC shards are ~25 kB), the frame encoder's weights of the action run (h5py, 100 kB).
-LIMITS = {"python_write": ("speech", 1000), "tfrecord_shard": ("speech", 16000), "keras_weights": ("video", 50000)}
+# Where the first write fails under each limit (bytes): the first TFRecord shard of the speech run (TensorFlow's writer,
+# whose error names the file only in its message; its MFCC shards are ~25 kB), the frame encoder's weights of the action
+# run (100 kB: h5py builds them in memory, then files.atomic_write_bytes writes them, as it writes config.yaml and every
+# other Python write: a third limit failing at config.yaml would test that same function again).
+LIMITS = {"tfrecord_shard": ("speech", 16000), "keras_weights": ("video", 50000)}
 _limited: dict = {}
 
 

@@ -4,13 +4,17 @@ A fresh venv gets ai-edge-litert, numpy, the media libraries and the config's tw
 package index (no tensorflow, no keras), imports pipeline.runtime.tflite from this checkout and classifies test
 clips and WAVs with `TFLiteClassifier(file).predict_file(path)`: the probabilities must be those of
 `actrec predict --model file` (pipeline.stages.predict.predict) in the test environment.
+
+The exported files are the float exports of the session's action run (a copy of tests/conftest.py's trained_run) and of
+the tiny speech run of tests/fault_corpus.py, made once per pytest process and shared with test_predict and test_faults.
+The venv is installed with the test environment's pip (no pip of its own) and without byte-compiling (Python compiles
+what it imports): both only save time.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,11 +25,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline.stages.export import export
 from pipeline.stages.predict import predict
-from pipeline.stages.preprocess import preprocess
-from pipeline.stages.train import train
-from tests.conftest import TINY
+from tests import fault_corpus as fc
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5  # max |dprob| between the TensorFlow-free venv and `actrec predict --model`
@@ -64,13 +65,14 @@ def litert_python(tmp_path_factory) -> Path:
     """The python of a fresh venv with RUNTIME_PACKAGES only, installed by pip from the package index."""
     venv = tmp_path_factory.mktemp("litert") / "venv"
     start = time.perf_counter()
-    made = subprocess.run([sys.executable, "-m", "venv", venv], capture_output=True, text=True, timeout=300)
+    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     python = venv / "bin" / "python"
     pins = [f"{name}=={version(name)}" for name in RUNTIME_PACKAGES]
-    installed = subprocess.run([python, "-m", "pip", "install", "-q", *pins], capture_output=True, text=True, timeout=1800, env=_clean_env())
+    pip = [sys.executable, "-m", "pip", "--python", python]
+    installed = subprocess.run([*pip, "install", "-q", "--no-compile", *pins], capture_output=True, text=True, timeout=1800, env=_clean_env())
     assert installed.returncode == 0, installed.stderr[-3000:]
-    checked = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, timeout=120, env=_clean_env())
+    checked = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=120, env=_clean_env())
     assert checked.returncode == 0, checked.stdout[-2000:]
     print(f"\nLiteRT venv ({', '.join(pins)}): {time.perf_counter() - start:.0f} s")
     return python
@@ -102,15 +104,14 @@ def assert_same_as_predict(run: Path, model: Path, paths: list[Path], python: Pa
 
 
 @pytest.mark.slow  # builds a venv from the package index (~1-2 min) and exports a run
-def test_action_clips_without_tensorflow(litert_python, trained_run, dataset, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)  # the session's run stays as it was
-    export(run, "float", progress=False)
+def test_action_clips_without_tensorflow(litert_python, trained_run, dataset, tmp_path, tmp_path_factory):
+    run = fc.shared_copy(trained_run, tmp_path_factory, "trained_run_exported")  # the session's run stays as it was
+    fc.shared_float_export(run)
     clips = sorted(dataset.glob("*/v_*_g01_*.mp4"))  # the test clips: MP4, 22.05 kHz sound resampled to 16 kHz
     assert_same_as_predict(run, run / "export/model_float.tflite", clips, litert_python, tmp_path)
 
 
-def _tone_wav(path: Path, hz: float, offset: float, amplitude: float, seconds: float = 1.0, rate: int = 16000) -> Path:
+def _tone_wav(path: Path, hz: float, offset: float, amplitude: float, seconds: float, rate: int) -> Path:
     """A mono WAV: silence with a 0.6-s sine at `hz` from `offset` seconds."""
     t = np.arange(round(seconds * rate)) / rate
     wave = np.where((t >= offset) & (t < offset + 0.6), amplitude * np.sin(2 * np.pi * hz * t), 0.0)
@@ -119,20 +120,10 @@ def _tone_wav(path: Path, hz: float, offset: float, amplitude: float, seconds: f
     return path
 
 
-@pytest.mark.slow  # trains and exports a tiny speech run (the venv is shared with the action test)
-def test_speech_wavs_without_tensorflow(litert_python, tmp_path):
-    root = tmp_path / "commands"
-    for word, hz in {"no": 1500.0, "yes": 440.0}.items():
-        for s in range(6):
-            _tone_wav(root / word / f"spk{s:05d}_nohash_0.wav", hz * (1 + 0.02 * s), 0.05 * s, 0.2 + 0.05 * s)
-    (root / "validation_list.txt").write_text("no/spk00001_nohash_0.wav\nyes/spk00001_nohash_0.wav\n")
-    (root / "testing_list.txt").write_text("no/spk00000_nohash_0.wav\nyes/spk00000_nohash_0.wav\n")
-    run = tmp_path / "run"
-    args = [f"data.root={root}", "data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0",
-            "preprocess.workers=0", "model.name=audio_rnn", "export.latency_runs=3"] + TINY + ["train.epochs=4"]
-    preprocess(None, run, args, progress=False)
-    train(None, run, args, progress=False)
-    export(run, "float", progress=False)
+@pytest.mark.slow  # the venv, and the tiny speech run trained and exported (shared with test_faults and test_predict)
+def test_speech_wavs_without_tensorflow(litert_python, tmp_path, tmp_path_factory):
+    root, run = fc.shared_speech_run(tmp_path_factory)  # words no (1500 Hz) and yes (440 Hz); speaker 0 is the test split
+    fc.shared_float_export(run)
     # the test WAVs, and two at 22.05 kHz (resampled): longer and shorter than the 1-s window (centre crop; zero padding)
     wavs = [root / "no/spk00000_nohash_0.wav", root / "yes/spk00000_nohash_0.wav",
             _tone_wav(tmp_path / "long.wav", 1500.0, 0.7, 0.3, seconds=2.0, rate=22050),

@@ -1,4 +1,8 @@
-"""`actrec predict` on raw files: top-k lines and JSON, WAV vs video runs, bad input, streamed timelines."""
+"""`actrec predict` on raw files: top-k lines and JSON, WAV vs video runs, bad input, streamed timelines.
+
+Tests that need a trained run are `slow` (the session's trained_run takes most of a minute to build); the fast lane
+keeps what is decided before a model is loaded.
+"""
 
 import csv
 import json
@@ -13,9 +17,7 @@ from pipeline.errors import UserError
 from pipeline.media.video import read_clip, stream_frames
 from pipeline.runtime.keras_model import RunModel
 from pipeline.stages.predict import FrameWindows, SlidingWindows, predict
-from pipeline.stages.preprocess import preprocess
-from pipeline.stages.train import train
-from tests.conftest import TINY
+from tests import fault_corpus as fc
 from tests.media_factory import write_video
 
 SPEECH_RATE = 16000
@@ -32,21 +34,12 @@ def tone_wav(path, hz: float, seconds: float = 1.0, start: float = 0.2, length: 
 
 @pytest.fixture(scope="module")
 def speech_run(tmp_path_factory):
-    """An audio_rnn trained on a Speech Commands-style tree: 'no' is a high tone, 'yes' a low one."""
-    root = tmp_path_factory.mktemp("commands")
-    for word, hz in {"no": 1500.0, "yes": 440.0}.items():
-        for s in range(6):
-            tone_wav(root / word / f"spk{s:05d}_nohash_0.wav", hz * (1 + 0.02 * s), start=0.05 * s, amplitude=0.2 + 0.05 * s)
-    (root / "validation_list.txt").write_text("no/spk00001_nohash_0.wav\nyes/spk00001_nohash_0.wav\n")
-    (root / "testing_list.txt").write_text("no/spk00000_nohash_0.wav\nyes/spk00000_nohash_0.wav\n")
-    run = tmp_path_factory.mktemp("speech_run")
-    args = [f"data.root={root}", "data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0",
-            "preprocess.workers=0", "model.name=audio_rnn"] + TINY + ["train.epochs=8"]
-    preprocess(None, run, args, progress=False)
-    train(None, run, args, progress=False)
-    return run
+    """An audio_rnn trained on a Speech Commands-style tree: 'no' is a high tone, 'yes' a low one (8 epochs; the run
+    test_faults and test_litert read too: fault_corpus.shared_speech_run, built once per pytest process)."""
+    return fc.shared_speech_run(tmp_path_factory)[1]
 
 
+@pytest.mark.slow
 def test_action_run_predicts_clips_like_evaluate(trained_run, dataset):
     clips = [dataset / "Fast/v_Fast_g01_c01.mp4", dataset / "Slow/v_Slow_g01_c01.mp4"]
     results = predict(trained_run, clips, top=3)
@@ -61,6 +54,7 @@ def test_action_run_predicts_clips_like_evaluate(trained_run, dataset):
     assert len(predict(trained_run, clips[:1], top=1)[0]["top"]) == 1
 
 
+@pytest.mark.slow
 def test_speech_run_predicts_wavs_and_refuses_videos(speech_run, dataset, tmp_path):
     low, high = tone_wav(tmp_path / "low.wav", 450.0), tone_wav(tmp_path / "high.wav", 1520.0)
     results = predict(speech_run, [low, high, dataset / "Fast/v_Fast_g01_c01.mp4"], top=2)
@@ -74,11 +68,13 @@ def test_speech_run_predicts_wavs_and_refuses_videos(speech_run, dataset, tmp_pa
     assert [["no", "yes"][i] for i in result["window_probs"].argmax(axis=1)] == ["yes", "no", "yes"]
 
 
+@pytest.mark.slow
 def test_wav_given_to_a_video_run(trained_run, tmp_path):
     (result,) = predict(trained_run, [tone_wav(tmp_path / "word.wav", 440.0)])
     assert result["error"].startswith("an audio file, but this run") and "video clips (.mp4" in result["error"]
 
 
+@pytest.mark.slow
 def test_cli_json_lines_and_bad_input_in_one_batch(trained_run, dataset, tmp_path, capsys):
     good = dataset / "Slow/v_Slow_g01_c02.mp4"
     (tmp_path / "notes.txt").write_text("not media\n")
@@ -105,7 +101,31 @@ def test_cli_json_lines_and_bad_input_in_one_batch(trained_run, dataset, tmp_pat
     assert "predict: 8 file(s), 2 predicted, 6 failed" in err
 
 
-def test_cli_text_lines_and_usage_errors(trained_run, dataset, tmp_path, capsys):
+def test_usage_errors_come_before_any_model_is_loaded(tmp_path, capsys):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    no_run = tmp_path / "no_run"
+    assert main(["predict", "--run-dir", str(no_run), "--stride", "1", str(folder)]) == 2
+    assert "actrec: error: --stride needs --window" in capsys.readouterr().err
+    assert main(["predict", "--run-dir", str(no_run), str(folder)]) == 2
+    assert capsys.readouterr().err.startswith("actrec: error: ")
+    with pytest.raises(UserError, match="--window and --stride must be finite and > 0"):
+        predict(no_run, [folder], window=0.0)
+    assert not no_run.exists()
+
+
+def test_a_window_samples_its_frames_as_read_clip_samples_a_clip(tmp_path):
+    """The streamed timeline's windows: the frames of a 1-s window are those read_clip samples from a 1-s clip."""
+    one_window = write_video(tmp_path / "one.mp4", num_frames=15, fps=15, audio_seconds=1.0, tone_hz=440.0)  # 1 s
+    windows = FrameWindows(SlidingWindows(15.0, 1.0, 0.4), num_frames=4)
+    streamed = [w for i, _, frame in stream_frames(one_window, 32, keep=windows.keep) for w in windows.add(i, frame)] + windows.complete()
+    ((window, frames, length),) = streamed
+    assert (window.start, window.end, length) == (0, 15, 4)
+    np.testing.assert_array_equal(frames, read_clip(one_window, num_frames=4, size=32).frames[0])
+
+
+@pytest.mark.slow
+def test_cli_text_lines_and_model_errors(trained_run, dataset, tmp_path, capsys):
     folder = tmp_path / "clips"
     folder.mkdir()
     for clip in sorted((dataset / "Fast").glob("v_Fast_g01_*.mp4")):
@@ -116,10 +136,6 @@ def test_cli_text_lines_and_usage_errors(trained_run, dataset, tmp_path, capsys)
     for line, clip in zip(out, sorted(folder.iterdir())):
         # path: label 0.91, label 0.09  [decode 12 ms, features 3 ms, model 20 ms]
         assert line.startswith(f"{clip}: ") and line.count(",") == 3 and "[decode " in line and " ms, model " in line
-    assert main(["predict", "--run-dir", str(trained_run), "--stride", "1", str(folder)]) == 2
-    assert "actrec: error: --stride needs --window" in capsys.readouterr().err
-    assert main(["predict", "--run-dir", str(tmp_path / "no_run"), str(folder)]) == 2
-    capsys.readouterr()
     assert main(["predict", "--run-dir", str(trained_run), "--model", str(tmp_path / "model.tflite"), str(folder)]) == 2
     assert "model.tflite: no such file" in capsys.readouterr().err
     assert main(["predict", "--run-dir", str(trained_run), "--model", str(tmp_path / "model.h5"), str(folder)]) == 2
@@ -131,8 +147,6 @@ def test_cli_text_lines_and_usage_errors(trained_run, dataset, tmp_path, capsys)
     assert main(["predict", "--run-dir", str(trained_run), "--model", str(tmp_path / "export/model_float.tflite"), str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model_float.tflite: not a TFLite model" in err[0]
-    with pytest.raises(UserError, match="--window and --stride must be finite and > 0"):
-        predict(trained_run, [folder], window=0.0)
 
 
 @pytest.mark.slow
@@ -158,21 +172,14 @@ def test_timeline_streams_a_long_video(trained_run, tmp_path):
 
     # memory: frames held at once do not grow with the video (T=4 sampled frames x at most 4 open windows)
     assert short_result["max_frames_held"] == long_result["max_frames_held"] <= 4 * 4
-    # a window samples its frames exactly as read_clip samples a whole clip of the same length
-    windows = FrameWindows(SlidingWindows(15.0, 1.0, 0.4), num_frames=4)
-    streamed = [w for i, _, frame in stream_frames(one_window, 32, keep=windows.keep) for w in windows.add(i, frame)] + windows.complete()
-    ((window, frames, length),) = streamed
-    assert (window.start, window.end, length) == (0, 15, 4)
-    np.testing.assert_array_equal(frames, read_clip(one_window, num_frames=4, size=32).frames[0])
+    # how a window samples its frames: test_a_window_samples_its_frames_as_read_clip_samples_a_clip
 
 
 @pytest.mark.slow
-def test_tflite_model_agrees_with_keras(trained_run, dataset, tmp_path, capsys):
+def test_tflite_model_agrees_with_keras(trained_run, dataset, tmp_path, tmp_path_factory, capsys):
     """--model PATH.tflite (the exported graph: CNN, MFCC and head in one file) gives Keras' answers."""
-    from pipeline import export
-
-    export(trained_run, "float", progress=False)
-    tflite = trained_run / "export/model_float.tflite"
+    # the float export of a copy of the session's run, made once per pytest process (test_litert runs it too)
+    tflite = fc.shared_float_export(fc.shared_copy(trained_run, tmp_path_factory, "trained_run_exported")) / "model_float.tflite"
     clips = sorted(dataset.glob("*/v_*_g01_*.mp4"))
     long = write_video(tmp_path / "long.mp4", num_frames=60, fps=15, audio_seconds=4.0, tone_hz=1500.0)
     keras_results = predict(trained_run, [*clips, long])
