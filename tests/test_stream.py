@@ -239,3 +239,17 @@ def test_refresh_answers_from_states_that_heard_half_to_one_window(stream_run):
         np.testing.assert_allclose(refreshed[k], fresh, atol=1e-6, err_msg=f"hop {k}")
         assert window // 2 <= k + 1 - start <= window or k < window // 2
     np.testing.assert_allclose(refreshed[:50], continuous[:50], atol=1e-6)  # the first window is the same
+
+
+def test_stream_errors_are_one_line(tmp_path):
+    from pipeline.config import to_yaml
+    from pipeline.stages.stream import stream
+
+    for name, config, message in (("causal", "commands", "model_stream_float.tflite: missing; run `actrec export"),
+                                  ("whole", "commands_bidirectional", "cannot stream: model.bidirectional is true")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(to_yaml(load_config(config)))
+        with pytest.raises(UserError, match=message):
+            stream(tmp_path / name, "x.wav")
+    with pytest.raises(UserError, match="--model fp16: streaming files are float, int8"):
+        stream(tmp_path / "causal", "x.wav", model="fp16")

@@ -191,7 +191,10 @@ class InferenceGraphs:
             "outputs": [{"name": PROBABILITIES, "shape": [1, len(classes)], "dtype": "float32", "doc": "class probabilities now, in labels.txt order"}, *states],
             "how": ("call `step` once per hop with the newest samples and every state; feed each state output back under its name "
                     "at the next call; start (and restart) with all states zero. After window_hops hops from zero states the "
-                    "probabilities equal the whole-window model's on those samples."),
+                    "probabilities equal the whole-window model's on those samples. The model was trained on windows of window_hops "
+                    "hops: on a long stream keep two copies of the states, restart each from zeros every window_hops hops, half a "
+                    "window apart, and read the probabilities of the copy that has heard more than half a window (what "
+                    "`actrec stream` does; measured in docs/streaming.md)."),
         }
 
 

@@ -71,9 +71,10 @@ def stream_model_path(run_dir: str | Path, model: str) -> Path:
     if path.is_file():
         return path
     if run.config_file.is_file():
+        from pipeline.config import load_config
         from pipeline.derived import streaming_blockers
 
-        blockers = streaming_blockers(run.config())
+        blockers = streaming_blockers(load_config(run.config_file))
         if blockers:
             raise UserError(f"{run_dir}: this run cannot stream: {blockers[0]} (configs/commands.yaml is a streamable recipe)")
     raise UserError(f"{path}: missing; run `actrec export --run-dir {run_dir}` (formats float and int8 write the streaming files)")
