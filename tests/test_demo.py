@@ -33,8 +33,10 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, capsys):
         assert metrics["num_clips"] > 0 and metrics["top1"] == pytest.approx(correct / metrics["num_clips"])
         assert (run / "eval/test/report.md").is_file()
         export_dir = run / "export"
-        for file in ("saved_model/saved_model.pb", "model_float.tflite", "model_dynamic.tflite", "model_int8.tflite", "labels.txt", "preprocessing.json"):
+        for file in ("saved_model/saved_model.pb", "model_float.tflite", "model_int8.tflite", "labels.txt", "preprocessing.json"):
             assert (export_dir / file).is_file(), file
+        streams = {"model_stream_float.tflite", "model_stream_int8.tflite"}  # the speech recipe is causal: it streams
+        assert streams <= {p.name for p in export_dir.iterdir()} if name == "commands" else not streams & {p.name for p in export_dir.iterdir()}
         parity = json.loads((export_dir / "parity.json").read_text())
         assert parity["formats"]["float"]["top1_agreement"] == 1.0 and not parity["errors"]
         # the summary table quotes the measured numbers, not others
@@ -44,6 +46,9 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert commands["class_names"][-2:] == ["_silence_", "_unknown_"] and len(commands["class_names"]) == 12
     assert f"commands: 12 labels (_silence_, _unknown_ included): FRR {commands['frr_at_far']:.3f}" in first.stdout or \
         (commands["frr_at_far"] is None and "commands: 12 labels" in first.stdout)
+    # the streaming file ran over a recording of unseen test words, and the summary says what it found
+    assert (out / "stream_commands.wav").is_file()
+    assert "commands: streaming: " in first.stdout and " keywords detected in stream_commands.wav" in first.stdout
     # the predict stage printed one line per unseen clip, through the exported model, with no errors
     predicted = [line for line in first.stdout.splitlines() if line.startswith(str(out / "data"))]
     assert len(predicted) == 4 and not any(": error:" in line for line in predicted)

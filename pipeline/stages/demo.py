@@ -26,7 +26,8 @@ from pipeline.config import load_config
 QUICK = {
     "clips_per_class": 4,
     "per_word": 12,
-    "overrides": ["train.epochs=3", "train.batch_size=8", "export.formats=[saved_model,float,dynamic,int8]", "export.latency_runs=3"],
+    "overrides": ["train.epochs=3", "train.batch_size=8", "export.formats=[saved_model,float,int8]", "export.latency_runs=3",
+                  "export.representative_samples=8"],
 }
 FULL = {"clips_per_class": 16, "per_word": 100, "overrides": []}
 RUNS = {"actions_av": "actions", "commands": "commands"}  # run name -> data folder
