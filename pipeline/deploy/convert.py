@@ -90,7 +90,7 @@ def save_step_model(stepper, path: Path) -> None:
     archive.write_out(str(path), verbose=False)
 
 
-def write_stream_representative(stepper, clips: Path, path: Path, every: int = 5) -> int:
+def write_stream_representative(stepper, clips: Path, path: Path, every: int = 2) -> int:
     """The int8 calibration inputs of a streaming step: the whole-clip calibration waveforms (`clips`, an .npz of
     write_representative_data) streamed hop by hop through the float step, every `every`-th hop's inputs kept."""
     import tensorflow as tf

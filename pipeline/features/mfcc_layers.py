@@ -27,6 +27,8 @@ from pipeline.features.mfcc import (
     mel_matrix,
 )
 
+MIN_DB = 10.0 * math.log10(AMIN)  # -100 dB: power_to_db's floor
+
 # ----------------------------------------------------------------------------- the Keras layer
 
 
@@ -105,6 +107,9 @@ class MFCC(keras.layers.Layer):
         power = self._power_spectrum(frames)  # [B, F, n_fft/2+1]
         mel = tf.matmul(power, self._mel)  # [B, F, n_mels]
         log_mel = (10.0 / math.log(10.0)) * tf.math.log(tf.maximum(mel, AMIN))
+        # The same floor again in dB, which float16 can hold: a float16 file rounds AMIN (1e-10) to 0, and digital
+        # silence then gave log(0) = -inf and NaN probabilities. Equal to the line above in float32.
+        log_mel = tf.maximum(log_mel, MIN_DB)
         if not p.causal:
             # top_db is relative to each utterance's loudest bin, as librosa does per call.
             loudest = tf.reduce_max(log_mel, axis=[1, 2], keepdims=True)
