@@ -38,7 +38,11 @@ def wav(path, seconds: float, freq: float, seed: int = 0, word: bool = True):
 
 @pytest.fixture(scope="module")
 def kws_tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kws")
+    return write_tone_tree(tmp_path_factory.mktemp("kws"))
+
+
+def write_tone_tree(root):
+    """The tone tree at root: word w is a 0.4-s tone of 300 + 150 w Hz, 10 speakers each; two background recordings."""
     for w, word in enumerate(KEYWORDS + OTHERS):
         for s, speaker in enumerate(SPEAKERS):
             wav(root / word / f"{speaker}_nohash_0.wav", 1.0, 300 + 150 * w, seed=s)

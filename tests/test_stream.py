@@ -130,16 +130,9 @@ def stream_run(request, tmp_path_factory):
     from pipeline.stages.export import export
     from pipeline.stages.preprocess import preprocess
     from pipeline.stages.train import train
-    from tests.test_open_set import BACKGROUND_SECONDS, KEYWORDS, OTHERS, SPEAKERS, wav
+    from tests.test_open_set import KEYWORDS, write_tone_tree
 
-    root = tmp_path_factory.mktemp("tones")
-    for w, word in enumerate(KEYWORDS + OTHERS):
-        for s, speaker in enumerate(SPEAKERS):
-            wav(root / word / f"{speaker}_nohash_0.wav", 1.0, 300 + 150 * w, seed=s)
-    for n, name in enumerate(("white", "hum")):
-        wav(root / "_background_noise_" / f"{name}.wav", BACKGROUND_SECONDS, 50 + 10 * n, word=False)
-    (root / "validation_list.txt").write_text("".join(f"{w}/{SPEAKERS[8]}_nohash_0.wav\n" for w in KEYWORDS + OTHERS))
-    (root / "testing_list.txt").write_text("".join(f"{w}/{SPEAKERS[9]}_nohash_0.wav\n" for w in KEYWORDS + OTHERS))
+    root = write_tone_tree(tmp_path_factory.mktemp("tones"))
     run = tmp_path_factory.mktemp(f"stream_{request.param}")
     formats = "[float,float16,int8]" if request.param == "gru" else "[float,int8]"  # float16: one cell is enough
     args = [f"data.root={root}", f"data.keywords={KEYWORDS}", *CAUSAL, f"model.cell={request.param}", "model.units=16",
