@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--name", metavar="NAME", help="report folder name under DIR/eval (default: split or data folder, views)")
     ev.add_argument("--model", default="keras", metavar="keras|PATH.tflite",
                     help="keras (DIR/model.keras, default) or an exported .tflite file, run through the TFLite interpreter on raw frames and waveforms")
+    ev.add_argument("--drop", choices=["audio", "video"],
+                    help="audio-visual runs: score every clip with this modality removed (silence / zero frames, length 0, "
+                         "through the same graph) to see what the other one does alone; report folder <name>-no-<modality>")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_allow_unfinished(ev)
 
@@ -340,7 +343,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.stages.evaluate import evaluate
 
     evaluate(args.run_dir, data=args.data, manifest=args.manifest, split=args.split, views=args.views, crops=args.crops,
-             name=args.name, progress=not args.no_progress, model=args.model, allow_unfinished=args.allow_unfinished)
+             name=args.name, progress=not args.no_progress, model=args.model, allow_unfinished=args.allow_unfinished,
+             drop=args.drop)
     return 0
 
 

@@ -194,6 +194,7 @@ class TrainConfig:
     time_mask_width: int = option(10, "SpecAugment: maximum width of a time mask (frames).", minimum=0, maximum=10_000)
     freq_masks: int = option(2, "SpecAugment: frequency masks per MFCC sequence.", minimum=0, maximum=100)
     freq_mask_width: int = option(3, "SpecAugment: maximum width of a frequency mask (coefficients).", minimum=0, maximum=512)
+    modality_dropout: float = option(0.0, "Audio-visual runs: share of training clips that lose one modality (video or audio, evenly), so the model also classifies from either alone: a video without a sound track, `evaluate --drop` (0 = off).", minimum=0.0, maximum=1.0)
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.", minimum=0.0, below=1.0)
     shuffle_buffer: int = option(1024, "Examples in the tf.data shuffle buffer.", minimum=1, maximum=10_000_000)
     cache: bool = option(True, "Cache decoded examples in memory after the first epoch (when the dataset fits).")

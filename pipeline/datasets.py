@@ -291,7 +291,7 @@ def _probe_all(root: Path, rels: list[str], kind: str):
             else:
                 kept.append(rel)
                 if kind == "video" and not info.has_audio:
-                    warnings.append((rel, "no audio track (skipped by models that need audio)"))
+                    warnings.append((rel, "no audio track (audio-visual runs classify it from video only; audio-only runs skip it)"))
     return kept, problems, warnings
 
 
@@ -357,7 +357,7 @@ def resolve_rows(cfg, manifest: str | Path | None = None, own_dataset: bool = Tr
         problems += [(r.path, f"unknown label '{r.label}' (not in data.classes)") for r in rows if r.label not in classes]
         return [r for r in rows if r.label in classes], classes, problems
     index = index_dataset(d.root, d.kind, d.layout, d.split_id, d.val_fraction, d.test_fraction, list(d.classes) or None, cfg.seed,
-                          needs_audio=d.kind == "video" and "audio" in cfg.preprocess.modalities)
+                          needs_audio=d.kind == "video" and "video" not in cfg.preprocess.modalities)
     if not d.keywords:
         return index.rows, index.classes, index.problems
     rows, classes = keyword_index_rows(index, d, cfg.preprocess.audio_seconds, cfg.seed, own_dataset)

@@ -64,3 +64,16 @@ def write_video(path: str | Path, num_frames: int = 30, fps: int = 15, width: in
             for packet in audio.encode():
                 container.mux(packet)
     return path
+
+
+def strip_audio(source: str | Path, path: str | Path) -> Path:
+    """A copy of a video file without its sound track: the video packets remuxed untouched (same frames)."""
+    path = Path(path)
+    with av.open(str(source)) as src, av.open(str(path), "w") as dst:
+        video = src.streams.video[0]
+        out = dst.add_stream_from_template(video)
+        for packet in src.demux(video):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    return path

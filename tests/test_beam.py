@@ -72,11 +72,11 @@ def test_beam_writes_the_same_files_as_the_local_runner(actions, local_run, tmp_
     local_index, expected = read_examples(local_run)
     _, got = read_examples(beam_run)
     assert_same_examples(got, expected)  # example by example, after sorting by clip id
-    assert len(got) == 18
+    assert len(got) == 19
     del index["config_hash"], local_index["config_hash"]  # preprocess.workers differs: 2 here, 0 in the local run
     assert index == local_index  # counts, shard names, schema, encoder, mfcc stats, errors
     errors = dict(tuple(e) for e in index["errors"])
-    assert errors["Jump/v_Jump_g98_c02.mp4"].startswith("no audio track") and "Walk/v_Walk_g99_c01.mp4" in errors
+    assert "Jump/v_Jump_g98_c02.mp4" in got and "Walk/v_Walk_g99_c01.mp4" in errors  # no sound track: cached, audio absent
     assert (beam_run / "preprocess_errors.csv").read_text() == (local_run / "preprocess_errors.csv").read_text()
     local_files = sorted(p.name for p in (local_run / "features").iterdir())
     assert sorted(p.name for p in (beam_run / "features").iterdir()) == local_files  # no leftovers (plan, temp files)
@@ -109,7 +109,7 @@ def test_beam_reads_and_writes_urls_through_tf_gfile(actions, local_run, tmp_pat
     assert_same_examples(read_url_examples(f"{bucket}/run"), read_examples(local_run)[1])
     errors = dict(tuple(e) for e in result["errors"])
     assert errors[missing].startswith("cannot read from data.root")
-    assert errors["Jump/v_Jump_g98_c02.mp4"].startswith("no audio track")
+    assert "Jump/v_Jump_g98_c02.mp4" not in errors
     assert storage.path(f"{bucket}/run/preprocess_errors.csv").read_text().startswith("path,reason")
     assert {"config.yaml", "preprocess_errors.csv"} <= set(tf.io.gfile.listdir(f"{bucket}/run"))
     assert not tf.io.gfile.exists(f"{bucket}/run/features/.beam_plan.jsonl")
@@ -131,8 +131,9 @@ def test_configuration_mistakes_are_one_line_errors(tmp_path):
     options = pipeline_options(["runner=FlinkRunner", "flink_master=host:8081", "save_main_session=true"], workers=2).get_all_options()
     assert (options["runner"], options["flink_master"], options["save_main_session"]) == ("FlinkRunner", "host:8081", True)
     # a run dir TensorFlow cannot reach fails before any work
-    with pytest.raises(UserError, match="s3://bucket/run: run dir is not reachable through tf.io.gfile"):
-        preprocess(None, "s3://bucket/run", SMALL + [f"data.root={actions}"], progress=False, runner="beam")
+    # (a scheme no file system claims: s3:// is one once tensorflow-io is imported, and then waits minutes for a network)
+    with pytest.raises(UserError, match="nosuch://bucket/run: run dir is not reachable through tf.io.gfile"):
+        preprocess(None, "nosuch://bucket/run", SMALL + [f"data.root={actions}"], progress=False, runner="beam")
     with pytest.raises(UserError, match="--manifest"):
         preprocess(None, tmp_path / "run", SMALL + ["data.root=ram://nowhere"], progress=False, runner="beam")
     with pytest.raises(UserError, match="use --runner beam"):

@@ -29,10 +29,12 @@ from pipeline.runtime.tflite import (
     SIGNATURE,
     TFLiteClassifier,
     clip_inputs,
+    file_inputs,
     raw_input_config,
 )
 from pipeline.stages.export import remove_abandoned_work
 from tests.conftest import FAST, TINY
+from tests.media_factory import strip_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = sys.modules[export.__module__]  # the export stage's module, whose helpers some tests replace
@@ -258,6 +260,26 @@ def test_float_and_saved_model_match_keras(fusion_run):
     np.testing.assert_array_equal(classifier.predict(full), classifier.predict(decoded_inputs))
     with pytest.raises(UserError, match=r"input 'waveform' must have shape \[4000\]"):
         classifier.predict({**decoded_inputs, "waveform": np.zeros(10, np.float32)})
+
+
+@pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
+def test_exported_graph_classifies_a_video_without_sound_from_its_frames(fusion_run, tmp_path):
+    """num_samples = 0 tells the graph the sound is absent: the sound's values are ignored, and the file and
+    the Keras model agree on a copy of a test clip with its sound track removed."""
+    run, _ = fusion_run
+    cfg = RunDir(run).config()
+    clip = Path(cfg.data.root) / next(r for r in resolve_rows(cfg)[0] if r.split == "test").path
+    silent = strip_audio(clip, tmp_path / clip.name)
+    classifier = TFLiteClassifier(run / "export/model_float.tflite")
+    (inputs,) = file_inputs(silent, classifier.preprocessing)
+    assert inputs["num_samples"] == 0 and inputs["warning"] == "no audio track: classified from video only"
+    probs = classifier.predict(inputs)
+    np.testing.assert_allclose(probs, RunModel(run).predict_clip(silent)[0], atol=1e-4)
+    noise = np.random.default_rng(0).uniform(-1, 1, inputs["waveform"].shape).astype(np.float32)
+    np.testing.assert_allclose(classifier.predict({**inputs, "waveform": noise}), probs, atol=1e-6)
+    assert np.abs(classifier.predict_file(clip) - probs).max() > 1e-4  # with its sound the clip scores otherwise
+    audio = json.loads((run / "export/preprocessing.json").read_text())["audio"]
+    assert "num_samples = 0" in audio["no_audio_track"]
 
 
 @pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)

@@ -81,7 +81,7 @@ def test_cli_json_lines_and_bad_input_in_one_batch(trained_run, dataset, tmp_pat
     (tmp_path / "renamed.mp4").write_text("a text file renamed .mp4\n" * 50)
     (tmp_path / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (tmp_path / "empty_dir").mkdir()
-    silent = write_video(tmp_path / "silent.mp4", num_frames=20)  # no audio track; the av_fusion run needs it
+    silent = write_video(tmp_path / "silent.mp4", num_frames=20)  # no audio track: the av_fusion run uses the frames alone
     inputs = [good, tmp_path / "missing.mp4", tmp_path / "empty_dir", tmp_path / "notes.txt", tmp_path / "renamed.mp4",
               tmp_path / "truncated.mp4", silent, dataset / "Fast/v_Fast_g01_c02.mp4"]
     code = main(["predict", "--run-dir", str(trained_run), "--json", "--top-k", "2", "--verbose", *map(str, inputs)])
@@ -94,11 +94,13 @@ def test_cli_json_lines_and_bad_input_in_one_batch(trained_run, dataset, tmp_pat
     assert errors[str(tmp_path / "notes.txt")].startswith("not a media file (expected a video .mp4")
     assert errors[str(tmp_path / "renamed.mp4")].startswith("cannot open as video")
     assert "corrupt" in errors[str(tmp_path / "truncated.mp4")] or "truncated" in errors[str(tmp_path / "truncated.mp4")]
-    assert errors[str(silent)].startswith("video has no audio track, and this run's model needs the sound")
+    assert errors[str(silent)] is None
+    assert [line["warning"] for line in lines if "warning" in line] == ["no audio track: classified from video only"]
+    assert f"warning: {silent}: no audio track: classified from video only" in err.splitlines()
     for line in (lines[0], lines[-1]):  # the good files of the batch still get their predictions
         assert "error" not in line and [t["label"] for t in line["top"]] in (["Fast", "Slow"], ["Slow", "Fast"])
         assert set(line["ms"]) == {"decode", "features", "model"}
-    assert "predict: 8 file(s), 2 predicted, 6 failed" in err
+    assert "predict: 8 file(s), 3 predicted, 5 failed" in err
 
 
 def test_usage_errors_come_before_any_model_is_loaded(tmp_path, capsys):

@@ -33,14 +33,13 @@ def test_preprocess_writes_shards_index_and_errors(dataset, tmp_path):
     run = tmp_path / "run"
     index = preprocess(None, run, FAST + [f"data.root={dataset}"], progress=False)
     assert index["classes"] == ["Fast", "Slow"]
-    assert index["counts"] == {"train": 8, "val": 0, "test": 4}
+    assert index["counts"] == {"train": 9, "val": 0, "test": 4}  # with the video without sound, its audio absent
     assert index["features"]["frame_features"]["shape"] == [1, 4, 128]  # small_cnn at 32 px: 2x2 grid x 32 ch
     assert index["features"]["mfcc"]["shape"] == [101, 20]
     assert index["encoder"]["name"] == "small_cnn" and index["sampling"]["num_frames"] == 4
-    assert len(index["shards"]["train"]) == 3  # 8 rows in shards of 3 (the 2 faulty rows are planned, then skipped)
+    assert len(index["shards"]["train"]) == 3  # 9 rows in shards of 3
     errors = dict(tuple(e) for e in index["errors"])
-    assert errors["Fast/v_Fast_g02_c03.mp4"].startswith("no audio track")
-    assert errors["Slow/v_Slow_g02_c03.mp4"] == "empty file (0 bytes)"
+    assert list(errors) == ["Slow/v_Slow_g02_c03.mp4"] and errors["Slow/v_Slow_g02_c03.mp4"] == "empty file (0 bytes)"
     csv_text = (run / "preprocess_errors.csv").read_text()
     assert csv_text.startswith("path,reason") and "v_Slow_g02_c03.mp4" in csv_text
     assert (run / "config.yaml").is_file() and (run / "features/encoder.weights.h5").is_file()
@@ -50,6 +49,9 @@ def test_preprocess_writes_shards_index_and_errors(dataset, tmp_path):
     assert ex["frame_features"].shape == (1 * 4 * 128,) and np.isfinite(ex["frame_features"]).all()
     assert ex["frame_lengths"].tolist() == [4] and ex["label"].tolist() == [1]
     assert 70 <= ex["mfcc_length"][0] <= 101  # 0.8 s of audio in a 1 s window: padding is masked
+    silent = examples["Fast/v_Fast_g02_c03.mp4"]  # no audio track: the frames, and audio absent (length 0)
+    assert silent["mfcc_length"].tolist() == [0] and silent["frame_lengths"].tolist() == [4]
+    assert np.abs(silent["frame_features"]).sum() > 0
     # re-running a finished run does nothing and says so
     again = preprocess(None, run, FAST + [f"data.root={dataset}"], progress=False)
     assert again["counts"] == index["counts"]

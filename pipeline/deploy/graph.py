@@ -91,10 +91,11 @@ class InferenceGraphs:
                 InputSpec("frame_lengths", (), "int32", "valid frames in `frames` (T for a clip with at least T frames)", p.num_frames),
             ]
         if {"mfcc", "waveform"} & set(self.head_input_names):
+            absent = "; 0 for a video without sound: the model then classifies from the frames alone" if specs else ""
             specs += [
                 InputSpec("waveform", (self.num_samples,), "float32",
                           "mono audio at sample_rate in [-1, 1]: the centre num_samples of a longer clip, or the clip followed by zeros"),
-                InputSpec("num_samples", (), "int32", "valid (non-padding) samples in `waveform`", self.num_samples),
+                InputSpec("num_samples", (), "int32", f"valid (non-padding) samples in `waveform`{absent}", self.num_samples),
             ]
         return specs
 
@@ -273,6 +274,9 @@ def preprocessing_spec(graphs: InferenceGraphs, classes: list[str]) -> dict:
                     f"centre-cropped to {graphs.num_samples} samples, a shorter one zero-padded at the end with "
                     f"num_samples = the number of real samples; the model computes its MFCCs itself"),
         }
+        if "frames" in names:
+            spec["audio"]["no_audio_track"] = ("a video without a sound track (or whose track has no samples): pass zeros with "
+                                               "num_samples = 0; the model leaves the sound out and classifies from the frames")
     if graphs.streamable:
         spec["stream"] = graphs.stream_spec(classes)
     if not graphs.end_to_end:

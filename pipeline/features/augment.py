@@ -5,6 +5,7 @@
     waveform float32 [N]               --time_shift, change_speed, mix_background-->  float32 [N]
                                        (then the MFCC layer: what preprocessing's librosa MFCC computes)
     mfcc float32 [F, C]                --spec_augment-->    masked bands of frames and coefficients
+    {video arrays, audio arrays}       --drop_modality-->   one modality zeroed, its length 0 (audio-visual runs)
 
 The random draws come from TensorFlow's global seed (train sets it from the config's seed).
 """
@@ -43,6 +44,24 @@ def spatial_augment(frames, min_crop: float = 0.8, max_brightness: float = 0.15,
     mean = tf.reduce_mean(x)
     x = (x - mean) * tf.random.uniform([], *contrast) + mean + tf.random.uniform([], -max_brightness, max_brightness)
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def drop_modality(example: dict, rate: float) -> dict:
+    """DropPathway-style modality dropout on one audio-visual example {input name: tensor}: with probability
+    `rate` one modality (video or audio, evenly) arrives as a clip without it would: its arrays zeros and its
+    length 0, which the fusion model gates out. The model so learns to classify from either modality alone."""
+    import tensorflow as tf
+
+    from pipeline.features.records import MODALITY_FEATURES
+
+    draw = tf.random.uniform([])
+    dropped = {"video": draw < rate / 2, "audio": tf.logical_and(draw >= rate / 2, draw < rate)}
+    out = dict(example)
+    for modality, names in MODALITY_FEATURES.items():
+        for name in names:
+            if name in out:
+                out[name] = tf.where(dropped[modality], tf.zeros_like(out[name]), out[name])
+    return out
 
 
 def spec_augment(mfcc, time_masks: int, time_width: int, freq_masks: int, freq_width: int):

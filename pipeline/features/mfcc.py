@@ -109,8 +109,8 @@ class MFCCParams:
         return sum(self.padding) - self.n_fft
 
     def num_frames(self, num_samples: int) -> int:
-        """F for a waveform of num_samples: 1 + N // hop (centred, even n_fft), N // hop (causal)."""
-        return max(1 + (num_samples + self.frame_offset) // self.hop_length, 0)
+        """F for a waveform of num_samples: 1 + N // hop (centred, even n_fft), N // hop (causal); 0 for no samples."""
+        return max(1 + (num_samples + self.frame_offset) // self.hop_length, 0) if num_samples > 0 else 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

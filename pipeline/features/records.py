@@ -23,6 +23,15 @@ from pipeline.config import Config
 from pipeline.datasets import SPLITS, ManifestRow
 from pipeline.files import atomic_write_json, temp_path, write_error
 
+# The arrays of each modality, cached or decoded: a modality is absent from a clip when its length is 0.
+MODALITY_FEATURES = {"video": ("frames", "frame_features", "frame_lengths"), "audio": ("mfcc", "mfcc_length", "waveform", "num_samples")}
+
+
+def modalities_of(names: Iterable[str]) -> list[str]:
+    """The modalities (video, audio) that feature or input names belong to."""
+    names = set(names)
+    return [m for m, features in MODALITY_FEATURES.items() if names & set(features)]
+
 
 @dataclass(frozen=True)
 class ClipJob:

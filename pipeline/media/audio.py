@@ -25,6 +25,9 @@ import numpy as np
 from pipeline.media import AUDIO_EXTENSIONS, MediaError, check_readable, soundfile_first
 
 RESAMPLE_METHOD = "soxr_hq"
+# load_audio's reasons for a video whose sound is absent rather than damaged: audio-visual runs go on without it
+ABSENT_AUDIO = ("no audio track", "audio has no samples", "audio track has no samples")
+NO_AUDIO_WARNING = "no audio track: classified from video only"
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -177,6 +180,19 @@ def check_wav_not_truncated(info) -> None:
         declared, present = int(match.group(1)), int(match.group(2))
         if declared not in _UNKNOWN_SIZES and present + 1 < declared:
             raise MediaError(f"truncated file: WAV data is {present} bytes, header says {declared}")
+
+
+def load_audio_if_any(path: str | Path, sample_rate: int) -> np.ndarray:
+    """load_audio, but float32 [0] for a file whose sound is absent (no audio track, or one without samples).
+
+    For audio-visual runs, which classify such a video from its frames; a damaged file still raises MediaError.
+    """
+    try:
+        return load_audio(path, sample_rate)
+    except MediaError as e:
+        if str(e) in ABSENT_AUDIO:
+            return np.zeros(0, np.float32)
+        raise
 
 
 def _read_with_pyav(path: Path, is_audio_file: bool) -> tuple[np.ndarray, int]:

@@ -46,7 +46,7 @@ def mfcc_normalization(spec: ModelSpec):
 
 @keras.saving.register_keras_serializable(package="actrec")
 class SamplesToFrames(layers.Layer):
-    """Valid waveform samples [B] -> valid MFCC frames [B]: 1 + (n + offset) // hop (MFCCParams.num_frames)."""
+    """Valid waveform samples [B] -> valid MFCC frames [B]: 1 + (n + offset) // hop, 0 for no samples (MFCCParams.num_frames)."""
 
     def __init__(self, hop_length: int, max_frames: int, offset: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -57,8 +57,9 @@ class SamplesToFrames(layers.Layer):
         return cls(params.hop_length, params.num_frames(num_samples), params.frame_offset, **kwargs)
 
     def call(self, num_samples):
-        frames = 1 + ops.floor_divide(ops.cast(num_samples, "int32") + self.offset, self.hop_length)
-        return ops.clip(frames, 0, self.max_frames)
+        num_samples = ops.cast(num_samples, "int32")
+        frames = 1 + ops.floor_divide(num_samples + self.offset, self.hop_length)
+        return ops.where(num_samples > 0, ops.clip(frames, 0, self.max_frames), 0)
 
     def get_config(self):
         return {**super().get_config(), "hop_length": self.hop_length, "max_frames": self.max_frames, "offset": self.offset}

@@ -7,12 +7,16 @@ Output: class probabilities float32 [B, num_classes].
 
     late fusion: each modality has its own classifier; their probabilities are averaged.
     mid fusion:  the pooled states are concatenated and one classifier decides.
+
+A modality is present in a clip when its length input is > 0. An absent one (a video without a sound
+track, `actrec evaluate --drop`, modality dropout in training) is gated out: its pooled state becomes
+zeros (mid) or its probabilities leave the average (late), so the other modality decides alone.
 """
 
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from pipeline.models.audio import audio_branch
 from pipeline.models.heads import rnn_head
@@ -36,14 +40,34 @@ def video_branch(spec: ModelSpec, cfg):
     return [features, lengths], rnn_head(x, lengths, cfg, "video")
 
 
-def fuse(pooled: list, cfg, num_classes: int):
-    """One pooled state per modality -> class probabilities [B, num_classes]."""
+@keras.saving.register_keras_serializable(package="actrec")
+class Presence(layers.Layer):
+    """lengths int [B] (valid frames or samples of one modality) -> present float32 [B, 1]: 1 if length > 0."""
+
+    def call(self, lengths):
+        return ops.cast(ops.greater(ops.reshape(lengths, (-1, 1)), 0), "float32")
+
+
+@keras.saving.register_keras_serializable(package="actrec")
+class PresentAverage(layers.Layer):
+    """Late fusion over the present modalities: probs [B, K] each, present [B, 1] each -> sum(p * w) / sum(w)."""
+
+    def call(self, probs, present):
+        total = sum(p * w for p, w in zip(probs, present))
+        return total / ops.maximum(sum(present), 1.0)
+
+
+def fuse(pooled: list, cfg, num_classes: int, lengths: list | None = None):
+    """One pooled state [B, H] per modality (video first), with its length input [B] -> probabilities [B, num_classes]."""
     if len(pooled) == 1:
         return classifier(pooled[0], cfg, num_classes, "head")
+    names = ("video", "audio")
+    present = [Presence(name=f"{name}_present")(n) for n, name in zip(lengths, names)]
     if cfg.fusion == "late":
-        probs = [classifier(p, cfg, num_classes, name) for p, name in zip(pooled, ("video", "audio"))]
-        return layers.Average(name="late_fusion")(probs)
-    return classifier(layers.Concatenate(name="mid_fusion")(pooled), cfg, num_classes, "fusion")
+        probs = [classifier(p, cfg, num_classes, name) for p, name in zip(pooled, names)]
+        return PresentAverage(name="late_fusion")(probs, present)
+    gated = [layers.Multiply(name=f"{name}_gate")([p, w]) for p, w, name in zip(pooled, present, names)]
+    return classifier(layers.Concatenate(name="mid_fusion")(gated), cfg, num_classes, "fusion")
 
 
 def video_rnn(spec: ModelSpec, cfg) -> keras.Model:
@@ -64,5 +88,5 @@ def av_fusion(spec: ModelSpec, cfg) -> keras.Model:
     require_feature(spec, "mfcc", "av_fusion")
     video_inputs, video_pooled = video_branch(spec, cfg)
     audio_inputs, audio_pooled = audio_branch(spec, cfg)
-    probs = fuse([video_pooled, audio_pooled], cfg, spec.num_classes)
+    probs = fuse([video_pooled, audio_pooled], cfg, spec.num_classes, lengths=[video_inputs[1], audio_inputs[1]])
     return keras.Model(video_inputs + audio_inputs, probs, name=f"av_fusion_{cfg.fusion}")

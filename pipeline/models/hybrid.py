@@ -2,7 +2,7 @@
 
     frames uint8 [B, T, S, S, 3] --TimeDistributed(frame encoder)--> [B, T, D] --rnn_head--> [B, H]
     waveform float32 [B, N] --MFCC layer--> [B, F, C] --audio_head (normalise, stack, rnn_head)--> [B, H]   (when audio is cached)
-        --> fused like av_fusion --> probabilities [B, num_classes]
+        --> fused like av_fusion (a modality whose length input is 0 is gated out) --> probabilities [B, num_classes]
 
 This is the graph that export can ship as is: everything from pixels and samples to
 probabilities lives in the model. CPU cost is honest only with small frames, few frames
@@ -66,4 +66,5 @@ def hybrid_cnn_rnn(spec: ModelSpec, cfg, encoder: keras.Model | None = None) -> 
         audio_inputs, audio_pooled = waveform_branch(spec, cfg)
         inputs += audio_inputs
         pooled.append(audio_pooled)
-    return keras.Model(inputs, fuse(pooled, cfg, spec.num_classes), name="hybrid_cnn_rnn")
+    lengths = [frame_lengths] + ([inputs[3]] if len(inputs) > 2 else [])  # frame_lengths, num_samples
+    return keras.Model(inputs, fuse(pooled, cfg, spec.num_classes, lengths), name="hybrid_cnn_rnn")

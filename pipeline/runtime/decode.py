@@ -10,6 +10,11 @@ prediction and export parity.
 
 V is the number of views (1, or num_clips windows x crops when testing with several). No Keras here:
 this runs in preprocessing's worker processes, which must not import TensorFlow.
+
+An audio-visual run tolerates a video without a sound track: its audio arrays are those of silence with
+zero valid length (mfcc_length = num_samples = 0), which the fusion model reads as "audio absent", and
+the result carries `warning` (media.audio.NO_AUDIO_WARNING) for the caller to print. `without_modality` makes the
+same arrays on purpose (`actrec evaluate --drop`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.features.records import MODALITY_FEATURES
 from pipeline.media import MediaError
 
 
@@ -34,13 +40,14 @@ def decode_clip(path: str | Path, cfg: Config, crops: Sequence[str] = ("center",
     """Decode one file into arrays (no encoder).
 
     Returns {'frames': uint8 [V, T, S, S, 3], 'frame_lengths': int32 [V]} for video and
-    {'mfcc': float32 [F, C], 'mfcc_length': int, 'waveform'?: float32 [N], 'num_samples'?: int} for audio.
+    {'mfcc': float32 [F, C], 'mfcc_length': int, 'waveform'?: float32 [N], 'num_samples'?: int} for audio,
+    plus 'warning': media.audio.NO_AUDIO_WARNING when an audio-visual run got a video without sound (audio lengths 0).
     train: random (seeded) segment sampling, as for training clips. clip_id (default: the file name)
     seeds that sampling, so a clip gets the same frames whichever process decodes it. start (seconds, audio
     only): the clip is the audio_seconds window of a longer recording that begins there (a _silence_ cut).
     Raises MediaError with the reason when the file cannot be used.
     """
-    from pipeline.media.audio import load_audio
+    from pipeline.media.audio import NO_AUDIO_WARNING, load_audio, load_audio_if_any
     from pipeline.media.video import read_clip
 
     p = cfg.preprocess
@@ -51,11 +58,37 @@ def decode_clip(path: str | Path, cfg: Config, crops: Sequence[str] = ("center",
         clip = read_clip(path, p.num_frames, p.image_size, p.sampling, p.num_clips, crops, train=train, rng=rng)
         out["frames"], out["frame_lengths"] = clip.frames, clip.lengths
     if "audio" in p.modalities:
-        waveform = load_audio(path, p.sample_rate)
+        waveform = load_audio_if_any(path, p.sample_rate) if "video" in p.modalities else load_audio(path, p.sample_rate)
+        if waveform.size == 0:
+            return {**out, **silent_audio_arrays(cfg), "warning": NO_AUDIO_WARNING}
         if start is not None:
             first = round(start * p.sample_rate)
             waveform = waveform[first:first + round(p.audio_seconds * p.sample_rate)]
         out.update(audio_arrays(waveform, cfg))
+    return out
+
+
+def silent_audio_arrays(cfg: Config) -> dict:
+    """audio_arrays for a clip with no sound: the MFCCs of silence, zero valid frames and samples."""
+    p = cfg.preprocess
+    out = audio_arrays(np.zeros(round(p.audio_seconds * p.sample_rate), np.float32), cfg)
+    out["mfcc_length"] = 0
+    if "num_samples" in out:
+        out["num_samples"] = 0
+    return out
+
+
+def without_modality(arrays: dict, modality: str, cfg: Config) -> dict:
+    """decode_clip arrays with one modality removed, as if the clip lacked it: zero frames and frame_lengths
+    (video), or silence with zero valid length (audio). The model's fusion gates it out (`evaluate --drop`)."""
+    if modality not in MODALITY_FEATURES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITY_FEATURES)}; got {modality!r}")
+    out = dict(arrays)
+    if modality == "audio":
+        return {**out, **{k: v for k, v in silent_audio_arrays(cfg).items() if k in out}}
+    for name in MODALITY_FEATURES["video"]:
+        if name in out:
+            out[name] = np.zeros_like(out[name])
     return out
 
 

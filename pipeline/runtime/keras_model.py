@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.rundir import RunDir
-from pipeline.runtime.decode import decode_clip
+from pipeline.runtime.decode import decode_clip, without_modality
 
 
 def model_spec(cfg: Config, index: dict):
@@ -59,6 +59,13 @@ def input_names(model) -> list[str]:
     return [t.name.split(":")[0] for t in model.inputs] if hasattr(model, "inputs") else []
 
 
+def check_drop(modalities, drop: str | None) -> None:
+    """`--drop MODALITY` needs a run that reads both modalities: a one-line UserError otherwise."""
+    if drop is not None and (drop not in modalities or len(modalities) < 2):
+        raise UserError(f"--drop {drop}: this run reads {' and '.join(modalities)} only; dropping a modality needs an "
+                        f"audio-visual run (preprocess.modalities [video, audio])")
+
+
 class RunModel:
     """RunModel(run_dir, views=1, crops=1, model="keras"): a run's model on raw clips.
 
@@ -66,9 +73,12 @@ class RunModel:
     a path to an exported .tflite file runs that file through the TFLite interpreter on the raw frames and
     waveform, as an app would (runtime.tflite.TFLiteClassifier).
     predict_clip(path) -> probabilities float32 [V, K] (one row per view).
+    drop="audio"|"video": an audio-visual run's clips with that modality removed (decode.without_modality), through
+    the same graph.
     """
 
-    def __init__(self, run_dir, views: int = 1, crops: int = 1, model: str = "keras", allow_unfinished: bool = False):
+    def __init__(self, run_dir, views: int = 1, crops: int = 1, model: str = "keras", allow_unfinished: bool = False,
+                 drop: str | None = None):
         from pipeline.runtime.encode import ClipEncoder
 
         self.run = RunDir(run_dir)
@@ -81,6 +91,8 @@ class RunModel:
         self.classes: list[str] = self.index["classes"]
         self.views, self.crops = views, crops
         p = self.cfg.preprocess
+        check_drop(p.modalities, drop)
+        self.drop = drop
         sampling = {"sampling": "multi_clip", "num_clips": views} if views > 1 else {"sampling": "uniform" if p.sampling == "segments" else p.sampling}
         self.clip_cfg = dataclasses.replace(self.cfg, preprocess=dataclasses.replace(p, **sampling))
         self.tflite = None
@@ -117,7 +129,8 @@ class RunModel:
     def decode(self, path, start: float | None = None) -> dict:
         """The run's own preprocessing of one file (or of its window at `start` seconds), with the evaluation sampling."""
         crops = ("start", "center", "end") if self.crops == 3 else ("center",)
-        return decode_clip(path, self.clip_cfg, crops=crops, start=start)
+        decoded = decode_clip(path, self.clip_cfg, crops=crops, start=start)
+        return decoded if self.drop is None else without_modality(decoded, self.drop, self.clip_cfg)
 
     def predict_clip(self, path, start: float | None = None) -> np.ndarray:
         return self.predict_decoded(self.decode(path, start))

@@ -11,6 +11,7 @@ layout the indexer knows (`--data`, holding all or some of the run's classes), o
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -40,10 +41,13 @@ def evaluate(
     progress: bool = True,
     model: str = "keras",
     allow_unfinished: bool = False,
+    drop: str | None = None,
 ) -> dict:
     """Score the run's model on raw clips; writes DIR/eval/<name>/ and returns the metrics dict.
 
     model: "keras" (DIR/model.keras) or the path of an exported .tflite file.
+    drop: "audio" or "video": an audio-visual run scored with that modality removed from every clip (silence /
+    zero frames with length 0, through the same graph), to measure what the other modality does alone.
     """
     from pipeline.kws_metrics import DET_FILE, DetCurve, keyword_spotting_metrics, markdown_section, operating_point_summary, plot_det
     from pipeline.progress import progress_bar
@@ -51,7 +55,7 @@ def evaluate(
 
     if views < 1 or crops not in (1, 3):
         raise UserError(f"--views must be >= 1 (got {views}) and --crops 1 or 3 (got {crops})")
-    runner = RunModel(run_dir, views, crops, model, allow_unfinished)
+    runner = RunModel(run_dir, views, crops, model, allow_unfinished, drop=drop)
     cfg = runner.cfg
     if data is not None:
         # Another folder: every clip counts unless the folder has official split files.
@@ -72,7 +76,7 @@ def evaluate(
     if not rows:
         raise UserError(f"{data or cfg.data.root}: no clips in split '{split}'")
 
-    name = name or f"{split if data is None else Path(data).name}" + (f"-v{views}" if views > 1 else "") + ("-c3" if crops == 3 else "") + ("" if model == "keras" else f"-{Path(model).stem}")
+    name = name or f"{split if data is None else Path(data).name}" + (f"-v{views}" if views > 1 else "") + ("-c3" if crops == 3 else "") + ("" if model == "keras" else f"-{Path(model).stem}") + (f"-no-{drop}" if drop else "")
     out_dir = runner.run.eval_dir(name)
     data_path = str(Path(data or cfg.data.root).absolute())
     earlier = read_json(out_dir / "metrics.json").get("extra", {}).get("data") if (out_dir / "metrics.json").is_file() else None
@@ -82,13 +86,18 @@ def evaluate(
     root = Path(cfg.data.root)
     # Files the indexer left out belong to no split; report them when a whole folder is evaluated.
     labels, view_probs, clip_ids, skipped = [], [], [], list(problems) if data is not None else []
+    no_audio = []  # clips of an audio-visual run classified from video only (no sound track)
     start = time.time()
-    for row in progress_bar(rows, desc="evaluate", unit="clip", disable=not progress):
+    for row in (bar := progress_bar(rows, desc="evaluate", unit="clip", disable=not progress)):
         try:
-            probs = runner.predict_clip(root / row.path, row.start)
+            decoded = runner.decode(root / row.path, row.start)
+            probs = runner.predict_decoded(decoded)
         except MediaError as e:
             skipped.append((row.clip_id, str(e)))
             continue
+        if "warning" in decoded:
+            no_audio.append(row.clip_id)
+            bar.write(f"evaluate: warning: {row.clip_id}: {decoded['warning']}", file=sys.stderr)
         labels.append(runner.classes.index(row.label))
         view_probs.append(probs)
         clip_ids.append(row.clip_id)
@@ -105,6 +114,10 @@ def evaluate(
         metrics.update(keyword_spotting_metrics(labels, probs, runner.classes))
     extra = {"clips_per_second": round(len(labels) / seconds, 2), "views": views, "crops": crops,
              "model": str(model), "run_dir": str(runner.run), "data": data_path, "split": split}
+    if drop:
+        extra["dropped"] = f"{drop} (every clip scored from {'video' if drop == 'audio' else 'audio'} alone)"
+    if no_audio:
+        extra["no_audio_track"] = f"{len(no_audio)} clip(s) classified from video only, e.g. {no_audio[0]}"
     if data is None and split == "test" and _selected_on(runner.run) == "test":
         extra["caveat"] = ("no validation split: training chose its epochs on this test split (data.val_fraction=0), "
                            "so this accuracy is optimistic")
@@ -116,7 +129,7 @@ def evaluate(
     with runner.run.lock("evaluate"):
         worst = worst_misclassified(labels, probs, clip_ids, runner.classes)
         write_report(out_dir, metrics, runner.classes, worst=worst, skipped=skipped, extra=extra,
-                     title=f"actrec evaluation: {runner.run.name} on {extra['data']} ({split})",
+                     title=f"actrec evaluation: {runner.run.name} on {extra['data']} ({split}{f', {drop} dropped' if drop else ''})",
                      sections=[markdown_section(metrics)] if open_set else ())
         if open_set:
             plot_det(DetCurve.from_dict(metrics["det_curve"]), out_dir / DET_FILE, metrics["far_target"])

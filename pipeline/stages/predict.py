@@ -33,7 +33,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.kws_metrics import decided_labels
 from pipeline.media import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, MediaError
-from pipeline.runtime.decode import audio_arrays, decode_clip
+from pipeline.runtime.decode import audio_arrays, decode_clip, silent_audio_arrays
 from pipeline.runtime.keras_model import RunModel
 
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
@@ -187,6 +187,7 @@ class Predictor:
             audio_arrays(np.zeros(self.cfg.preprocess.sample_rate, np.float32), self.cfg)
         self.startup_ms = (time.perf_counter() - start) * 1e3  # loading; model tracing is added when it happens
         self._warm_sizes: set[int] = set()  # batch sizes the model has been called with
+        self.warning: str | None = None  # of the file being classified (a video without sound: media.audio.NO_AUDIO_WARNING)
 
     # ---- checks
 
@@ -218,7 +219,9 @@ class Predictor:
         """The run's own preprocessing of one file: {'frames': uint8 [1, T, S, S, 3], 'frame_lengths', 'mfcc', ...}."""
         start = time.perf_counter()
         try:
-            return decode_clip(path, self.cfg)
+            decoded = decode_clip(path, self.cfg)
+            self.warning = decoded.get("warning", self.warning)
+            return decoded
         except MediaError as e:
             raise self._media_error(e) from None
         finally:
@@ -266,14 +269,18 @@ class Predictor:
     def timeline(self, path: Path, window_s: float, stride_s: float) -> dict:
         """Sliding windows over one file: {'starts', 'ends': float [Wn] seconds, 'probs': float32 [Wn, K],
         'max_frames_held': int}. A file shorter than one window is classified whole, as one window."""
-        from pipeline.media.audio import load_audio
+        from pipeline.media.audio import NO_AUDIO_WARNING, load_audio, load_audio_if_any
         from pipeline.media.video import count_frames
 
         p = self.cfg.preprocess
         start = time.perf_counter()
         ms_before = self.ms["features"] + self.ms["model"] + self.startup_ms
         try:
-            waveform = load_audio(path, p.sample_rate) if "audio" in p.modalities else None
+            waveform = None
+            if "audio" in p.modalities:  # an audio-visual run classifies a video without sound from its frames
+                waveform = load_audio_if_any(path, p.sample_rate) if "video" in p.modalities else load_audio(path, p.sample_rate)
+                if waveform.size == 0:
+                    self.warning = NO_AUDIO_WARNING
             if "video" in p.modalities:
                 fps = count_frames(path)[1] or 25.0  # stream_frames' convention for a container without a rate
                 frames = FrameWindows(SlidingWindows(fps, window_s, stride_s), p.num_frames)
@@ -311,6 +318,8 @@ class Predictor:
         """The sound of [t0, t1) seconds with the clip's own audio recipe ({} for a video-only run)."""
         if waveform is None:
             return {}
+        if waveform.size == 0:  # no sound track at all: audio absent (zero length), not a silent window
+            return silent_audio_arrays(self.cfg)
         rate = self.cfg.preprocess.sample_rate
         sound = waveform[round(t0 * rate) : round(t1 * rate)]
         if sound.size == 0:  # the sound track ended before the pictures: this window is silent
@@ -378,6 +387,7 @@ def iter_predict(
     used_names: set[str] = set()
     for path, reason in files:
         result: dict = {"path": str(path), "error": reason, "top": None, "probs": None}
+        predictor.warning = None
         if reason is None:
             try:
                 predictor.check_file(path)
@@ -406,6 +416,8 @@ def iter_predict(
             except MediaError as e:
                 result["error"] = str(e)
         result["ms"] = predictor.reset_times()
+        if predictor.warning is not None and result["error"] is None:
+            result["warning"] = predictor.warning
         yield result
 
 
@@ -435,7 +447,8 @@ def predict(
     """Classify raw video clips or audio files with a trained run; one result per file.
 
     paths: files, or folders (their media files, recursively). A result is a dict:
-        path, error (None, or the one-line reason the file could not be used),
+        path, error (None, or the one-line reason the file could not be used), warning (only when there is one:
+        a video without sound, classified from its frames by an audio-visual run),
         top: [{'label', 'prob'}] the `top` most probable classes, probs: float32 [K] (both None on error),
         ms: {'decode', 'features', 'model'} milliseconds;
     with `window` (seconds) and `stride` (default window / 2), a long video is classified in sliding
@@ -453,6 +466,8 @@ def predict(
     results = []
     for result in iter_predict(run_dir, paths, model, top, window, stride, out, allow_unfinished, threshold):
         results.append(result)
+        if output is not None and "warning" in result:
+            print(f"warning: {result['path']}: {result['warning']}", file=sys.stderr, flush=True)
         if output is not None:
             print(format_result(result, json_lines=output == "json", verbose=verbose), flush=True)
     if output is not None:
@@ -469,7 +484,7 @@ def format_result(result: dict, json_lines: bool = False, verbose: bool = False)
     timeline counts its windows' labels: `path: 3 window(s) [yes 2, _unknown_ 1], mean yes | yes 0.61, ... -> ...`.
     """
     if json_lines:
-        keys = (("path", "error", "label", "threshold", "top", "windows", "window_labels", "timeline_csv", "timeline_png")
+        keys = (("path", "error", "warning", "label", "threshold", "top", "windows", "window_labels", "timeline_csv", "timeline_png")
                 + (("ms",) if verbose else ()))
         return json.dumps({k: result[k] for k in keys if result.get(k) is not None})
     if result["error"] is not None:

@@ -18,6 +18,7 @@ import hashlib
 import io
 import itertools
 import multiprocessing
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -181,6 +182,8 @@ def _run_local(cfg, processor, todo, features_dir, label_ids, done_before, total
                     errors.append((job.row.clip_id, error))
                 else:
                     pending.append((job, decoded))
+                    if "warning" in decoded:  # a video without sound in an audio-visual run: cached with audio absent
+                        bar.write(f"preprocess: warning: {job.row.clip_id}: {decoded['warning']}", file=sys.stderr)
                 if len(pending) * p.num_frames >= p.encoder_batch:
                     examples += [serialize_example(j, a) for (j, _), a in zip(pending, encode([d for _, d in pending]))]
                     pending = []

@@ -26,7 +26,16 @@ import numpy as np
 from pipeline.config import Config, features_hash, section_hash, to_yaml
 from pipeline.datasets import check_splits
 from pipeline.errors import UserError
-from pipeline.features.augment import change_speed, mix_background, spatial_augment, spec_augment, temporal_jitter, time_shift
+from pipeline.features.augment import (
+    change_speed,
+    drop_modality,
+    mix_background,
+    spatial_augment,
+    spec_augment,
+    temporal_jitter,
+    time_shift,
+)
+from pipeline.features.records import modalities_of
 from pipeline.files import atomic_write_json, atomic_write_text, temp_path
 from pipeline.labels import SILENCE, UNKNOWN, reject_clips
 from pipeline.progress import keras_verbosity
@@ -120,6 +129,8 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
         ds = ds.map(pick_view, num_parallel_calls=tf.data.AUTOTUNE)
     if training and t.augment:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and t.modality_dropout > 0 and len(modalities_of(input_names)) == 2:
+        ds = ds.map(lambda x, y, clip_id: (drop_modality(x, t.modality_dropout), y, clip_id), num_parallel_calls=tf.data.AUTOTUNE)
     if not with_ids:
         ds = ds.map(lambda x, y, clip_id: (x, y))
     return ds.batch(batch_size or t.batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,112 @@
+"""Does each modality pull its weight? The demo's audio-visual action recipe with one modality removed, against
+models that only ever had that modality, over several seeds.
+
+    data_prep.actions (--clips-per-class, per seed) --configs/actions_av.yaml, per seed-->
+      preprocess once (cached small-CNN frame features + MFCCs), then on the same features:
+        video_rnn, audio_rnn                            single-modality models
+        av_fusion, train.modality_dropout = each --rates value
+      --actrec evaluate (raw test clips: unseen actors), and for av_fusion also --drop audio and --drop video
+
+A fusion model passes when, with audio dropped, it scores at least the video-only model, and with video dropped
+at least the audio-only model (chance is 1 / 9 classes).
+
+Usage: python benchmarks/modalities.py [--seeds 0,1,2] [--rates 0,0.3,0.6] [--clips-per-class 16] [--work DIR]
+Prints a markdown table and writes benchmarks/results/modalities.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data_prep.actions import make_actions  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.stages.evaluate import evaluate  # noqa: E402
+from pipeline.stages.preprocess import preprocess  # noqa: E402
+from pipeline.stages.train import train  # noqa: E402
+
+DROPS = (None, "audio", "video")
+
+
+def train_and_score(name: str, overrides: list[str], seed: int, data: Path, features: Path, work: Path, drops=(None,)) -> dict:
+    """Train a model of configs/actions_av.yaml on shared features; test top-1 per dropped modality (None: both)."""
+    cfg = load_config("actions_av", [f"data.root={data}", f"seed={seed}", *overrides])
+    run_dir = work / f"seed{seed}" / name
+    if not (run_dir / "features").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.symlink(features / "features", run_dir / "features")
+    preprocess(cfg, run_dir, progress=False)  # nothing to do: checks the shared features against the config
+    start = time.time()
+    result = train(cfg, run_dir, progress=False)
+    row = {"model": name, "seed": seed, "epochs": result["epochs"], "train_seconds": round(time.time() - start, 1)}
+    for drop in drops:
+        metrics = evaluate(run_dir, split="test", progress=False, drop=drop, name=f"test-no-{drop}" if drop else "test")
+        row[f"top1_no_{drop}" if drop else "top1"] = metrics["top1"]
+        row["test_clips"] = metrics["num_clips"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rates", default="0,0.3,0.6", help="train.modality_dropout values of the av_fusion rows")
+    parser.add_argument("--clips-per-class", type=int, default=16, help="as the demo (16)")
+    parser.add_argument("--work", default="/tmp/actrec-modalities", help="data and run dirs (reused when present)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/modalities.json"))
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rates = [float(r) for r in args.rates.split(",")]
+    rows = []
+    for seed in seeds:
+        data = work / f"seed{seed}" / "data"
+        if not (data / "testlist01.txt").is_file():
+            make_actions(data, clips_per_class=args.clips_per_class, seed=seed, progress=False)
+        features = work / f"seed{seed}" / "features"
+        preprocess(load_config("actions_av", [f"data.root={data}", f"seed={seed}"]), features, progress=False)
+        rows.append(train_and_score("video_rnn", ["model.name=video_rnn"], seed, data, features, work))
+        rows.append(train_and_score("audio_rnn", ["model.name=audio_rnn"], seed, data, features, work))
+        for rate in rates:
+            rows.append(train_and_score(f"av_fusion dropout {rate:g}", [f"train.modality_dropout={rate}"], seed, data, features, work, DROPS))
+        print(json.dumps(rows[-len(rates) - 2:]), flush=True)
+
+    def stat(model: str, key: str) -> tuple[float, float] | None:
+        values = [r[key] for r in rows if r["model"] == model and key in r]
+        return (float(np.mean(values)), float(np.std(values))) if values else None
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    summary = {m: {k: stat(m, k) for k in ("top1", "top1_no_audio", "top1_no_video") if stat(m, k)} for m in models}
+    video_only, audio_only = summary["video_rnn"]["top1"][0], summary["audio_rnn"]["top1"][0]
+    goals = {m: {"audio dropped >= video-only model": s["top1_no_audio"][0] >= video_only,
+                 "video dropped >= audio-only model": s["top1_no_video"][0] >= audio_only}
+             for m, s in summary.items() if "top1_no_audio" in s}
+
+    def cell(value):
+        return "" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
+
+    table = [f"| model ({len(seeds)} seeds) | test top-1 | audio dropped | video dropped |", "|---|---:|---:|---:|"]
+    table += [f"| {m} | {cell(s.get('top1'))} | {cell(s.get('top1_no_audio'))} | {cell(s.get('top1_no_video'))} |" for m, s in summary.items()]
+    text = "\n".join(table) + f"\n\n{rows[0]['test_clips']} test clips per seed (unseen actors), {args.clips_per_class} clips per class; chance 0.111."
+    print("\n" + text)
+    print(f"goals: {json.dumps(goals)}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "summary": summary, "goals": goals, "seeds": seeds,
+                               "clips_per_class": args.clips_per_class}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""A modality missing from a clip: the fusion gate, decode_clip's video-only path, modality dropout, `evaluate --drop`,
+and a video without a sound track through predict, evaluate and the exported graph."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.media import MediaError
+from pipeline.runtime.decode import decode_clip, without_modality
+from tests.conftest import FAST
+from tests.media_factory import strip_audio, write_video
+
+NO_AUDIO = "no audio track: classified from video only"
+
+
+def av_config(*extra):
+    return load_config(None, FAST + ["data.root=/nonexistent", *extra])
+
+
+def fusion_model(fusion: str, name: str = "av_fusion"):
+    from pipeline.models import ModelSpec, build_model
+
+    cfg = av_config(f"model.name={name}", f"model.fusion={fusion}", "model.units=8", "model.dropout=0.0")
+    if name == "hybrid":
+        p = dataclasses.replace(cfg.preprocess, encoder="none", keep_waveform=True)
+        spec = ModelSpec(num_classes=3, frames=(4, 32, 32), waveform=16000, preprocess=p)
+    else:
+        spec = ModelSpec(num_classes=3, frame_features=(4, 16), mfcc=(101, 20), preprocess=cfg.preprocess)
+    return build_model(spec, cfg.model)
+
+
+def random_inputs(model, rng, **lengths):
+    """Random values for every input of `model` (batch 2); lengths given by name, else full."""
+    out = {}
+    for tensor in model.inputs:
+        name, shape = tensor.name.split(":")[0], (2, *tensor.shape[1:])
+        if name in lengths:
+            out[name] = np.full(2, lengths[name], np.int32)
+        elif not shape[1:]:
+            out[name] = np.full(2, 16000 if name == "num_samples" else 4 if name == "frame_lengths" else 101, np.int32)
+        elif tensor.dtype == "uint8":
+            out[name] = rng.integers(0, 256, shape).astype(np.uint8)
+        else:
+            out[name] = rng.normal(size=shape).astype(np.float32)
+    return out
+
+
+def predict(model, inputs):
+    return np.asarray(model.predict_on_batch([inputs[t.name.split(":")[0]] for t in model.inputs]))
+
+
+@pytest.mark.parametrize("fusion, name, audio_length", [("mid", "av_fusion", "mfcc_length"), ("late", "av_fusion", "mfcc_length"),
+                                                       ("mid", "hybrid", "num_samples")])
+def test_a_modality_of_length_zero_is_gated_out(fusion, name, audio_length):
+    """With its length 0, a modality's values do not reach the output; with its length > 0 they do."""
+    model = fusion_model(fusion, name)
+    rng = np.random.default_rng(0)
+    video = "frame_features" if name == "av_fusion" else "frames"
+    audio = "mfcc" if name == "av_fusion" else "waveform"
+    for modality, length_name, other in ((audio, audio_length, video), (video, "frame_lengths", audio)):
+        a = random_inputs(model, rng, **{length_name: 0})
+        b = {**a, modality: random_inputs(model, rng)[modality]}  # other values of the absent modality
+        np.testing.assert_allclose(predict(model, a), predict(model, b), atol=1e-6)
+        present = {**b, length_name: random_inputs(model, rng)[length_name]}
+        assert np.abs(predict(model, present) - predict(model, b)).max() > 1e-4, f"{modality} present changes nothing"
+        changed = {**a, other: random_inputs(model, rng)[other]}  # the remaining modality still decides
+        assert np.abs(predict(model, changed) - predict(model, a)).max() > 1e-4
+        assert np.isfinite(predict(model, a)).all()
+
+
+def test_samples_to_frames_counts_no_frames_for_no_samples():
+    from pipeline.features.mfcc import MFCCParams
+    from pipeline.models.audio import SamplesToFrames
+
+    for framing in ("centred", "causal"):
+        params = MFCCParams.from_config(av_config(f"preprocess.mfcc_framing={framing}").preprocess)
+        layer = SamplesToFrames.from_params(params, 16000)
+        samples = np.array([0, 1, 159, 160, 8000, 16000], np.int32)
+        assert np.asarray(layer(samples)).tolist() == [params.num_frames(int(n)) for n in samples]
+        assert params.num_frames(0) == 0 and params.num_frames(160) > 0
+
+
+def test_decode_clip_of_a_video_without_sound(tmp_path):
+    silent = write_video(tmp_path / "silent.mp4", num_frames=20)
+    short = write_video(tmp_path / "short.mp4", num_frames=20, audio_seconds=0.2)
+    cfg = av_config("preprocess.keep_waveform=true")
+    arrays = decode_clip(silent, cfg)
+    assert arrays["warning"] == NO_AUDIO
+    assert arrays["mfcc_length"] == 0 and arrays["num_samples"] == 0 and arrays["frame_lengths"].tolist() == [4]
+    assert arrays["mfcc"].shape == (101, 20) and np.isfinite(arrays["mfcc"]).all() and not arrays["waveform"].any()
+    short_arrays = decode_clip(short, cfg)  # sound shorter than the window: zero-padded, the padding masked
+    assert "warning" not in short_arrays and 0 < short_arrays["mfcc_length"] < 40 and 3200 <= short_arrays["num_samples"] < 4000  # AAC pads to whole frames
+    with pytest.raises(MediaError, match="^no audio track$"):  # a run that reads only the sound cannot use it
+        decode_clip(silent, av_config("preprocess.modalities=[audio]"))
+
+
+def test_without_modality_is_what_a_clip_without_it_decodes_to(tmp_path):
+    clip = write_video(tmp_path / "clip.mp4", num_frames=20, audio_seconds=0.8)
+    silent = strip_audio(clip, tmp_path / "silent.mp4")
+    cfg = av_config("preprocess.keep_waveform=true")
+    arrays = decode_clip(clip, cfg)
+    no_audio = without_modality(arrays, "audio", cfg)
+    expected = decode_clip(silent, cfg)
+    for name in ("frames", "frame_lengths", "mfcc", "mfcc_length", "waveform", "num_samples"):
+        np.testing.assert_array_equal(no_audio[name], expected[name], err_msg=name)
+    assert arrays["mfcc_length"] > 0  # the input was not changed
+    no_video = without_modality(arrays, "video", cfg)
+    assert not no_video["frames"].any() and no_video["frame_lengths"].tolist() == [0]
+    np.testing.assert_array_equal(no_video["mfcc"], arrays["mfcc"])
+    with pytest.raises(ValueError, match="modality must be one of video, audio"):
+        without_modality(arrays, "depth", cfg)
+
+
+def test_modality_dropout_removes_one_modality_at_the_given_rate():
+    import tensorflow as tf
+
+    from pipeline.features.augment import drop_modality
+
+    tf.random.set_seed(0)
+    example = {"frame_features": tf.ones([4, 16]), "frame_lengths": tf.constant(4), "mfcc": tf.ones([101, 20]),
+               "mfcc_length": tf.constant(90)}
+    kept = drop_modality(example, 0.0)
+    assert all(np.array_equal(kept[k], example[k]) for k in example)
+    counts = {"video": 0, "audio": 0, "none": 0}
+    for _ in range(400):
+        out = {k: np.asarray(v) for k, v in drop_modality(example, 0.5).items()}
+        video_gone, audio_gone = out["frame_lengths"] == 0, out["mfcc_length"] == 0
+        assert not (video_gone and audio_gone)
+        assert video_gone == (not out["frame_features"].any()) and audio_gone == (not out["mfcc"].any())
+        counts["video" if video_gone else "audio" if audio_gone else "none"] += 1
+    assert 60 <= counts["video"] <= 140 and 60 <= counts["audio"] <= 140 and 150 <= counts["none"] <= 250, counts
+
+
+def test_app_side_decoding_of_a_video_without_sound(tmp_path):
+    """runtime.tflite.file_inputs (no TensorFlow): silence with num_samples 0, and the warning."""
+    from pipeline.runtime.tflite import file_inputs
+
+    silent = write_video(tmp_path / "silent.mp4", num_frames=20)
+    recipe = {"video": {"num_frames": 4, "frame_size": 32, "sampling": "uniform", "num_clips": 1},
+              "audio": {"sample_rate": 16000, "num_samples": 16000}}
+    (view,) = file_inputs(silent, recipe)
+    assert view["num_samples"] == 0 and not view["waveform"].any() and view["waveform"].shape == (16000,)
+    assert view["frame_lengths"] == 4 and view["warning"] == NO_AUDIO
+    with pytest.raises(MediaError, match="no audio track"):
+        file_inputs(silent, {"audio": recipe["audio"]})
+
+
+# ----------------------------------------------------------------------------- a trained audio-visual run
+
+
+@pytest.mark.slow  # the session's trained_run (~30 s, shared)
+def test_evaluate_drop_feeds_the_same_graph(trained_run, dataset, tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.rundir import read_json
+    from pipeline.runtime.keras_model import RunModel
+
+    clip = dataset / "Slow/v_Slow_g01_c01.mp4"
+    silent = strip_audio(clip, tmp_path / "v_Slow_g01_c01.mp4")
+    full, dropped = RunModel(trained_run), RunModel(trained_run, drop="audio")
+    np.testing.assert_allclose(dropped.predict_clip(clip), full.predict_clip(silent), atol=1e-6)
+    assert np.abs(full.predict_clip(clip) - full.predict_clip(silent)).max() > 1e-4  # the sound counted before
+
+    assert main(["evaluate", "--run-dir", str(trained_run), "--drop", "video", "--no-progress"]) == 0
+    metrics = read_json(trained_run / "eval/test-no-video/metrics.json")
+    assert metrics["num_clips"] == 4 and metrics["extra"]["dropped"].startswith("video")
+    assert "video dropped" in (trained_run / "eval/test-no-video/report.md").read_text()
+    assert "test-no-video" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # the session's trained_run (~30 s, shared)
+def test_a_folder_of_videos_without_sound_is_evaluated_from_video(trained_run, dataset, tmp_path, capsys):
+    from pipeline.rundir import read_json
+    from pipeline.stages.evaluate import evaluate
+
+    folder = tmp_path / "muted"
+    for rel in ("Fast/v_Fast_g01_c01.mp4", "Slow/v_Slow_g01_c02.mp4"):
+        (folder / rel).parent.mkdir(parents=True)
+        strip_audio(dataset / rel, folder / rel)
+    evaluate(trained_run, data=folder, progress=False)
+    err = capsys.readouterr().err
+    metrics = read_json(trained_run / "eval/muted/metrics.json")
+    assert metrics["num_clips"] == 2 and metrics["skipped"]["count"] == 0
+    assert f"evaluate: warning: Fast/v_Fast_g01_c01.mp4: {NO_AUDIO}" in err.splitlines()
+    assert metrics["extra"]["no_audio_track"].startswith("2 clip(s) classified from video only")
+
+
+def test_drop_needs_an_audio_visual_run():
+    from pipeline.runtime.keras_model import check_drop
+
+    check_drop(["video", "audio"], "audio")
+    check_drop(["video", "audio"], None)
+    with pytest.raises(UserError, match=r"^--drop audio: this run reads video only; dropping a modality needs an audio-visual run"):
+        check_drop(["video"], "audio")
+    with pytest.raises(UserError, match=r"^--drop video: this run reads audio only"):
+        check_drop(["audio"], "video")
