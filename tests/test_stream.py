@@ -152,7 +152,7 @@ def test_streaming_files_have_named_states_and_builtin_ops_only(stream_run):
     run, result, cell = stream_run
     assert {p.name for p in (run / "export").iterdir()} - {"convert.log", "model_float16.tflite"} == {  # no calibration scratch
         "labels.txt", "preprocessing.json", "parity.json", "model_float.tflite", "head_float.tflite", "model_int8.tflite",
-        "model_stream_float.tflite", "model_stream_int8.tflite"}
+        "model_stream_float.tflite", "model_stream_int8.tflite", "model_mediapipe.tflite"}
     spec = json.loads((run / "export" / "preprocessing.json").read_text())["stream"]
     states = {"audio_context": [1, 352], f"audio_{cell}0_h": [1, 16], **({"audio_lstm0_c": [1, 16]} if cell == "lstm" else {})}
     assert spec["hop_samples"] == 320 and spec["window_hops"] == 50

@@ -77,6 +77,20 @@ def save_model(model, path: Path, specs: Sequence[InputSpec], batch_size: int | 
     archive.write_out(str(path), verbose=False)
 
 
+def save_mediapipe_model(graphs: InferenceGraphs, path: Path) -> None:
+    """SavedModel of the MediaPipe speech graph: signature {'waveform': [1, N]} -> {'probabilities': [1, K]}."""
+    import keras
+    import tensorflow as tf
+
+    model, n = graphs.mediapipe(), graphs.num_samples
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    full = {"num_samples": tf.fill([1], n)}  # MediaPipe feeds whole windows (the stream's last one zero-padded)
+    archive.add_endpoint(SIGNATURE, lambda inputs: {OUTPUT: model({**inputs, **full}, training=False)},
+                         input_signature=[{"waveform": tf.TensorSpec((1, n), tf.float32, name="waveform")}])
+    archive.write_out(str(path), verbose=False)
+
+
 def save_step_model(stepper, path: Path) -> None:
     """SavedModel of a streaming step (pipeline.models.streaming): signature `step`, {samples, states} -> {probabilities, states}."""
     import keras
@@ -259,8 +273,12 @@ def die_with_parent(parent_pid: int) -> None:
 
 def convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
     """The child process: write each target into `work`, logging start/ok/error lines to work/status.jsonl."""
+    from pipeline.deploy.metadata import export_metadata
+
     graphs = InferenceGraphs(run_dir, allow_unfinished=True)  # the parent process made the checks
     saved_models: dict[str, Path] = {}
+    preprocessing = json.loads((work / "preprocessing.json").read_text())  # written by the parent before the conversions
+    labels = (work / "labels.txt").read_text().splitlines()
 
     def saved_model_for(kind: str) -> Path:
         """A batch-1 SavedModel of the deployable graph or the head, written once per kind."""
@@ -286,16 +304,21 @@ def convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
         try:
             if target == "saved_model":
                 save_model(graphs.deployable(None), work / "saved_model", graphs.inputs(), None)
-            elif target == "head_float":
-                (work / TFLITE_FILES[target]).write_bytes(convert(saved_model_for("head"), "float"))
-            elif target in ("stream_float", "stream_int8"):
-                mode, representative = target.removeprefix("stream_"), work / STREAM_REPRESENTATIVE_FILE
-                if mode == "int8" and not representative.is_file():
-                    write_stream_representative(graphs.stepper(), work / REPRESENTATIVE_FILE, representative)
-                (work / TFLITE_FILES[target]).write_bytes(convert(step_model(), mode, representative, STREAM_SIGNATURE))
             else:
-                content = convert(saved_model_for("deployable"), target, work / REPRESENTATIVE_FILE)
-                (work / TFLITE_FILES[target]).write_bytes(content)
+                if target == "head_float":
+                    content = convert(saved_model_for("head"), "float")
+                elif target == "mediapipe":
+                    saved_models["mediapipe"] = work / ".saved_model_mediapipe"
+                    save_mediapipe_model(graphs, saved_models["mediapipe"])
+                    content = convert(saved_models["mediapipe"], "float")
+                elif target in ("stream_float", "stream_int8"):
+                    mode, representative = target.removeprefix("stream_"), work / STREAM_REPRESENTATIVE_FILE
+                    if mode == "int8" and not representative.is_file():
+                        write_stream_representative(graphs.stepper(), work / REPRESENTATIVE_FILE, representative)
+                    content = convert(step_model(), mode, representative, STREAM_SIGNATURE)
+                else:
+                    content = convert(saved_model_for("deployable"), target, work / REPRESENTATIVE_FILE)
+                (work / TFLITE_FILES[target]).write_bytes(export_metadata(content, target, preprocessing, labels))
         except Exception as e:  # noqa: BLE001  (the converter raises many types; the format fails, the export goes on)
             _status(work, "error", target, error=_one_line(e))
             continue

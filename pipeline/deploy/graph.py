@@ -39,6 +39,7 @@ TFLITE_FILES = {  # format -> file name in RUN/export
     "head_float": "head_float.tflite",
     "stream_float": "model_stream_float.tflite",  # streamable runs: one hop per call, states in and out (signature `step`)
     "stream_int8": "model_stream_int8.tflite",
+    "mediapipe": "model_mediapipe.tflite",  # speech runs: one waveform window in, one subgraph (MediaPipe Tasks' AudioClassifier)
 }
 STREAM_FORMATS = {"float": "stream_float", "int8": "stream_int8"}  # the streaming file each format brings along
 
@@ -79,6 +80,7 @@ class InferenceGraphs:
         self.end_to_end = self.cfg.model.name == "hybrid"  # frames and waveform are already its inputs
         self.head_input_names = [t.name.split(":")[0] for t in self.trained.inputs]
         self.streamable = not streaming_blockers(self.cfg)
+        self.audio_only = {s.name for s in self.inputs()} == {"waveform", "num_samples"}
 
     def inputs(self) -> list[InputSpec]:
         """The deployable graph's inputs, in the order an app fills them."""
@@ -167,6 +169,29 @@ class InferenceGraphs:
             features["mfcc_length"] = SamplesToFrames.from_params(params, self.num_samples, name="mfcc_length")(inputs["num_samples"])
         return keras.Model(inputs, call_by_name(model, features), name="deployable")
 
+
+    def mediapipe(self):
+        """The deployable speech graph with its RNNs unrolled, for the file MediaPipe Tasks' AudioClassifier loads (one
+        subgraph: no WHILE loop). Its export takes the waveform [1, N] alone, every window full (num_samples = N)."""
+        import keras
+
+        model = self.deployable(1)
+        for layer in model._flatten_layers():  # Bidirectional's forward and backward layers included
+            if isinstance(layer, keras.layers.RNN):
+                layer.unroll = True
+        return model
+
+    def mediapipe_spec(self, classes: list[str]) -> dict:
+        """preprocessing.json's "mediapipe" entry: the file, its one input and how an app uses it."""
+        p = self.cfg.preprocess
+        return {
+            "file": TFLITE_FILES["mediapipe"],
+            "inputs": [{"name": "waveform", "shape": [1, self.num_samples], "dtype": "float32",
+                        "doc": f"{self.num_samples} samples of mono audio at {p.sample_rate} Hz in [-1, 1], every one real"}],
+            "outputs": [{"name": OUTPUT, "shape": [1, len(classes)], "dtype": "float32", "doc": "class probabilities, in labels.txt order"}],
+            "how": ("MediaPipe Tasks' AudioClassifier (Android, iOS, web, Python) loads it as is: its metadata gives the sample rate "
+                    "and the labels; the classifier cuts the audio into windows of the model's length"),
+        }
 
     def stepper(self):
         """The streaming step of a streamable run (pipeline.models.streaming.AudioStepper) on the rebuilt model."""
@@ -279,6 +304,8 @@ def preprocessing_spec(graphs: InferenceGraphs, classes: list[str]) -> dict:
                                                "num_samples = 0; the model leaves the sound out and classifies from the frames")
     if graphs.streamable:
         spec["stream"] = graphs.stream_spec(classes)
+    if graphs.audio_only:
+        spec["mediapipe"] = graphs.mediapipe_spec(classes)
     if not graphs.end_to_end:
         spec["head"] = {
             "file": TFLITE_FILES["head_float"],

@@ -12,10 +12,12 @@ and writes it back with every distinct vector written once (`_serialize`):
     float16_float_constants          mid-size float32 constants -> float16 + DEQUANTIZE (the int8 file)
     dequantize_kept_float            int8 weights of the ops `kept_float` names -> float32 (the dynamic file)
     drop_metadata                    a metadata entry removed (the float16 file's fp16-inference hint)
+    set_metadata                     a named metadata entry and its buffer (TFLite Model Metadata, deploy.metadata)
     widen_small_float16_constants    small float16 constants + their DEQUANTIZE -> float32 constants
     strip_tensor_names               names of intermediate tensors dropped
 
     tflite_ops(path) -> {op name: count}      tflite_weight_bytes(path) -> bytes of constant data
+    signature_tensor_names(content, signature) -> (input names, output names) in the subgraph's order
 
 TensorFlow's flatbuffer modules are imported inside the functions (importing this module is cheap).
 """
@@ -356,6 +358,17 @@ def drop_metadata(content: bytes, name: str) -> bytes:
     return _serialize(model)
 
 
+def set_metadata(content: bytes, name: str, data: bytes) -> bytes:
+    """The flatbuffer with metadata entry `name` pointing at a new buffer holding `data` (an earlier `name` replaced)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = _read(content)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = name.encode(), _add_buffer(model, np.frombuffer(data, np.uint8))
+    model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name] + [entry]
+    return _serialize(model)
+
+
 def widen_small_float16_constants(content: bytes, min_elements: int = FLOAT16_MIN_ELEMENTS) -> bytes:
     """Replace each float16 constant of fewer than min_elements values, and the DEQUANTIZE op that widened
     it at run time, by a float32 constant (the op's output tensor, now holding the values)."""
@@ -414,3 +427,14 @@ def tflite_weight_bytes(path: str | Path) -> int:
     """Bytes of constant data (weights) in a .tflite file; the rest is the graph itself (ops, tensors, quantization)."""
     model = _read(Path(path).read_bytes())
     return int(sum(len(b.data) for b in model.buffers if b.data is not None))
+
+
+def signature_tensor_names(content: bytes, signature: str) -> tuple[list[str], list[str]]:
+    """(input names, output names) of a signature, in the order of its subgraph's inputs and outputs (the order
+    runtimes index tensors by)."""
+    model = _read(content)
+    (sig,) = [s for s in model.signatureDefs if s.signatureKey.decode() == signature]
+    subgraph = model.subgraphs[sig.subgraphIndex]
+    inputs = {t.tensorIndex: t.name.decode() for t in sig.inputs}
+    outputs = {t.tensorIndex: t.name.decode() for t in sig.outputs}
+    return [inputs[i] for i in subgraph.inputs], [outputs[i] for i in subgraph.outputs]

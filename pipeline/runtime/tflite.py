@@ -118,7 +118,8 @@ class TFLiteClassifier:
         self.preprocessing = json.loads(meta_file.read_text())
         self.labels = (self.path.parent / self.preprocessing["labels_file"]).read_text().splitlines()
         self.head = self.path.name.startswith("head")
-        graph = self.preprocessing["head"] if self.head else self.preprocessing
+        mediapipe = self.path.name.startswith("model_mediapipe")  # the waveform alone, every window full
+        graph = self.preprocessing["head"] if self.head else self.preprocessing["mediapipe"] if mediapipe else self.preprocessing
         self.inputs = {spec["name"]: spec for spec in graph["inputs"]}
         try:
             self.interpreter = load_interpreter(self.path, threads)

@@ -14,10 +14,13 @@
       model_dynamic.tflite    int8 weights, float activations (dynamic range)
       model_int8.tflite       int8 weights and activations (uint8 frames stay uint8, float in/out)
       head_float.tflite       feature-level runs: the RNN head alone (frame_features / mfcc in)
+      model_mediapipe.tflite  speech runs: waveform [1, N] alone in, one subgraph (RNNs unrolled), for MediaPipe Tasks'
+                              AudioClassifier
       model_stream_float.tflite, model_stream_int8.tflite
                               streamable runs (model.streamable): signature `step`, one audio hop and every state in,
                               probabilities and the new states out (pipeline.models.streaming)
       labels.txt  preprocessing.json  parity.json  (convert.log: what the converter printed, when it did)
+    Every .tflite file carries TFLite Model Metadata (deploy.metadata): inputs described, labels.txt zipped in.
 
 Nothing good is replaced by something worse:
 - the export is built in RUN/.export.tmp-PID and renamed into place, so RUN/export is never half-overwritten;
@@ -53,8 +56,8 @@ from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.rundir import pid_alive, read_json
 
-TARGETS = ("saved_model", "float", "head_float", "stream_float", "float16", "dynamic", "int8", "stream_int8")  # what a child converts, in this order
-BROUGHT_BY = {"head_float": "float", "stream_float": "float", "stream_int8": "int8"}  # companion file -> its format
+TARGETS = ("saved_model", "float", "head_float", "stream_float", "mediapipe", "float16", "dynamic", "int8", "stream_int8")  # what a child converts, in this order
+BROUGHT_BY = {"head_float": "float", "stream_float": "float", "mediapipe": "float", "stream_int8": "int8"}  # companion file -> its format
 WORK_PREFIX, OLD_PREFIX = ".export.tmp-", ".export.old-"  # + the PID of the export that made them
 
 
@@ -147,8 +150,10 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
 
 
 def companions(graphs: InferenceGraphs, formats: Sequence[str]) -> list[str]:
-    """The files a format brings along: float the head (feature-level runs); float and int8 their streaming files (streamable runs)."""
+    """The files a format brings along: float the head (feature-level runs) and the MediaPipe file (speech runs);
+    float and int8 their streaming files (streamable runs)."""
     extra = ["head_float"] if "float" in formats and not graphs.end_to_end else []
+    extra += ["mediapipe"] if "float" in formats and graphs.audio_only else []
     return extra + [STREAM_FORMATS[f] for f in formats if f in STREAM_FORMATS and graphs.streamable]
 
 
