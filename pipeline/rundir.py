@@ -71,8 +71,8 @@ class RunDir:
     def lock(self, command: str):
         """Hold RUN/.lock while `command` writes this run dir: a second writer refuses with one line naming the first.
 
-        A lock left by a killed process (its pid is gone) is taken over, and the temporary files killed writers left
-        are removed. URL run dirs are not locked.
+        A lock left by a killed process (its pid is gone, or now names another process: the lock records its writer's
+        start time) is taken over, and the temporary files killed writers left are removed. URL run dirs are not locked.
         """
         if not isinstance(self.path, Path):
             yield
@@ -80,7 +80,7 @@ class RunDir:
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock_file = self.path / ".lock"
-        me = {"pid": os.getpid(), "command": command}
+        me = {"pid": os.getpid(), "command": command, "started": process_started(os.getpid())}
         for _ in range(2):
             try:
                 fd = os.open(lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -90,7 +90,7 @@ class RunDir:
                 except (OSError, json.JSONDecodeError):
                     holder = {}
                 pid = holder.get("pid")
-                if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+                if isinstance(pid, int) and pid != os.getpid() and writer_alive(pid, holder.get("started")):
                     raise UserError(f"{self}: `actrec {holder.get('command', '?')}` (pid {pid}) is writing this run dir; "
                                     f"wait for it to finish or stop it") from None
                 lock_file.unlink(missing_ok=True)  # its process is gone: take the lock over
@@ -171,6 +171,25 @@ def absolute_paths(cfg: Config) -> Config:
 
     data = dataclasses.replace(cfg.data, root=absolute(cfg.data.root), manifest=absolute(cfg.data.manifest))
     return dataclasses.replace(cfg, data=data, preprocess=dataclasses.replace(cfg.preprocess, weights=absolute(cfg.preprocess.weights)))
+
+
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), None if it is gone or cannot be read."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def writer_alive(pid: int, started: float | None) -> bool:
+    """Whether the writer that recorded (pid, started) still runs: its pid exists and, when the start time was recorded,
+    the process with that pid started then (a pid the system reused for another process is not the writer)."""
+    if not pid_alive(pid):
+        return False
+    now_started = process_started(pid)
+    return started is None or now_started is None or abs(now_started - float(started)) < 1.0
 
 
 def pid_alive(pid: int) -> bool:

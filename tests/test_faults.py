@@ -650,7 +650,7 @@ def test_train_resumed_after_sigkill_matches_the_uninterrupted_numbers(train_kil
 @pytest.mark.slow
 def test_a_second_writer_refuses_with_one_line_naming_the_first(train_kills):
     _, killed, seen = train_kills
-    assert seen["lock"] == {"pid": seen["pid"], "command": "train"}
+    assert without_start(seen["lock"]) == {"pid": seen["pid"], "command": "train"}
     for command, refused in seen["refusals"].items():
         lines = refused.err.strip().splitlines()
         assert refused.rc == 2 and len(lines) == 1, (command, refused.err)
@@ -661,8 +661,35 @@ def test_a_second_writer_refuses_with_one_line_naming_the_first(train_kills):
 @pytest.mark.slow
 def test_a_dead_writers_lock_is_taken_over(train_kills):
     _, _, seen = train_kills
-    assert seen["stale_lock"] == {"pid": seen["pid"], "command": "train"}  # the SIGKILLed writer's, left behind
+    assert without_start(seen["stale_lock"]) == {"pid": seen["pid"], "command": "train"}  # the SIGKILLed writer's, left behind
     assert seen["rerun"].rc == 0 and not seen["lock_after"]
+
+
+def without_start(lock: dict) -> dict:
+    """A lock's contents without the writer's start time (checked to be a time: seconds since the epoch)."""
+    assert isinstance(lock.get("started"), float) and lock["started"] > 1.7e9, lock
+    return {k: v for k, v in lock.items() if k != "started"}
+
+
+def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path):
+    """The pid a killed writer recorded can be reused by a new process: the recorded start time tells them apart."""
+    from pipeline.errors import UserError
+    from pipeline.rundir import RunDir, process_started
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    other = os.getppid()  # a live process that is not the writer
+    (run.path / ".lock").write_text(json.dumps({"pid": other, "command": "train", "started": process_started(other) - 3600.0}))
+    with run.lock("export"):
+        assert json.loads((run.path / ".lock").read_text())["pid"] == os.getpid()
+    (run.path / ".lock").write_text(json.dumps({"pid": other, "command": "train", "started": process_started(other)}))
+    with pytest.raises(UserError, match=rf"`actrec train` \(pid {other}\) is writing this run dir"):
+        with run.lock("export"):
+            pass
+    (run.path / ".lock").write_text(json.dumps({"pid": other, "command": "train"}))  # a lock of an earlier version: no start time
+    with pytest.raises(UserError, match="is writing this run dir"):
+        with run.lock("export"):
+            pass
 
 
 def test_taking_the_lock_removes_the_temp_files_of_dead_writers(tmp_path):
@@ -768,7 +795,7 @@ def test_killed_export_leaves_no_converter_running(export_kill):
 def test_export_holds_the_run_dir_lock(export_kill):
     """While it converts, RUN/.lock names the export: a train --overwrite or preprocess --overwrite would refuse."""
     _, _, seen = export_kill
-    assert seen["lock_held"] == {"pid": seen["pid"], "command": "export"}
+    assert without_start(seen["lock_held"]) == {"pid": seen["pid"], "command": "export"}
 
 
 # ----------------------------------------------------------------------------- a full disk (a file size limit)
