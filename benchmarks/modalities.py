@@ -1,8 +1,10 @@
 """Does each modality pull its weight? The demo's audio-visual action recipe with one modality removed, against
 models that only ever had that modality, over several seeds.
 
-    data_prep.actions (--clips-per-class, per seed) --configs/actions_av.yaml, per seed-->
-      preprocess once (cached small-CNN frame features + MFCCs), then on the same features:
+    data_prep.actions (--clips-per-class, per seed) --configs/actions_av.yaml (--encoder random: the demo's random
+      small CNN) or configs/actions_av_trained_cnn.yaml (--encoder trained: the small CNN of a video-only hybrid run
+      trained first on the seed's training split), per seed-->
+      preprocess once (cached frame features + MFCCs), then on the same features:
         video_rnn, audio_rnn                            single-modality models
         av_fusion, train.modality_dropout = each --rates value
       --actrec evaluate (raw test clips: unseen actors), and for av_fusion also --drop audio and --drop video
@@ -10,8 +12,8 @@ models that only ever had that modality, over several seeds.
 A fusion model passes when, with audio dropped, it scores at least the video-only model, and with video dropped
 at least the audio-only model (chance is 1 / 9 classes).
 
-Usage: python benchmarks/modalities.py [--seeds 0,1,2] [--rates 0,0.3,0.6] [--clips-per-class 16] [--work DIR]
-Prints a markdown table and writes benchmarks/results/modalities.json and .md.
+Usage: python benchmarks/modalities.py [--encoder random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--clips-per-class 16]
+Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json and .md.
 """
 
 from __future__ import annotations
@@ -31,16 +33,20 @@ sys.path.insert(0, str(ROOT))
 
 from data_prep.actions import make_actions  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.features.encoders import FRAME_ENCODER_WEIGHTS  # noqa: E402
 from pipeline.stages.evaluate import evaluate  # noqa: E402
 from pipeline.stages.preprocess import preprocess  # noqa: E402
 from pipeline.stages.train import train  # noqa: E402
 
 DROPS = (None, "audio", "video")
+CONFIGS = {"random": "actions_av", "trained": "actions_av_trained_cnn"}
+STAGE1 = ["preprocess.modalities=[video]", "train.epochs=80"]  # the video-only hybrid whose CNN encodes the frames (its config says)
 
 
-def train_and_score(name: str, overrides: list[str], seed: int, data: Path, features: Path, work: Path, drops=(None,)) -> dict:
-    """Train a model of configs/actions_av.yaml on shared features; test top-1 per dropped modality (None: both)."""
-    cfg = load_config("actions_av", [f"data.root={data}", f"seed={seed}", *overrides])
+def train_and_score(config: str, name: str, overrides: list[str], seed: int, data: Path, features: Path, work: Path,
+                    drops=(None,)) -> dict:
+    """Train a model of `config` on shared features; test top-1 per dropped modality (None: both)."""
+    cfg = load_config(config, [f"data.root={data}", f"seed={seed}", *overrides])
     run_dir = work / f"seed{seed}" / name
     if not (run_dir / "features").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,14 +64,16 @@ def train_and_score(name: str, overrides: list[str], seed: int, data: Path, feat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder", default="random", choices=list(CONFIGS), help="the frame encoder: random (the demo's) or trained")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rates", default="0,0.3,0.6", help="train.modality_dropout values of the av_fusion rows")
     parser.add_argument("--clips-per-class", type=int, default=16, help="as the demo (16)")
     parser.add_argument("--work", default="/tmp/actrec-modalities", help="data and run dirs (reused when present)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/modalities.json"))
+    parser.add_argument("--out", help="default: benchmarks/results/modalities_<encoder>.json")
     args = parser.parse_args()
 
-    work = Path(args.work)
+    work = Path(args.work) / args.encoder
+    config = CONFIGS[args.encoder]
     seeds = [int(s) for s in args.seeds.split(",")]
     rates = [float(r) for r in args.rates.split(",")]
     rows = []
@@ -73,12 +81,20 @@ def main() -> None:
         data = work / f"seed{seed}" / "data"
         if not (data / "testlist01.txt").is_file():
             make_actions(data, clips_per_class=args.clips_per_class, seed=seed, progress=False)
+        encoder = []
+        if args.encoder == "trained":
+            stage1 = work / f"seed{seed}" / "cnn"
+            stage1_cfg = load_config("actions_hybrid", [f"data.root={data}", f"seed={seed}", *STAGE1])
+            preprocess(stage1_cfg, stage1, progress=False)
+            train(stage1_cfg, stage1, progress=False)
+            encoder = [f"preprocess.weights={stage1 / FRAME_ENCODER_WEIGHTS}"]
         features = work / f"seed{seed}" / "features"
-        preprocess(load_config("actions_av", [f"data.root={data}", f"seed={seed}"]), features, progress=False)
-        rows.append(train_and_score("video_rnn", ["model.name=video_rnn"], seed, data, features, work))
-        rows.append(train_and_score("audio_rnn", ["model.name=audio_rnn"], seed, data, features, work))
+        preprocess(load_config(config, [f"data.root={data}", f"seed={seed}", *encoder]), features, progress=False)
+        rows.append(train_and_score(config, "video_rnn", ["model.name=video_rnn", *encoder], seed, data, features, work))
+        rows.append(train_and_score(config, "audio_rnn", ["model.name=audio_rnn", *encoder], seed, data, features, work))
         for rate in rates:
-            rows.append(train_and_score(f"av_fusion dropout {rate:g}", [f"train.modality_dropout={rate}"], seed, data, features, work, DROPS))
+            rows.append(train_and_score(config, f"av_fusion dropout {rate:g}", [f"train.modality_dropout={rate}", *encoder],
+                                        seed, data, features, work, DROPS))
         print(json.dumps(rows[-len(rates) - 2:]), flush=True)
 
     def stat(model: str, key: str) -> tuple[float, float] | None:
@@ -97,12 +113,13 @@ def main() -> None:
 
     table = [f"| model ({len(seeds)} seeds) | test top-1 | audio dropped | video dropped |", "|---|---:|---:|---:|"]
     table += [f"| {m} | {cell(s.get('top1'))} | {cell(s.get('top1_no_audio'))} | {cell(s.get('top1_no_video'))} |" for m, s in summary.items()]
-    text = "\n".join(table) + f"\n\n{rows[0]['test_clips']} test clips per seed (unseen actors), {args.clips_per_class} clips per class; chance 0.111."
+    text = "\n".join(table) + (f"\n\nconfigs/{config}.yaml ({args.encoder} frame encoder); {rows[0]['test_clips']} test clips per seed "
+                                f"(unseen actors), {args.clips_per_class} clips per class; chance 0.111.")
     print("\n" + text)
     print(f"goals: {json.dumps(goals)}")
-    out = Path(args.out)
+    out = Path(args.out or ROOT / f"benchmarks/results/modalities_{args.encoder}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "summary": summary, "goals": goals, "seeds": seeds,
+    out.write_text(json.dumps({"config": config, "rows": rows, "summary": summary, "goals": goals, "seeds": seeds,
                                "clips_per_class": args.clips_per_class}, indent=2) + "\n")
     out.with_suffix(".md").write_text(text + "\n")
     print(f"wrote {out}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-from pipeline.files import atomic_write_json, temp_path
+from pipeline.files import atomic_write_json, atomic_write_weights, temp_path
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -51,10 +51,8 @@ class BestWeights(keras.callbacks.Callback):
         loss = (logs or {}).get("val_loss", math.inf)
         if math.isfinite(loss) and loss < self.best:
             self.best, self.best_epoch, self.wait = float(loss), epoch, 0
-            tmp = temp_path(self.weights_file).with_suffix(".weights.h5")
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self.model.save_weights(tmp)
-            tmp.replace(self.weights_file)
+            atomic_write_weights(self.weights_file, self.model)
         else:
             self.wait += 1
         atomic_write_json(self.state_file, {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait})
@@ -85,7 +83,5 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 tmp = temp_path(previous)
                 shutil.copyfile(current, tmp)
                 tmp.replace(previous)
-        weights_tmp = temp_path(self._weights_path).with_suffix(".weights.h5")
-        self.model.save_weights(weights_tmp, overwrite=True)
-        weights_tmp.replace(self._weights_path)
+        atomic_write_weights(self._weights_path, self.model)
         atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})

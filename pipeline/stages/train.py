@@ -36,7 +36,7 @@ from pipeline.features.augment import (
     time_shift,
 )
 from pipeline.features.records import modalities_of
-from pipeline.files import atomic_write_json, atomic_write_text, temp_path
+from pipeline.files import atomic_write_json, atomic_write_text, atomic_write_weights, temp_path
 from pipeline.labels import SILENCE, UNKNOWN, reject_clips
 from pipeline.progress import keras_verbosity
 from pipeline.rundir import RunDir, read_json
@@ -437,9 +437,7 @@ def train(
         model.save(tmp)
         tmp.replace(out.model)
         if cfg.model.name == "hybrid":  # its trained CNN can encode frames for feature-level runs (preprocess.weights)
-            tmp = temp_path(out.frame_encoder_weights).with_suffix(".weights.h5")
-            model.get_layer("frame_encoder").layer.save_weights(str(tmp))
-            tmp.replace(out.frame_encoder_weights)
+            atomic_write_weights(out.frame_encoder_weights, model.get_layer("frame_encoder").layer)
         history = read_history(out.history)
         plot_history(history, out.curves)
         val = model.evaluate(val_ds, verbose=0, return_dict=True)  # every worker: evaluation is a collective op too
