@@ -173,6 +173,6 @@ def with_metadata(content: bytes, metadata: bytes, files: dict[str, bytes]) -> b
 
     out = io.BytesIO(set_metadata(content, METADATA_NAME, metadata))
     with zipfile.ZipFile(out, "a") as archive:  # appended: the flatbuffer is read from the front, the zip from the back
-        for name, data in files.items():
-            archive.writestr(name, data)
+        for name, data in files.items():  # a fixed time stamp: the same export gives the same bytes
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return out.getvalue()
