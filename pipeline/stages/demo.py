@@ -118,14 +118,14 @@ def stream_unseen_words(cfg, run_dir: Path, wav: Path, seed: int, words: int = 1
 def summary_table(results: dict) -> str:
     """The demo's closing table: accuracy per run, TFLite size and agreement per format, where the reports are."""
     # keras top-1: `actrec evaluate` on the raw test clips; per format: the .tflite file on the same clips
-    lines = [f"{'run':<11} {'train/val/test':>15} {'keras top-1':>11}  {'format':<10} {'size KB':>8} {'agree':>6} {'max|dp|':>8} {'top-1':>6}  report"]
+    lines = [f"{'run':<11} {'train/val/test':>15} {'keras top-1':>11}  {'format':<12} {'size KB':>8} {'agree':>6} {'max|dp|':>8} {'top-1':>6}  report"]
     for name, r in results.items():
         c = r["clips"]
         first = f"{name:<11} {c['train']:>6}/{c['val']:>3}/{c['test']:>4} {r['test_accuracy']:>11.3f}"
         rows = [row for row in _parity_rows(r.get("export", {})) if row["format"] != "saved_model"] or [{}]
         for i, row in enumerate(rows):
             left = first if i == 0 else " " * len(first)
-            fmt = (f"  {row['format']:<10} {row['bytes'] / 1024:>8.0f} {row['top1_agreement']:>6.3f} {row['max_abs_diff_prob']:>8.1e} {row['accuracy']:>6.3f}"
+            fmt = (f"  {row['format']:<12} {row['bytes'] / 1024:>8.0f} {row['top1_agreement']:>6.3f} {row['max_abs_diff_prob']:>8.1e} {row['accuracy']:>6.3f}"
                    if row else "  (no export)")
             lines.append(left + fmt + (f"  {r['report']}" if i == 0 else ""))
     lines += [f"{name}: {r['keyword_spotting']}" for name, r in results.items() if r.get("keyword_spotting")]
