@@ -52,8 +52,9 @@ def _clean_env() -> dict:
 
 
 def test_runtime_modules_do_not_import_tensorflow():
-    """What decoding and the interpreter need (runtime.tflite, runtime.decode, media, config) imports neither TF nor Keras."""
-    code = ("import sys; import pipeline.runtime.tflite, pipeline.runtime.decode, pipeline.media.video, pipeline.media.audio, "
+    """What decoding and the interpreter need (runtime.tflite, runtime.stream, runtime.decode, media, config) imports neither
+    TF nor Keras."""
+    code = ("import sys; import pipeline.runtime.tflite, pipeline.runtime.stream, pipeline.runtime.decode, pipeline.media.video, pipeline.media.audio, "
             f"pipeline.media.probe, pipeline.config, ai_edge_litert.interpreter; print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
