@@ -61,19 +61,26 @@ def test_runtime_modules_do_not_import_tensorflow():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.fixture(scope="module")
-def litert_python(tmp_path_factory) -> Path:
-    """The python of a fresh venv with RUNTIME_PACKAGES only, installed by pip from the package index."""
-    venv = tmp_path_factory.mktemp("litert") / "venv"
-    start = time.perf_counter()
+def fresh_venv(venv: Path, packages: list[str]) -> Path:
+    """The python of a new venv at `venv` holding `packages` only, installed by this environment's pip (the venv has no
+    pip of its own) from the package index, without byte-compiling."""
     made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     python = venv / "bin" / "python"
-    pins = [f"{name}=={version(name)}" for name in RUNTIME_PACKAGES]
-    pip = [sys.executable, "-m", "pip", "--python", python]
-    installed = subprocess.run([*pip, "install", "-q", "--no-compile", *pins], capture_output=True, text=True, timeout=1800, env=_clean_env())
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-compile", *packages],
+                               capture_output=True, text=True, timeout=1800, env=_clean_env())
     assert installed.returncode == 0, installed.stderr[-3000:]
-    checked = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=120, env=_clean_env())
+    return python
+
+
+@pytest.fixture(scope="module")
+def litert_python(tmp_path_factory) -> Path:
+    """The python of a fresh venv with RUNTIME_PACKAGES only, installed by pip from the package index."""
+    start = time.perf_counter()
+    pins = [f"{name}=={version(name)}" for name in RUNTIME_PACKAGES]
+    python = fresh_venv(tmp_path_factory.mktemp("litert") / "venv", pins)
+    checked = subprocess.run([sys.executable, "-m", "pip", "--python", python, "check"], capture_output=True, text=True, timeout=120,
+                             env=_clean_env())
     assert checked.returncode == 0, checked.stdout[-2000:]
     print(f"\nLiteRT venv ({', '.join(pins)}): {time.perf_counter() - start:.0f} s")
     return python

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import soundfile
 
 from pipeline.stages.predict import predict
 from tests import fault_corpus as fc
+from tests.test_litert import fresh_venv
 
 MEDIAPIPE = "mediapipe==1.2.3"
 # Run in the MediaPipe venv: argv = .tflite file, WAVs. READ: the metadata (with the schema's generated reader) and the
@@ -86,14 +86,8 @@ def run_in_venv(python: Path, script: str, *args) -> dict:
 @pytest.fixture(scope="module")
 def mediapipe_python(tmp_path_factory) -> Path:
     """The python of a fresh venv with MediaPipe (and its own numpy 2), installed by pip from the package index."""
-    venv = tmp_path_factory.mktemp("mediapipe") / "venv"
     start = time.perf_counter()
-    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr[-2000:]
-    python = venv / "bin" / "python"
-    installed = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-compile", MEDIAPIPE],
-                               capture_output=True, text=True, timeout=1800)
-    assert installed.returncode == 0, installed.stderr[-3000:]
+    python = fresh_venv(tmp_path_factory.mktemp("mediapipe") / "venv", [MEDIAPIPE])
     print(f"\nMediaPipe venv ({MEDIAPIPE}): {time.perf_counter() - start:.0f} s")
     return python
 

@@ -22,6 +22,8 @@ import io
 import zipfile
 from dataclasses import dataclass
 
+from pipeline.runtime.tflite import OUTPUT, SAMPLES
+
 METADATA_NAME = "TFLITE_METADATA"  # the model's metadata entry runtimes look for
 FILE_IDENTIFIER = b"M001"
 LABELS_FILE = "labels.txt"
@@ -33,6 +35,7 @@ MIN_PARSER_VERSION = {True: "1.3.0", False: "1.0.0"}
 TENSOR_AXIS_LABELS = 2  # AssociatedFileType
 RGB = 1  # ColorSpaceType
 FEATURE_PROPERTIES, IMAGE_PROPERTIES, AUDIO_PROPERTIES = 1, 2, 4  # ContentProperties union members
+AUDIO_INPUTS = ("waveform", SAMPLES)  # inputs of mono float samples in [-1, 1]: the whole window, a stream's hop
 
 
 # ----------------------------------------------------------------------------- a minimal flatbuffers table writer
@@ -104,7 +107,7 @@ def tensor_metadata(spec: dict, sample_rate: int, labels: bool = False) -> _Tabl
     if name == "frames":  # uint8 RGB [1, T, S, S, 3]
         content = _Table(Byte(IMAGE_PROPERTIES), _Table(Byte(RGB), _Table(UInt(shape[-2]), UInt(shape[-3]))))
         stats = _Table(Floats((255.0,)), Floats((0.0,)))  # Stats: max, min
-    elif name in ("waveform", "samples"):  # mono float samples in [-1, 1]
+    elif name in AUDIO_INPUTS:
         content = _Table(Byte(AUDIO_PROPERTIES), _Table(UInt(sample_rate), UInt(1)))
         stats = _Table(Floats((1.0,)), Floats((-1.0,)))
     else:
@@ -117,15 +120,15 @@ def tensor_metadata(spec: dict, sample_rate: int, labels: bool = False) -> _Tabl
 def model_metadata(name: str, description: str, version: str, inputs: list[dict], outputs: list[dict], sample_rate: int) -> bytes:
     """The ModelMetadata flatbuffer (file identifier M001) of one .tflite file.
 
-    inputs / outputs: preprocessing.json entries in the subgraph's order; the output named `probabilities` gets
+    inputs / outputs: preprocessing.json entries in the subgraph's order; the output named OUTPUT (probabilities) gets
     labels.txt as its axis labels.
     """
     import flatbuffers
 
-    audio = any(s["name"] in ("waveform", "samples") for s in inputs)
+    audio = any(s["name"] in AUDIO_INPUTS for s in inputs)
     subgraph = _Table(name, description,  # SubGraphMetadata: name, description, input_tensor_metadata, output_tensor_metadata
                       [tensor_metadata(s, sample_rate) for s in inputs],
-                      [tensor_metadata(s, sample_rate, labels=s["name"] == "probabilities") for s in outputs])
+                      [tensor_metadata(s, sample_rate, labels=s["name"] == OUTPUT) for s in outputs])
     root = _Table(name, description, version, [subgraph], AUTHOR, None,  # ModelMetadata: name, description, version,
                   [associated_file(LABELS_FILE, "class names", TENSOR_AXIS_LABELS)],  # subgraph_metadata, author, license,
                   MIN_PARSER_VERSION[audio])  # associated_files, min_parser_version

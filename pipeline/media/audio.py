@@ -30,12 +30,14 @@ ABSENT_AUDIO = ("no audio track", "audio has no samples", "audio track has no sa
 NO_AUDIO_WARNING = "no audio track: classified from video only"
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int, absent_ok: bool = False) -> np.ndarray:
     """Decode a sound file or a video's audio track to mono at `sample_rate`.
 
     Args:
         path: a sound file (.wav/.flac/.ogg/.mp3) or a video container (.mp4/.avi/.mkv/.webm/...).
         sample_rate: output rate in Hz.
+        absent_ok: a file whose sound is absent (no audio track, or one without samples) gives float32 [0]
+            instead of raising: audio-visual runs classify such a video from its frames. A damaged file still raises.
 
     Returns:
         waveform: float32 [N], mono (channels averaged), clipped to [-1, 1].
@@ -43,7 +45,16 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     Raises:
         MediaError: the file is missing, empty, not decodable, truncated, or a video has no audio track.
     """
-    path = Path(path)
+    try:
+        return _decode_audio(Path(path), sample_rate)
+    except MediaError as e:
+        if absent_ok and str(e) in ABSENT_AUDIO:
+            return np.zeros(0, np.float32)
+        raise
+
+
+def _decode_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """load_audio without the absent_ok switch."""
     check_readable(path)
 
     is_audio_file = path.suffix.lower() in AUDIO_EXTENSIONS
@@ -180,19 +191,6 @@ def check_wav_not_truncated(info) -> None:
         declared, present = int(match.group(1)), int(match.group(2))
         if declared not in _UNKNOWN_SIZES and present + 1 < declared:
             raise MediaError(f"truncated file: WAV data is {present} bytes, header says {declared}")
-
-
-def load_audio_if_any(path: str | Path, sample_rate: int) -> np.ndarray:
-    """load_audio, but float32 [0] for a file whose sound is absent (no audio track, or one without samples).
-
-    For audio-visual runs, which classify such a video from its frames; a damaged file still raises MediaError.
-    """
-    try:
-        return load_audio(path, sample_rate)
-    except MediaError as e:
-        if str(e) in ABSENT_AUDIO:
-            return np.zeros(0, np.float32)
-        raise
 
 
 def _read_with_pyav(path: Path, is_audio_file: bool) -> tuple[np.ndarray, int]:

@@ -61,10 +61,11 @@ def hybrid_cnn_rnn(spec: ModelSpec, cfg, encoder: keras.Model | None = None) -> 
     features = layers.TimeDistributed(encoder, name="frame_encoder")(pixels)  # [B, T, D]
     features = layers.LayerNormalization(name="video_norm")(features)
     inputs, pooled = [frames, frame_lengths], [rnn_head(features, frame_lengths, cfg, "video")]
+    lengths = [frame_lengths]
 
     if spec.waveform is not None:
-        audio_inputs, audio_pooled = waveform_branch(spec, cfg)
+        audio_inputs, audio_pooled = waveform_branch(spec, cfg)  # waveform, num_samples
         inputs += audio_inputs
         pooled.append(audio_pooled)
-    lengths = [frame_lengths] + ([inputs[3]] if len(inputs) > 2 else [])  # frame_lengths, num_samples
+        lengths.append(audio_inputs[1])
     return keras.Model(inputs, fuse(pooled, cfg, spec.num_classes, lengths), name="hybrid_cnn_rnn")

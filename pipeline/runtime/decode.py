@@ -47,7 +47,7 @@ def decode_clip(path: str | Path, cfg: Config, crops: Sequence[str] = ("center",
     only): the clip is the audio_seconds window of a longer recording that begins there (a _silence_ cut).
     Raises MediaError with the reason when the file cannot be used.
     """
-    from pipeline.media.audio import NO_AUDIO_WARNING, load_audio, load_audio_if_any
+    from pipeline.media.audio import NO_AUDIO_WARNING, load_audio
     from pipeline.media.video import read_clip
 
     p = cfg.preprocess
@@ -58,7 +58,7 @@ def decode_clip(path: str | Path, cfg: Config, crops: Sequence[str] = ("center",
         clip = read_clip(path, p.num_frames, p.image_size, p.sampling, p.num_clips, crops, train=train, rng=rng)
         out["frames"], out["frame_lengths"] = clip.frames, clip.lengths
     if "audio" in p.modalities:
-        waveform = load_audio_if_any(path, p.sample_rate) if "video" in p.modalities else load_audio(path, p.sample_rate)
+        waveform = load_audio(path, p.sample_rate, absent_ok="video" in p.modalities)
         if waveform.size == 0:
             return {**out, **silent_audio_arrays(cfg), "warning": NO_AUDIO_WARNING}
         if start is not None:

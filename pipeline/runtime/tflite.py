@@ -73,10 +73,10 @@ def file_inputs(path: str | Path, preprocessing: dict) -> list[dict[str, np.ndar
         clip = read_clip(path, video["num_frames"], video["frame_size"], video["sampling"], video["num_clips"])
         views = [{"frames": clip.frames[v], "frame_lengths": np.int32(clip.lengths[v])} for v in range(len(clip.lengths))]
     if audio is not None:
-        from pipeline.media.audio import NO_AUDIO_WARNING, fit_length, load_audio, load_audio_if_any
+        from pipeline.media.audio import NO_AUDIO_WARNING, fit_length, load_audio
 
         # A video without sound: silence with num_samples 0, which the audio-visual graph reads as "audio absent"
-        waveform = load_audio_if_any(path, audio["sample_rate"]) if video is not None else load_audio(path, audio["sample_rate"])
+        waveform = load_audio(path, audio["sample_rate"], absent_ok=video is not None)
         waveform, valid = fit_length(waveform, audio["num_samples"])
         for view in views:
             view.update(waveform=waveform, num_samples=np.int32(valid), **({} if valid else {"warning": NO_AUDIO_WARNING}))

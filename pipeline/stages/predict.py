@@ -269,7 +269,7 @@ class Predictor:
     def timeline(self, path: Path, window_s: float, stride_s: float) -> dict:
         """Sliding windows over one file: {'starts', 'ends': float [Wn] seconds, 'probs': float32 [Wn, K],
         'max_frames_held': int}. A file shorter than one window is classified whole, as one window."""
-        from pipeline.media.audio import NO_AUDIO_WARNING, load_audio, load_audio_if_any
+        from pipeline.media.audio import NO_AUDIO_WARNING, load_audio
         from pipeline.media.video import count_frames
 
         p = self.cfg.preprocess
@@ -278,7 +278,7 @@ class Predictor:
         try:
             waveform = None
             if "audio" in p.modalities:  # an audio-visual run classifies a video without sound from its frames
-                waveform = load_audio_if_any(path, p.sample_rate) if "video" in p.modalities else load_audio(path, p.sample_rate)
+                waveform = load_audio(path, p.sample_rate, absent_ok="video" in p.modalities)
                 if waveform.size == 0:
                     self.warning = NO_AUDIO_WARNING
             if "video" in p.modalities:
