@@ -1,9 +1,9 @@
 """Does each modality pull its weight? The demo's audio-visual action recipe with one modality removed, against
 models that only ever had that modality, over several seeds.
 
-    data_prep.actions (--clips-per-class, per seed) --configs/actions_av.yaml (--encoder random: the demo's random
-      small CNN) or configs/actions_av_trained_cnn.yaml (--encoder trained: the small CNN of a video-only hybrid run
-      trained first on the seed's training split), per seed-->
+    data_prep.actions (--clips-per-class, per seed) --configs/actions_av.yaml (--encoder motion: the demo's optical-flow
+      encoder; --encoder random: the same with a random small CNN, the demo's before) or configs/actions_av_trained_cnn.yaml
+      (--encoder trained: the small CNN of a video-only hybrid run trained first on the seed's training split), per seed-->
       preprocess once (cached frame features + MFCCs), then on the same features:
         video_rnn, audio_rnn                            single-modality models
         av_fusion, train.modality_dropout = each --rates value
@@ -12,7 +12,7 @@ models that only ever had that modality, over several seeds.
 A fusion model passes when, with audio dropped, it scores at least the video-only model, and with video dropped
 at least the audio-only model (chance is 1 / 9 classes).
 
-Usage: python benchmarks/modalities.py [--encoder random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--clips-per-class 16]
+Usage: python benchmarks/modalities.py [--encoder motion|random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--clips-per-class 16]
 Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json and .md.
 """
 
@@ -39,7 +39,12 @@ from pipeline.stages.preprocess import preprocess  # noqa: E402
 from pipeline.stages.train import train  # noqa: E402
 
 DROPS = (None, "audio", "video")
-CONFIGS = {"random": "actions_av", "trained": "actions_av_trained_cnn"}
+# --encoder: (config, overrides). motion: the demo's recipe; random: the demo's before it (a random small CNN).
+RECIPES = {
+    "motion": ("actions_av", []),
+    "random": ("actions_av", ["preprocess.encoder=small_cnn", "preprocess.image_size=112", "preprocess.num_frames=16"]),
+    "trained": ("actions_av_trained_cnn", []),
+}
 STAGE1 = ["preprocess.modalities=[video]", "train.epochs=80"]  # the video-only hybrid whose CNN encodes the frames (its config says)
 
 
@@ -64,7 +69,8 @@ def train_and_score(config: str, name: str, overrides: list[str], seed: int, dat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", default="random", choices=list(CONFIGS), help="the frame encoder: random (the demo's) or trained")
+    parser.add_argument("--encoder", default="motion", choices=list(RECIPES),
+                        help="the frame encoder: motion (the demo's), random (a random small CNN) or trained (a trained small CNN)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rates", default="0,0.3,0.6", help="train.modality_dropout values of the av_fusion rows")
     parser.add_argument("--clips-per-class", type=int, default=16, help="as the demo (16)")
@@ -73,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(args.work) / args.encoder
-    config = CONFIGS[args.encoder]
+    config, recipe = RECIPES[args.encoder]
     seeds = [int(s) for s in args.seeds.split(",")]
     rates = [float(r) for r in args.rates.split(",")]
     rows = []
@@ -81,13 +87,13 @@ def main() -> None:
         data = work / f"seed{seed}" / "data"
         if not (data / "testlist01.txt").is_file():
             make_actions(data, clips_per_class=args.clips_per_class, seed=seed, progress=False)
-        encoder = []
+        encoder = list(recipe)
         if args.encoder == "trained":
             stage1 = work / f"seed{seed}" / "cnn"
             stage1_cfg = load_config("actions_hybrid", [f"data.root={data}", f"seed={seed}", *STAGE1])
             preprocess(stage1_cfg, stage1, progress=False)
             train(stage1_cfg, stage1, progress=False)
-            encoder = [f"preprocess.weights={stage1 / FRAME_ENCODER_WEIGHTS}"]
+            encoder.append(f"preprocess.weights={stage1 / FRAME_ENCODER_WEIGHTS}")
         features = work / f"seed{seed}" / "features"
         preprocess(load_config(config, [f"data.root={data}", f"seed={seed}", *encoder]), features, progress=False)
         rows.append(train_and_score(config, "video_rnn", ["model.name=video_rnn", *encoder], seed, data, features, work))

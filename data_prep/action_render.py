@@ -8,6 +8,7 @@ Motion, Actor, Scene, ClipSettings, rng --render_frames--> frames: uint8 [H, W, 
     Motion.pose (+ idle sway)  --forward_kinematics--> joints in figure heights
     joints --to pixels--> mirrored for the facing, feet on Scene.ground, placed where ClipSettings.place says
     camera x: float [T]  pans with a travelling figure (ClipSettings.pan, at least enough to keep it in frame)
+                         and drifts on its own (ClipSettings.drift)
     each frame = backdrop window at (camera + shake) + chair + figure + sensor noise
     W, H, T = ClipSettings.width, .height, .n_frames
 ```
@@ -142,14 +143,16 @@ def render_frames(
     room = 0.6 * W
     # (follow = 1 - room/span is the least panning that keeps the on-screen path within `room`)
     follow = max(clip.pan, 1 - room / span) if span > room else clip.pan * 0.5
-    camera = np.minimum(follow, 0.97) * travel
+    camera = np.minimum(follow, 0.97) * travel + clip.drift * W * t  # following the figure, and drifting on its own
     camera -= camera.min()  # >= 0: offset into the (wider) background
 
     # Place the figure: its whole on-screen path within the frame margins, where `place` says.
     everything = np.concatenate([p.reshape(T, -1, 2) for p in px.values()], axis=1)  # [T, J, 2]
     on_screen = everything[..., 0] - camera[:, None]
     lo, hi = on_screen.min() - HEAD_R * scale, on_screen.max() + HEAD_R * scale
-    margin = 0.05 * W
+    # On a wide frame, within its central square: where a camera operator frames the subject.
+    framed = min(W, H)
+    margin = 0.05 * framed + (W - framed) / 2
     left, right = margin - lo, W - margin - hi
     shift = left + clip.place * (right - left) if right >= left else (W - lo - hi) / 2
     shift += _MARGIN  # world x of screen x 0 is _MARGIN + camera

@@ -9,7 +9,7 @@ generators keyed by the clip's identity, never by the order clips are made in:
 (seed, action, group, clip) --clip_rngs-->     [settings, motion, sound, noise]: 4 independent np.random.Generator
 settings generator          --draw_settings--> ClipSettings
     width x height, fps, n_frames (T), sample_rate, channels (C);   the recording format
-    facing, place, pan, sway, jitter, pixel_noise, chair;           the camera and the picture
+    facing, place, pan, drift, sway, jitter, pixel_noise, chair;    the camera and the picture
     gain, noise_level, noise_cutoff, hum, balance                   the microphone and the room
 ```
 
@@ -28,7 +28,8 @@ import numpy as np
 
 # Per-clip recording settings, drawn uniformly from these choices.
 FPS_CHOICES = (15, 20, 24, 25, 30)
-SIZE_CHOICES = ((160, 120), (240, 180), (320, 240))  # (width, height), even for yuv420p
+# (width, height), even for yuv420p: 4:3 from 160x120 to 640x480, and 16:9
+SIZE_CHOICES = ((160, 120), (240, 180), (320, 240), (640, 480), (320, 180), (480, 270), (640, 360))
 SAMPLE_RATES = (16000, 22050, 44100)
 DURATION_RANGE = (1.5, 4.0)  # seconds
 
@@ -106,7 +107,7 @@ def draw_group(seed: int, group: int) -> tuple[Actor, Scene]:
 
     shirt = contrasting()
     actor = Actor(
-        size=float(rng.uniform(0.5, 0.68)),
+        size=float(rng.uniform(0.35, 0.72)),  # small in the distance to filling the frame (a jump still fits)
         thickness=float(rng.uniform(0.03, 0.055)),
         shirt=shirt,
         trousers=contrasting(),
@@ -129,6 +130,7 @@ class ClipSettings:
     facing: int  # +1 faces/moves right, -1 left
     place: float  # 0..1: where in the free horizontal room the figure stands
     pan: float  # 0..1: how much the camera follows a moving figure
+    drift: float  # the camera's own pan, frame widths per second (a handheld camera); 0 for a tripod
     sway: tuple  # (amplitude rad, frequency Hz, phase): idle body sway
     jitter: float  # camera shake, pixels (std)
     pixel_noise: float  # sensor noise, grey levels (std)
@@ -160,6 +162,7 @@ def draw_settings(rng: np.random.Generator) -> ClipSettings:
         facing=int(rng.choice([-1, 1])),
         place=float(rng.random()),
         pan=float(rng.random()),
+        drift=float(rng.uniform(-0.1, 0.1) if rng.random() < 0.5 else 0.0),
         sway=(float(rng.uniform(0, 0.04)), float(rng.uniform(0.2, 0.6)), float(rng.uniform(0, 2 * np.pi))),
         jitter=float(rng.uniform(0, 1.5)),
         pixel_noise=float(rng.uniform(0, 5)),

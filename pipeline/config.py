@@ -52,6 +52,7 @@ ENCODERS = (
     "efficientnet_b0",
     "inception_v3",
     "small_cnn",
+    "motion",
     "none",
 )
 MODELS = ("video_rnn", "audio_rnn", "av_fusion", "hybrid")
@@ -130,7 +131,7 @@ class PreprocessConfig:
     sampling: str = option("uniform", "Frame sampling: `uniform` (T frames spread over the clip), `segments` (TSN: a random frame per segment in training, the centre at eval), `multi_clip` (K windows of T consecutive-stride frames).", ["uniform", "segments", "multi_clip"])
     num_clips: int = option(1, "K: temporal windows per clip for `multi_clip` sampling (each cached as its own view).", minimum=1, maximum=64)
     image_size: int = option(112, "Side of the square frame fed to the encoder (aspect-preserving resize, then centre crop).", minimum=16, maximum=1024)
-    encoder: str = option("mobilenet_v3_small", "Frame encoder: a keras.applications CNN, `small_cnn`, or `none` to cache the uint8 frames themselves (for the hybrid model).", ENCODERS)
+    encoder: str = option("mobilenet_v3_small", "Frame encoder: a keras.applications CNN, `small_cnn`, `motion` (optical flow pooled in horizontal strips: no weights, works offline; pipeline/features/motion.py), or `none` to cache the uint8 frames themselves (for the hybrid model).", ENCODERS)
     frame_difference: bool = option(False, "Encode the difference of consecutive sampled frames (TSN's RGB difference: what moved, without the static background and the actor's colours) instead of the frames; the hybrid model and the exported graph compute it in-model.")
     weights: Optional[str] = option(None, "Encoder weights: `imagenet` (downloaded once, needs the network), a path to a .weights.h5 file (e.g. a hybrid run's frame_encoder.weights.h5; with encoder `none` it starts the hybrid model's small_cnn), or null (random init).")
     encoder_backend: str = option("tflite", "Run the frozen encoder through the TFLite interpreter (XNNPACK, ~8x faster on CPU) or through Keras.", ["tflite", "keras"])
@@ -376,6 +377,16 @@ def _validate(cfg: Config, source: str) -> None:
         # evaluate and predict hand the model waveforms too.
         raise UserError(f"{source}: key 'train.source' raw_audio needs data.kind: speech and preprocess.encoder: none "
                         f"(got {d.kind} and {p.encoder})")
+    if p.encoder == "motion" and "video" in p.modalities:
+        from pipeline.features.motion import STRIPS
+
+        if p.image_size % STRIPS:
+            raise UserError(f"{source}: key 'preprocess.image_size' must be a multiple of {STRIPS} with encoder motion "
+                            f"(its {STRIPS} strips tile the rows); got {p.image_size}")
+        if p.num_frames < 2:
+            raise UserError(f"{source}: key 'preprocess.num_frames' must be at least 2 with encoder motion (motion is between frames); got 1")
+        if p.frame_difference:
+            raise UserError(f"{source}: key 'preprocess.frame_difference' must be false with encoder motion (it reads frame changes itself)")
     nyquist = p.sample_rate / 2
     if p.fmax is not None and p.fmax > nyquist:
         raise UserError(f"{source}: key 'preprocess.fmax' must be at most sample_rate / 2 = {nyquist:g} Hz; got {p.fmax:g}")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data_prep import actions
-from data_prep.action_settings import SAMPLE_RATES, SIZE_CHOICES, clip_settings
+from data_prep.action_settings import SAMPLE_RATES, SIZE_CHOICES, clip_settings, draw_group
 from data_prep.actions import (
     ACTION_CLASSES,
     LOOK_ALIKE,
@@ -204,6 +204,18 @@ def test_clips_vary(faulty):
         assert len({getattr(c, attribute) for c in chosen}) > 1, attribute
 
 
+def test_cameras_and_actors_vary_as_real_clips_do():
+    """Over the clips of 8 per class: 4:3 and 16:9 frames up to 640x480, tripods and drifting cameras, and figures
+    from small in the distance to filling the frame."""
+    chosen = [clip_settings(0, action, group, clip) for action in actions.ACTION_CLASSES for group in range(1, 5) for clip in (1, 2)]
+    assert {round(c.width / c.height, 2) for c in chosen} == {1.33, 1.78}
+    assert max(c.width * c.height for c in chosen) == 640 * 480 and min(c.height for c in chosen) == 120
+    drifting = [c for c in chosen if c.drift]
+    assert 0.3 < len(drifting) / len(chosen) < 0.7 and max(abs(c.drift) for c in drifting) > 0.05
+    sizes = [draw_group(0, g)[0].size for g in range(1, 40)]
+    assert min(sizes) < 0.4 and max(sizes) > 0.68
+
+
 def test_look_alike_pair_differs_in_sound_sound_alike_pair_does_not(faulty):
     root, _ = faulty
 
@@ -235,18 +247,18 @@ def test_pairs_share_their_generators():
 
 # One clip of every class (and the unknown class) with seed 0, before encoding: frames uint8 [T, H, W, 3]
 # and sound track float32 [C, N], their shapes and sha256 (first 16 hex digits). The groups cover all
-# five backdrop styles. Recorded with data_prep/actions.py before it was split into the action_* modules.
+# five backdrop styles. Recorded with GENERATOR_VERSION 2 (frame sizes up to 640x480 and 16:9, camera drift).
 RENDERED = {
-    ("Walk", 1, 1): ((49, 120, 160, 3), (1, 144060), "ee73f2b201e84bd1", "737b3d36df563d03"),
-    ("Run", 2, 1): ((59, 120, 160, 3), (1, 62933), "72c886994244013e", "2972278064c42604"),
-    ("Jump", 3, 2): ((38, 240, 320, 3), (1, 40533), "02cedb1c90d7219d", "fba17006a6087a19"),
-    ("Kick", 11, 1): ((63, 240, 320, 3), (2, 69458), "04305ebd5d021eee", "7a7615e5a2dcb9cf"),
-    ("Wave", 5, 1): ((106, 240, 320, 3), (1, 56533), "7abc4896f68e9c98", "f6a6e9fffe07f9e5"),
-    ("Clap", 6, 1): ((32, 180, 240, 3), (1, 47040), "dbd2a8ba8214fe78", "9767253ced7bdd4b"),
-    ("Knock", 6, 1): ((61, 120, 160, 3), (2, 53802), "38368a6cb07682e1", "c2d7949e1f933a20"),
-    ("SitDown", 7, 2): ((40, 180, 240, 3), (1, 88200), "1d5905117f01e979", "b53c7952b32a2f16"),
-    ("StandUp", 8, 1): ((38, 120, 160, 3), (2, 111720), "85d678e028665a92", "b87bf1d91d7b2025"),
-    ("Dance", 1, 1): ((81, 240, 320, 3), (1, 74419), "f4e2f37ccc031760", "6f161f1ed70f84cb"),
+    ("Walk", 1, 1): ((49, 120, 160, 3), (1, 144060), "662b5e85b87bff96", "8377a7927e3b3294"),
+    ("Run", 2, 1): ((59, 240, 320, 3), (1, 62933), "5c51b70afd3ccffe", "677ec6eeb18a8323"),
+    ("Jump", 3, 2): ((38, 360, 640, 3), (1, 40533), "e48507d1467e5931", "7d46ba6aa5b995e0"),
+    ("Kick", 11, 1): ((63, 270, 480, 3), (2, 69458), "5c90491d4bd186cf", "6a3607f896ac4ba2"),
+    ("Wave", 5, 1): ((106, 360, 640, 3), (1, 56533), "7eb037ef531f550f", "3bb7b8ca937c384d"),
+    ("Clap", 6, 1): ((32, 480, 640, 3), (1, 47040), "dabac518a407b850", "e28c54f7ffaee759"),
+    ("Knock", 6, 1): ((61, 240, 320, 3), (2, 53802), "7fe05db9883edd37", "3598c3c5bb0abc27"),
+    ("SitDown", 7, 2): ((40, 240, 320, 3), (1, 88200), "60c58153d29783c9", "cb86aacbeb70f049"),
+    ("StandUp", 8, 1): ((38, 180, 240, 3), (2, 111720), "0b7fd52921933913", "47ab5c7d9454dc2d"),
+    ("Dance", 1, 1): ((81, 360, 640, 3), (1, 74419), "96a502c1f92b1f14", "1e782527c0122244"),
 }
 
 

@@ -5,8 +5,8 @@
     (head_float: the same from the head's SavedModel; saved_model/: the deployable graph, any batch)
 
 Every file keeps the RNNs as WHILE loops, int8 included (see `calibratable_while_loops` for why the
-stock converter crashes on them and how export avoids it). In the int8 file the MFCC, its
-normalisation and attention pooling stay float, in the dynamic file the MFCC's mel projection (see
+stock converter crashes on them and how export avoids it). In the int8 file the MFCC, the motion
+features, their normalisations and attention pooling stay float, in the dynamic file the MFCC's mel projection (see
 `tflite_edit.kept_float`: with them quantized, the speech and action models fell to chance).
 
 `run_conversions` runs `convert_main` in a child process: a converter that crashes (SIGSEGV) costs

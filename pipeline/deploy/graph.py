@@ -144,7 +144,7 @@ class InferenceGraphs:
         """Raw frames and waveform in, probabilities out; the whole pipeline after decoding."""
         import keras
 
-        from pipeline.features.encoders import FrameDifference, build_encoder
+        from pipeline.features.encoders import FrameDifference, MotionFeatures, build_encoder
         from pipeline.features.mfcc import MFCCParams
         from pipeline.features.mfcc_layers import MFCC
         from pipeline.models.audio import SamplesToFrames
@@ -155,7 +155,10 @@ class InferenceGraphs:
         p = self.cfg.preprocess
         inputs = {s.name: keras.Input(s.shape, batch_size=batch_size, dtype=s.dtype, name=s.name) for s in self.inputs()}
         features = {}
-        if "frames" in inputs:
+        if "frames" in inputs and p.encoder == "motion":
+            features["frame_features"] = MotionFeatures(name="motion")(inputs["frames"])
+            features["frame_lengths"] = inputs["frame_lengths"]
+        elif "frames" in inputs:
             weights = self.run.encoder_weights
             if not weights.is_file():
                 raise UserError(f"{weights}: the run's frame encoder weights are missing (preprocessing writes them); re-run `actrec preprocess`")

@@ -21,6 +21,7 @@ from typing import Callable
 
 import keras
 import numpy as np
+from keras import ops
 import tensorflow as tf
 
 from pipeline.errors import UserError
@@ -86,6 +87,8 @@ def check_encoder_weights(name: str, weights: str | None) -> None:
         raise UserError(f"preprocess.weights: file {weights} not found (expected 'imagenet', a .weights.h5 path, or null{made_by})")
     if weights == "imagenet" and name in ("small_cnn", "none"):
         raise UserError("preprocess.weights: small_cnn has no ImageNet weights; use null or a .weights.h5 file")
+    if weights is not None and name == "motion":
+        raise UserError("preprocess.weights: the motion encoder has no weights; use null")
 
 
 def build_encoder(name: str, image_size: int, weights: str | None = None, seed: int = 0) -> keras.Model:
@@ -148,6 +151,48 @@ class FrameDifference(keras.layers.Layer):
 
     def compute_output_spec(self, frames):
         return keras.KerasTensor(frames.shape, dtype="uint8")
+
+
+@keras.saving.register_keras_serializable(package="actrec")
+class MotionFeatures(keras.layers.Layer):
+    """uint8 frames [B, T, S, S, 3] -> float32 [B, T, MOTION_DIM]: the `motion` encoder in-graph.
+
+    The same arithmetic as the numpy reference `pipeline.features.motion.motion_features` (see its
+    docstring), from ops that are TFLite builtins: MIRROR_PAD, CONV_2D for the blur, slices, RELU, LOG.
+    """
+
+    def call(self, frames):
+        from pipeline.features.motion import BLUR, DIRECTIONS, FLOW_PRIOR, LUMA, MOTION_DIM, STRIPS, direction_vectors
+
+        t, s = frames.shape[1], frames.shape[2]
+        grey = ops.reshape(ops.matmul(ops.cast(frames, "float32"), LUMA[:, None]), (-1, s, s, 1))  # [B*T, S, S, 1]
+        grey = ops.pad(grey, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="reflect")
+        grey = ops.conv(grey, BLUR.reshape(5, 1, 1, 1), padding="valid")
+        grey = ops.reshape(ops.conv(grey, BLUR.reshape(1, 5, 1, 1), padding="valid"), (-1, t, s, s))
+        it = grey[:, 1:] - grey[:, :-1]
+        mean = ops.reshape(0.5 * (grey[:, 1:] + grey[:, :-1]), (-1, s, s, 1))
+        padded = ops.pad(mean, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
+        ix = ops.reshape(0.5 * (padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2]), (-1, t - 1, s, s))
+        iy = ops.reshape(0.5 * (padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1]), (-1, t - 1, s, s))
+
+        def strip_sum(x):  # [B, T-1, S, S] -> [B, T-1, STRIPS]
+            return ops.sum(ops.reshape(x, (-1, t - 1, STRIPS, (s // STRIPS) * s)), -1)
+
+        gradient = ix * ix + iy * iy
+        support = strip_sum(gradient + FLOW_PRIOR)
+        u, v = strip_sum(-it * ix) / support, strip_sum(-it * iy) / support
+        energy = ops.log1p(strip_sum(ops.abs(it)) / (s * s / STRIPS))
+        wx, wy = -it * ix / (gradient + FLOW_PRIOR), -it * iy / (gradient + FLOW_PRIOR)
+        d = direction_vectors()
+        flow = [ops.log1p(strip_sum(ops.relu(wx * float(d[0, k]) + wy * float(d[1, k])))) for k in range(DIRECTIONS)]
+        per_strip = ops.stack([u, v, energy, *flow], -1)  # [B, T-1, STRIPS, 3 + DIRECTIONS]
+        out = ops.reshape(per_strip, (-1, t - 1, MOTION_DIM))
+        return ops.pad(out, [[0, 0], [1, 0], [0, 0]])  # frame 0: zeros
+
+    def compute_output_spec(self, frames):
+        from pipeline.features.motion import MOTION_DIM
+
+        return keras.KerasTensor((frames.shape[0], frames.shape[1], MOTION_DIM), dtype="float32")
 
 
 def feature_dim(encoder: keras.Model) -> int:

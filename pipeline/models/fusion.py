@@ -35,8 +35,13 @@ def video_branch(spec: ModelSpec, cfg):
     t, d = spec.frame_features
     features = keras.Input((t, d), name="frame_features")
     lengths = keras.Input((), dtype="int32", name="frame_lengths")
-    # Per-frame LayerNorm: frozen-CNN features have arbitrary scales; the RNN wants unit-scale inputs.
-    x = layers.LayerNormalization(name="video_norm")(features)
+    # The RNN wants unit-scale inputs. Frozen-CNN features have arbitrary scales: LayerNorm per frame. Motion features
+    # mean something per channel (a strip's upward flow): the training set's statistics keep that (frame_stats).
+    if spec.frame_stats:
+        mean, std = spec.frame_stats["mean"], spec.frame_stats["std"]
+        x = layers.Normalization(mean=mean, variance=[max(s, 1e-3) ** 2 for s in std], name="video_norm")(features)
+    else:
+        x = layers.LayerNormalization(name="video_norm")(features)
     return [features, lengths], rnn_head(x, lengths, cfg, "video")
 
 

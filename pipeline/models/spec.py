@@ -24,6 +24,7 @@ class ModelSpec:
     mfcc: tuple[int, int] | None = None  # (F, C)
     waveform: int | None = None  # N samples, for the hybrid model
     mfcc_stats: dict | None = None  # {'mean': [C], 'std': [C]} for dataset normalisation
+    frame_stats: dict | None = None  # {'mean': [D], 'std': [D]}: frame features normalised with the training set's statistics
     preprocess: object = None  # PreprocessConfig (MFCC parameters, encoder) for the hybrid model
     seed: int = 0
     extra: dict = field(default_factory=dict)

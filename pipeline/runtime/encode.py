@@ -2,6 +2,7 @@
 
     frames uint8 [V, T, S, S, 3] --(FrameDifference, if preprocess.frame_difference)--> --FrameEncoder
         (Keras or TFLite, batched over every frame of every clip given)--> frame_features float32 [V, T, D]
+    frames uint8 [V, T, S, S, 3] --motion_features (encoder `motion`: clip by clip, numpy)--> frame_features float32 [V, T, D]
 
 The encoder is rebuilt from RUN/features/encoder.weights.h5, saved by the first preprocess of the run, so
 random-init encoders stay identical in every later stage and process. `ClipEncoder.process` is the whole
@@ -18,6 +19,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.config import Config
+from pipeline.features.motion import MOTION_DIM, motion_features
 from pipeline.files import atomic_write_weights
 from pipeline.media import MediaError
 from pipeline.runtime.decode import decode_clip
@@ -54,6 +56,12 @@ def decode_job(job, cfg: Config) -> tuple[object, dict | None, str | None]:
         return job, None, reason
 
 
+class MotionEncoder:
+    """The `motion` encoder in ClipEncoder's hands: no weights, D features per frame (pipeline.features.motion)."""
+
+    dim = MOTION_DIM
+
+
 class ClipEncoder:
     """Frame features for decoded clips with the run's encoder.
 
@@ -71,7 +79,9 @@ class ClipEncoder:
 
     def setup(self) -> None:
         p = self.cfg.preprocess
-        if p.encoder != "none" and "video" in p.modalities:
+        if p.encoder == "motion" and "video" in p.modalities:
+            self.encoder = MotionEncoder()
+        elif p.encoder != "none" and "video" in p.modalities:
             self.encoder = load_frame_encoder(self.cfg, self.encoder_dir, self.encoder_threads)
             if p.frame_difference:
                 from pipeline.features.encoders import FrameDifference
@@ -83,6 +93,9 @@ class ClipEncoder:
         if self.encoder is None:
             return list(decoded)
         frames = [d["frames"] for d in decoded]
+        if isinstance(self.encoder, MotionEncoder):  # whole clips: motion is between consecutive frames
+            return [{**{k: v for k, v in d.items() if k != "frames"}, "frame_features": motion_features(f)}
+                    for d, f in zip(decoded, frames)]
         if self.frame_difference is not None:  # per view: [V, T, S, S, 3] is a batch of V clips
             frames = [np.asarray(self.frame_difference(f)) for f in frames]
         shapes = [f.shape[:2] for f in frames]  # (V, T) per clip

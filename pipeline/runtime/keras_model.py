@@ -36,6 +36,7 @@ def model_spec(cfg: Config, index: dict):
         mfcc=None if raw_audio else shape("mfcc"),
         waveform=f["waveform"]["shape"][0] if "waveform" in f else None,
         mfcc_stats=index.get("mfcc_stats"),
+        frame_stats=index.get("frame_stats"),
         preprocess=cfg.preprocess,
         seed=cfg.seed,
     )

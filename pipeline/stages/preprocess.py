@@ -258,31 +258,37 @@ def _finalize(cfg: Config, key: dict, run: RunDir, shards: list[Shard], classes:
         "shards": {s: [sh.name for sh in shards if sh.split == s] for s in SPLITS},
         "features": feature_schema(cfg, dim),
         "encoder": {"name": p.encoder, "weights": p.weights, "image_size": p.image_size, "backend": p.encoder_backend,
-                    "weights_file": run.encoder_weights.name if dim else None},
+                    "weights_file": run.encoder_weights.name if dim and p.encoder != "motion" else None},
         "sampling": {"strategy": p.sampling, "num_frames": p.num_frames, "num_clips": p.num_clips},
         "audio": {k: getattr(p, k) for k in ("sample_rate", "audio_seconds", "n_mfcc", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "deltas", "normalize")},
         "errors": [list(e) for e in errors],
     }
     if "audio" in p.modalities:
-        index["mfcc_stats"] = _mfcc_stats(features_dir, index)
+        index["mfcc_stats"] = _feature_stats(features_dir, index, "mfcc", "mfcc_length")
+    if p.encoder == "motion" and "video" in p.modalities:  # the CNNs' features are normalised per frame (fusion.video_branch)
+        index["frame_stats"] = _feature_stats(features_dir, index, "frame_features", "frame_lengths")
     atomic_write_json(run.index_file, index)
     return index
 
 
-def _mfcc_stats(features_dir: Path, index: dict) -> dict:
-    """Mean and std per MFCC coefficient over the valid frames of the training split (dataset normalisation)."""
+def _feature_stats(features_dir: Path, index: dict, feature: str, lengths: str) -> dict:
+    """Mean and std per channel of `feature` over the valid steps of the training split (dataset normalisation).
+
+    feature float32 [..., steps, C] per example (mfcc [F, C], frame_features [V, T, D]), lengths int [...] (its valid steps)
+    """
     import tensorflow as tf
 
-    c = index["features"]["mfcc"]["shape"][1]
+    *_, steps, c = index["features"][feature]["shape"]
     total, sq, n = np.zeros(c), np.zeros(c), 0
-    spec = {"mfcc": tf.io.VarLenFeature(tf.float32), "mfcc_length": tf.io.FixedLenFeature([], tf.int64)}
+    spec = {feature: tf.io.VarLenFeature(tf.float32), lengths: tf.io.VarLenFeature(tf.int64)}
     for name in index["shards"]["train"]:
         for record in tf.data.TFRecordDataset(str(features_dir / name)):
             ex = tf.io.parse_single_example(record, spec)
-            mfcc = tf.sparse.to_dense(ex["mfcc"]).numpy().reshape(-1, c)[: int(ex["mfcc_length"])]
-            total += mfcc.sum(0)
-            sq += (mfcc.astype(np.float64) ** 2).sum(0)
-            n += len(mfcc)
+            values = tf.sparse.to_dense(ex[feature]).numpy().reshape(-1, steps, c)
+            valid = np.concatenate([v[:k] for v, k in zip(values, tf.sparse.to_dense(ex[lengths]).numpy())])
+            total += valid.sum(0)
+            sq += (valid.astype(np.float64) ** 2).sum(0)
+            n += len(valid)
     mean = total / max(n, 1)
     std = np.sqrt(np.maximum(sq / max(n, 1) - mean**2, 1e-12))
     return {"mean": mean.tolist(), "std": std.tolist(), "frames": n}
