@@ -44,6 +44,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from pipeline.errors import UserError
+from pipeline.features.motion import STRIPS
 
 ENCODERS = (
     "mobilenet_v3_small",
@@ -377,16 +378,12 @@ def _validate(cfg: Config, source: str) -> None:
         # evaluate and predict hand the model waveforms too.
         raise UserError(f"{source}: key 'train.source' raw_audio needs data.kind: speech and preprocess.encoder: none "
                         f"(got {d.kind} and {p.encoder})")
-    if p.encoder == "motion" and "video" in p.modalities:
-        from pipeline.features.motion import STRIPS
-
-        if p.image_size % STRIPS:
-            raise UserError(f"{source}: key 'preprocess.image_size' must be a multiple of {STRIPS} with encoder motion "
-                            f"(its {STRIPS} strips tile the rows); got {p.image_size}")
-        if p.num_frames < 2:
-            raise UserError(f"{source}: key 'preprocess.num_frames' must be at least 2 with encoder motion (motion is between frames); got 1")
-        if p.frame_difference:
-            raise UserError(f"{source}: key 'preprocess.frame_difference' must be false with encoder motion (it reads frame changes itself)")
+    if p.encoder == "motion" and "video" in p.modalities:  # its bands tile the rows; motion is between frames
+        wrong = {"image_size": p.image_size % STRIPS and f"a multiple of {STRIPS}", "num_frames": p.num_frames < 2 and "at least 2",
+                 "frame_difference": p.frame_difference and "false (it reads frame changes itself)"}
+        for key, must in wrong.items():
+            if must:
+                raise UserError(f"{source}: key 'preprocess.{key}' must be {must} with encoder motion; got {getattr(p, key)}")
     nyquist = p.sample_rate / 2
     if p.fmax is not None and p.fmax > nyquist:
         raise UserError(f"{source}: key 'preprocess.fmax' must be at most sample_rate / 2 = {nyquist:g} Hz; got {p.fmax:g}")

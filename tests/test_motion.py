@@ -94,7 +94,7 @@ def test_where_the_actor_stands_does_not_matter():
 @pytest.mark.parametrize("overrides, message", [
     (["preprocess.image_size=100"], r"key 'preprocess.image_size' must be a multiple of 8 with encoder motion"),
     (["preprocess.num_frames=1"], r"key 'preprocess.num_frames' must be at least 2 with encoder motion"),
-    (["preprocess.frame_difference=true"], r"key 'preprocess.frame_difference' must be false with encoder motion"),
+    (["preprocess.frame_difference=true"], r"key 'preprocess.frame_difference' must be false \(it reads frame changes itself\) with encoder motion"),
 ])
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(UserError, match=message):
