@@ -12,7 +12,7 @@ models that only ever had that modality, over several seeds.
 A fusion model passes when, with audio dropped, it scores at least the video-only model, and with video dropped
 at least the audio-only model (chance is 1 / 9 classes).
 
-Usage: python benchmarks/modalities.py [--encoder motion|random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--clips-per-class 16]
+Usage: python benchmarks/modalities.py [--encoder motion|random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--clips-per-class 32]
 Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json and .md.
 """
 
@@ -73,7 +73,7 @@ def main() -> None:
                         help="the frame encoder: motion (the demo's), random (a random small CNN) or trained (a trained small CNN)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rates", default="0,0.3,0.6", help="train.modality_dropout values of the av_fusion rows")
-    parser.add_argument("--clips-per-class", type=int, default=16, help="as the demo (16)")
+    parser.add_argument("--clips-per-class", type=int, default=32, help="as the demo (32)")
     parser.add_argument("--work", default="/tmp/actrec-modalities", help="data and run dirs (reused when present)")
     parser.add_argument("--out", help="default: benchmarks/results/modalities_<encoder>.json")
     args = parser.parse_args()

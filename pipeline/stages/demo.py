@@ -29,7 +29,7 @@ QUICK = {
     "overrides": ["train.epochs=3", "train.batch_size=8", "export.formats=[saved_model,float,int8]", "export.latency_runs=3",
                   "export.representative_samples=8"],
 }
-FULL = {"clips_per_class": 16, "per_word": 100, "overrides": []}
+FULL = {"clips_per_class": 32, "per_word": 100, "overrides": []}
 RUNS = {"actions_av": "actions", "commands": "commands"}  # run name -> data folder
 PREDICT_FILES = 2  # unseen clips per run sent through the exported model
 
