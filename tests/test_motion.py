@@ -44,16 +44,17 @@ def per_strip(features: np.ndarray) -> np.ndarray:
     return features.reshape(len(features), STRIPS, FIELDS)
 
 
-def test_reference_and_layer_agree_on_real_frames_and_batches():
+def test_reference_and_layer_agree_on_real_frames_and_batches(tmp_path):
     from pipeline.features.encoders import MotionFeatures
     from pipeline.media.video import read_clip
     from tests.media_factory import write_video
 
     rng = np.random.default_rng(0)
+    decoded = read_clip(write_video(tmp_path / "clip.mp4", num_frames=20), num_frames=5, size=S).frames[0]  # an H.264 file
     clips = np.stack([moving_square(1.5, -0.7, frames=5, background=textured_background(1)),
-                      rng.integers(0, 256, (5, S, S, 3), dtype=np.uint8)])
+                      rng.integers(0, 256, (5, S, S, 3), dtype=np.uint8), decoded])
     reference = motion_features(clips)
-    assert reference.shape == (2, 5, MOTION_DIM) and reference.dtype == np.float32
+    assert reference.shape == (3, 5, MOTION_DIM) and reference.dtype == np.float32 and reference[2, 1:].any()
     np.testing.assert_allclose(np.asarray(MotionFeatures()(clips)), reference, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(motion_features(clips[1]), reference[1])  # a clip alone = the same clip in a batch
     assert not reference[:, 0].any()  # frame 0 has nothing before it

@@ -21,8 +21,8 @@ from typing import Callable
 
 import keras
 import numpy as np
-from keras import ops
 import tensorflow as tf
+from keras import ops
 
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes
