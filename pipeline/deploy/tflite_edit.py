@@ -304,12 +304,12 @@ def kept_float(content: bytes) -> list[str]:
     import re
 
     model = _read(content)
-    in_mfcc = re.compile(r"(^|/)(mfcc|mfcc_norm|motion|video_norm|\w+_attention)(_\d+)?/")
+    kept = re.compile(r"(^|/)(mfcc|mfcc_norm|motion|video_norm|\w+_attention)(_\d+)?/")
     names = []
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
             name = (tensor.name or b"").decode()
-            if any(in_mfcc.search(part) for part in name.split(";")):
+            if any(kept.search(part) for part in name.split(";")):
                 names.append(name)
     return names
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras import ops
 
 from pipeline.errors import UserError
+from pipeline.features.motion import BLUR, DIRECTIONS, FLOW_PRIOR, LUMA, MOTION_DIM, STRIPS, direction_vectors
 from pipeline.files import atomic_write_bytes
 
 
@@ -162,8 +163,6 @@ class MotionFeatures(keras.layers.Layer):
     """
 
     def call(self, frames):
-        from pipeline.features.motion import BLUR, DIRECTIONS, FLOW_PRIOR, LUMA, MOTION_DIM, STRIPS, direction_vectors
-
         t, s = frames.shape[1], frames.shape[2]
         grey = ops.reshape(ops.matmul(ops.cast(frames, "float32"), LUMA[:, None]), (-1, s, s, 1))  # [B*T, S, S, 1]
         grey = ops.pad(grey, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="reflect")
@@ -190,8 +189,6 @@ class MotionFeatures(keras.layers.Layer):
         return ops.pad(out, [[0, 0], [1, 0], [0, 0]])  # frame 0: zeros
 
     def compute_output_spec(self, frames):
-        from pipeline.features.motion import MOTION_DIM
-
         return keras.KerasTensor((frames.shape[0], frames.shape[1], MOTION_DIM), dtype="float32")
 
 

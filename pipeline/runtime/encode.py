@@ -92,23 +92,19 @@ class ClipEncoder:
         """Replace frames by frame_features for a batch of decoded clips (one encoder call for all)."""
         if self.encoder is None:
             return list(decoded)
-        frames = [d["frames"] for d in decoded]
+        features = self._frame_features([d["frames"] for d in decoded])
+        return [{**{k: v for k, v in d.items() if k != "frames"}, "frame_features": f} for d, f in zip(decoded, features)]
+
+    def _frame_features(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 [V, T, S, S, 3] per clip -> float32 [V, T, D] per clip."""
         if isinstance(self.encoder, MotionEncoder):  # whole clips: motion is between consecutive frames
-            return [{**{k: v for k, v in d.items() if k != "frames"}, "frame_features": motion_features(f)}
-                    for d, f in zip(decoded, frames)]
+            return [motion_features(f) for f in frames]
         if self.frame_difference is not None:  # per view: [V, T, S, S, 3] is a batch of V clips
             frames = [np.asarray(self.frame_difference(f)) for f in frames]
-        shapes = [f.shape[:2] for f in frames]  # (V, T) per clip
-        flat = np.concatenate([f.reshape(-1, *f.shape[2:]) for f in frames])
-        features = self.encoder.encode(flat)
-        out, start = [], 0
-        for d, (v, t) in zip(decoded, shapes):
-            d = dict(d)
-            del d["frames"]
-            d["frame_features"] = features[start : start + v * t].reshape(v, t, -1)
-            start += v * t
-            out.append(d)
-        return out
+        sizes = [f.shape[0] * f.shape[1] for f in frames]  # V * T frames per clip
+        flat = self.encoder.encode(np.concatenate([f.reshape(-1, *f.shape[2:]) for f in frames]))  # every frame at once
+        parts = np.split(flat, np.cumsum(sizes)[:-1])
+        return [part.reshape(*f.shape[:2], -1) for part, f in zip(parts, frames)]
 
     def process(self, job) -> tuple[bytes | None, str | None]:
         from pipeline.features.records import serialize_example
