@@ -6,13 +6,14 @@ models that only ever had that modality, over several seeds.
       (--encoder trained: the small CNN of a video-only hybrid run trained first on the seed's training split), per seed-->
       preprocess once (cached frame features + MFCCs), then on the same features:
         video_rnn, audio_rnn                            single-modality models
-        av_fusion, train.modality_dropout = each --rates value
+        av_fusion (model.fusion = each --fusions value), train.modality_dropout = each --rates value
       --actrec evaluate (raw test clips: unseen actors), and for av_fusion also --drop audio and --drop video
 
 A fusion model passes when, with audio dropped, it scores at least the video-only model, and with video dropped
 at least the audio-only model (chance is 1 / 9 classes).
 
-Usage: python benchmarks/modalities.py [--encoder motion|random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--clips-per-class 32]
+Usage: python benchmarks/modalities.py [--encoder motion|random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--fusions mid,late]
+                                      [--clips-per-class 32]
 Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json and .md.
 """
 
@@ -73,6 +74,8 @@ def main() -> None:
                         help="the frame encoder: motion (the demo's), random (a random small CNN) or trained (a trained small CNN)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rates", default="0,0.3,0.6", help="train.modality_dropout values of the av_fusion rows")
+    parser.add_argument("--fusions", default="mid", help="model.fusion values of the av_fusion rows: mid (one classifier on both "
+                        "pooled states, the shipped one) and/or late (a classifier per modality, probabilities averaged)")
     parser.add_argument("--clips-per-class", type=int, default=32, help="as the demo (32)")
     parser.add_argument("--work", default="/tmp/actrec-modalities", help="data and run dirs (reused when present)")
     parser.add_argument("--out", help="default: benchmarks/results/modalities_<encoder>.json")
@@ -82,6 +85,7 @@ def main() -> None:
     config, recipe = RECIPES[args.encoder]
     seeds = [int(s) for s in args.seeds.split(",")]
     rates = [float(r) for r in args.rates.split(",")]
+    fusions = args.fusions.split(",")
     rows = []
     for seed in seeds:
         data = work / f"seed{seed}" / "data"
@@ -96,12 +100,15 @@ def main() -> None:
             encoder.append(f"preprocess.weights={stage1 / FRAME_ENCODER_WEIGHTS}")
         features = work / f"seed{seed}" / "features"
         preprocess(load_config(config, [f"data.root={data}", f"seed={seed}", *encoder]), features, progress=False)
-        rows.append(train_and_score(config, "video_rnn", ["model.name=video_rnn", *encoder], seed, data, features, work))
-        rows.append(train_and_score(config, "audio_rnn", ["model.name=audio_rnn", *encoder], seed, data, features, work))
-        for rate in rates:
-            rows.append(train_and_score(config, f"av_fusion dropout {rate:g}", [f"train.modality_dropout={rate}", *encoder],
-                                        seed, data, features, work, DROPS))
-        print(json.dumps(rows[-len(rates) - 2:]), flush=True)
+        for single in ("video_rnn", "audio_rnn"):  # modality dropout does nothing with one modality: off, as they were first run
+            rows.append(train_and_score(config, single, [f"model.name={single}", "train.modality_dropout=0", *encoder], seed, data,
+                                        features, work))
+        for fusion in fusions:
+            for rate in rates:
+                name = f"av_fusion dropout {rate:g}" if fusion == "mid" else f"av_fusion {fusion} dropout {rate:g}"
+                rows.append(train_and_score(config, name, [f"model.fusion={fusion}", f"train.modality_dropout={rate}", *encoder],
+                                            seed, data, features, work, DROPS))
+        print(json.dumps(rows[-len(fusions) * len(rates) - 2:]), flush=True)
 
     def stat(model: str, key: str) -> tuple[float, float] | None:
         values = [r[key] for r in rows if r["model"] == model and key in r]

@@ -92,7 +92,7 @@ def main() -> None:
         start = time.perf_counter()
         probabilities = classifier.run(waveform)
         elapsed = time.perf_counter() - start
-        grid = [{"threshold": th, **score_detections(detect(probabilities, classifier.labels, classifier.hop_seconds, th), events, seconds)}
+        grid = [{"threshold": th, **score_detections(detect(probabilities, classifier.labels, classifier.hop_seconds, th, classifier.warmup_seconds), events, seconds)}
                 for th in THRESHOLDS]
         ok = [g for g in grid if g["false_accepts_per_hour"] <= args.max_fa_per_hour]
         results["formats"][f"{fmt}, {'refresh' if refresh else 'states never reset'}"] = {

@@ -75,6 +75,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def __init__(self, backup_dir: str):
         super().__init__(backup_dir, double_checkpoint=True)
 
+    @staticmethod
+    def epoch_to_resume(backup_dir) -> int:
+        """The epoch a run with this backup will start at (0 without one): what the metadata of its last save says."""
+        metadata = Path(backup_dir) / "training_metadata.json"
+        try:
+            return int(json.loads(metadata.read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
     def _save_model(self):
         Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
         for current, previous in ((self._weights_path, self._prev_weights_path),

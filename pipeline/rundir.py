@@ -40,6 +40,8 @@ class RunDir:
     def __init__(self, path: str | os.PathLike | RunDir):
         self.path = path.path if isinstance(path, RunDir) else storage.path(path)
         p = self.path
+        if isinstance(p, Path) and p.is_file():
+            raise UserError(f"{p}: is a file; --run-dir names a run directory (made by `actrec preprocess`)")
         self.config_file = p / "config.yaml"
         self.features = p / "features"
         self.index_file = self.features / "index.json"

@@ -74,9 +74,9 @@ def assemble_stream(cfg, seed: int = 0, negative_minutes: float = 0.0, split: st
     return np.concatenate(pieces), events, t
 
 
-def detect(probabilities: np.ndarray, labels: list[str], hop_seconds: float, threshold: float) -> list:
+def detect(probabilities: np.ndarray, labels: list[str], hop_seconds: float, threshold: float, warmup: float = 0.0) -> list:
     """KeywordDetector (default smoothing and refractory) over per-hop probabilities [hops, K] -> [Detection]."""
-    detector = KeywordDetector(labels, hop_seconds, threshold=threshold)
+    detector = KeywordDetector(labels, hop_seconds, threshold=threshold, warmup=warmup)
     return [d for p in probabilities if (d := detector.update(p)) is not None]
 
 

@@ -42,6 +42,7 @@ def test_subcommand_help(command):
         (["index", "no/such/dir", "--out", "/tmp/m.csv"], "no/such/dir: dataset folder not found"),
         (["preprocess", "--run-dir", "/tmp/actrec-x", "--set", "data.root=no/such/dir"], "no/such/dir: dataset folder not found"),
         (["train", "--run-dir", "/tmp/actrec-no-run"], "no cached features (features/index.json missing); run `actrec preprocess"),
+        (["evaluate", "--run-dir", "README.md"], "README.md: is a file; --run-dir names a run directory"),
     ],
 )
 def test_user_mistakes_are_one_line(args, expected):

@@ -633,12 +633,6 @@ def test_train_resumed_after_sigkill_has_the_same_epochs_and_history_rows(train_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bug (pipeline/stages/train.py, not owned here): a resumed run restarts the training "
-                   "split's shuffle order (ds.shuffle(seed=cfg.seed, reshuffle_each_iteration=True) gives the first epoch's "
-                   "order again in a new process), so from the first resumed epoch on its losses differ from an uninterrupted "
-                   "run's (measured: epoch 1 loss 0.0849 vs 0.0955; two uninterrupted runs agree exactly) and so does the model. Fix: make each epoch's order a "
-                   "function of (seed, epoch), e.g. shuffle with seed=cfg.seed + epoch in a dataset built per epoch from "
-                   "initial_epoch, or skip initial_epoch x steps of a repeated dataset; same for the augmentation RNG")
 def test_train_resumed_after_sigkill_matches_the_uninterrupted_numbers(train_kills):
     """DESIGN.md: an interrupted train resumes where it stopped and produces the same result as an uninterrupted run."""
     clean, killed, _ = train_kills

@@ -42,12 +42,13 @@ def kws_tree(tmp_path_factory):
 
 
 def write_tone_tree(root):
-    """The tone tree at root: word w is a 0.4-s tone of 300 + 150 w Hz, 10 speakers each; two background recordings."""
+    """The tone tree at root: word w is a 0.4-s tone of 300 + 150 w Hz, 10 speakers each; two background recordings:
+    the words' faint noise alone (what a stream holds between words) and a 60 Hz hum in it."""
     for w, word in enumerate(KEYWORDS + OTHERS):
         for s, speaker in enumerate(SPEAKERS):
             wav(root / word / f"{speaker}_nohash_0.wav", 1.0, 300 + 150 * w, seed=s)
-    for n, name in enumerate(("white", "hum")):
-        wav(root / "_background_noise_" / f"{name}.wav", BACKGROUND_SECONDS, 50 + 10 * n, word=False)
+    for name, hz in (("white", 0.0), ("hum", 60.0)):
+        wav(root / "_background_noise_" / f"{name}.wav", BACKGROUND_SECONDS, hz, word=False)
     (root / "validation_list.txt").write_text("".join(f"{w}/{SPEAKERS[8]}_nohash_0.wav\n" for w in KEYWORDS + OTHERS))
     (root / "testing_list.txt").write_text("".join(f"{w}/{SPEAKERS[9]}_nohash_0.wav\n" for w in KEYWORDS + OTHERS))
     return root

@@ -102,6 +102,9 @@ def test_detector_smooths_thresholds_and_fires_once_per_word():
     # a keyword held above the threshold fires once, however long; after it falls below, it fires again
     held = KeywordDetector(labels, hop_seconds=0.1, threshold=0.55, smoothing=0.3, refractory=1.0)
     assert [k for k, p in enumerate([yes] * 35 + [silence] * 3 + [yes] * 3) if held.update(p) is not None] == [0, 39]
+    # nothing fires while the model is warming up (0.5 s = hops 0-3); a keyword still held after it fires then
+    warming = KeywordDetector(labels, hop_seconds=0.1, threshold=0.55, smoothing=0.3, refractory=1.0, warmup=0.5)
+    assert [k for k, p in enumerate([yes] * 8) if warming.update(p) is not None] == [4]
     with pytest.raises(UserError, match="threshold"):
         KeywordDetector(labels, 0.02, threshold=0.0)
 
@@ -126,7 +129,8 @@ WORD_HZ = {"yes": 300.0, "no": 450.0}  # test_open_set's tone tree: word w is a 
 
 @pytest.fixture(scope="module", params=["gru", "lstm"])
 def stream_run(request, tmp_path_factory):
-    """A causal 4-label spotter on the tone tree (GRU and LSTM), exported as float and int8."""
+    """A causal 4-label spotter on the tone tree (GRU and LSTM), exported as float and int8. 80 epochs: after 30 some
+    seeds' models still answered "no" to the faint noise between words (seen on other CPUs' rounding, and here on seeds 1-3)."""
     from pipeline.stages.export import export
     from pipeline.stages.preprocess import preprocess
     from pipeline.stages.train import train
@@ -136,7 +140,7 @@ def stream_run(request, tmp_path_factory):
     run = tmp_path_factory.mktemp(f"stream_{request.param}")
     formats = "[float,float16,int8]" if request.param == "gru" else "[float,int8]"  # float16: one cell is enough
     args = [f"data.root={root}", f"data.keywords={KEYWORDS}", *CAUSAL, f"model.cell={request.param}", "model.units=16",
-            "model.audio_stack=2", "train.epochs=30", "train.batch_size=8", "train.early_stopping=0", "train.learning_rate=0.01",
+            "model.audio_stack=2", "train.epochs=80", "train.batch_size=8", "train.early_stopping=0", "train.learning_rate=0.01",
             "data.unknown_fraction=0.25", "data.silence_fraction=0.25", "preprocess.workers=0", f"export.formats={formats}",
             "export.latency_runs=2"]
     preprocess(None, run, args, progress=False)

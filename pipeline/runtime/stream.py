@@ -69,6 +69,12 @@ class StreamingClassifier:
     def hop_seconds(self) -> float:
         return self.hop_samples / self.sample_rate
 
+    @property
+    def warmup_seconds(self) -> float:
+        """Half a window: before it, the states have heard less of the stream than the model ever answered from
+        (training clips are answered after a whole window; refresh answers after half to one window)."""
+        return self.window_hops // 2 * self.hop_seconds
+
     def zero_states(self) -> dict[str, np.ndarray]:
         return {name: np.zeros(s["shape"], s["dtype"]) for name, s in self.states.items()}
 
@@ -124,17 +130,19 @@ class Detection:
 class KeywordDetector:
     """Posterior smoothing, a threshold and a refractory period over a stream of per-hop probabilities.
 
-    KeywordDetector(labels, hop_seconds, threshold=0.7, smoothing=0.2, refractory=1.0)
-    update(probabilities [K]) -> Detection | None, called once per hop in stream order.
+    KeywordDetector(labels, hop_seconds, threshold=0.7, smoothing=0.2, refractory=1.0, warmup=0.0)
+    update(probabilities [K]) -> Detection | None, called once per hop in stream order. Nothing fires in the first
+    `warmup` seconds of the stream (StreamingClassifier.warmup_seconds: the model has not heard enough yet).
     """
 
-    def __init__(self, labels: list[str], hop_seconds: float, threshold: float = 0.7, smoothing: float = 0.2, refractory: float = 1.0):
+    def __init__(self, labels: list[str], hop_seconds: float, threshold: float = 0.7, smoothing: float = 0.2, refractory: float = 1.0,
+                 warmup: float = 0.0):
         if not 0.0 < threshold <= 1.0:
             raise UserError(f"detection threshold must be in (0, 1]; got {threshold}")
-        if smoothing < 0 or refractory < 0:
-            raise UserError(f"smoothing and refractory must be >= 0 seconds; got {smoothing} and {refractory}")
+        if smoothing < 0 or refractory < 0 or warmup < 0:
+            raise UserError(f"smoothing, refractory and warmup must be >= 0 seconds; got {smoothing}, {refractory} and {warmup}")
         self.labels, self.hop_seconds = list(labels), float(hop_seconds)
-        self.threshold, self.refractory = float(threshold), float(refractory)
+        self.threshold, self.refractory, self.warmup = float(threshold), float(refractory), float(warmup)
         self.keywords = np.array([label not in REJECT_LABELS for label in self.labels])
         self.window: deque = deque(maxlen=max(1, round(smoothing / self.hop_seconds)))
         self.hops = 0
@@ -150,7 +158,7 @@ class KeywordDetector:
         if self.holding is not None and scores[self.holding] < self.threshold:
             self.holding = None  # re-armed
         best = int(np.argmax(scores))
-        if scores[best] < self.threshold or now - self.last_fired < self.refractory or best == self.holding:
+        if scores[best] < self.threshold or now - self.last_fired < self.refractory or best == self.holding or now < self.warmup:
             return None
         self.last_fired, self.holding = now, best
         return Detection(now, self.labels[best], float(scores[best]))

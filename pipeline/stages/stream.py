@@ -41,7 +41,7 @@ def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic
     """
     out = out or sys.stdout
     classifier = StreamingClassifier(stream_model_path(run_dir, model), threads=threads, refresh=refresh)
-    detector = KeywordDetector(classifier.labels, classifier.hop_seconds, threshold, smoothing, refractory)
+    detector = KeywordDetector(classifier.labels, classifier.hop_seconds, threshold, smoothing, refractory, classifier.warmup_seconds)
     if timeline is not None and Path(timeline).suffix.lower() != ".png":
         raise UserError(f"--timeline {timeline}: the plot is written as PNG; name the file *.png")
     history: list[np.ndarray] | None = [] if timeline is not None else None

@@ -303,6 +303,24 @@ def worker_output_dir(run_dir: Path, strategy) -> Path:
     return run_dir / "train_workers" / f"{task_type}-{task_id}"
 
 
+def epochs_from(train_ds, steps: int, first_epoch: int):
+    """One epoch of training batches -> (every epoch from `first_epoch` on as one endless stream, batches per epoch).
+
+    fit() with steps_per_epoch keeps one iterator over all epochs, so each epoch's shuffle order and augmentation
+    draws follow from the seed and the epoch number alone. A run resumed at epoch E skips the E x steps batches an
+    uninterrupted run trained on (drawing their augmentations again, without training on them) and then trains on
+    what the uninterrupted run did.
+    """
+    import tensorflow as tf
+
+    known = int(train_ds.cardinality())
+    if known > 0:
+        steps = known
+    else:  # TFRecord shards: the cached counts must say how many batches an epoch has, or epochs would drift apart
+        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
+    return train_ds.repeat().skip(first_epoch * steps), steps
+
+
 def shard_for_workers(dataset, strategy, num_files: int):
     """Tell tf.distribute how to split a (globally batched) dataset between workers.
 
@@ -407,11 +425,14 @@ def train(
         else:
             train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True)
             val_ds = make_dataset(run_dir, index, val_split, cfg, names)
+        state_dir = out.train_state
+        fit_steps = None
+        if cluster_task(strategy)[2] <= 1:  # workers reading their own shards have epochs of their own lengths
+            train_ds, fit_steps = epochs_from(train_ds, steps, AtomicBackupAndRestore.epoch_to_resume(state_dir / "backup"))
         train_ds = shard_for_workers(train_ds, strategy, len(index["shards"]["train"]))
         val_ds = shard_for_workers(val_ds, strategy, len(index["shards"][val_split]))
         prepare_multi_worker_fit(model, train_ds, strategy)
 
-        state_dir = out.train_state
         nan_guard = StopOnNaN()
         callbacks = [
             AtomicBackupAndRestore(str(state_dir / "backup")),
@@ -423,7 +444,7 @@ def train(
         if cfg.train.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(2, cfg.train.early_stopping // 3)))
         weights = class_weights(run_dir, index, cfg)
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=fit_steps, callbacks=callbacks,
                   class_weight=weights, verbose=keras_verbosity(progress))
         if nan_guard.nan_epoch is not None:
             raise UserError(
