@@ -198,7 +198,7 @@ class TrainConfig:
     freq_mask_width: int = option(3, "SpecAugment: maximum width of a frequency mask (coefficients).", minimum=0, maximum=512)
     modality_dropout: float = option(0.0, "Audio-visual runs: share of training clips that lose one modality (video or audio, evenly), so the model also classifies from either alone: a video without a sound track, `evaluate --drop` (0 = off).", minimum=0.0, maximum=1.0)
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.", minimum=0.0, below=1.0)
-    shuffle_buffer: int = option(1024, "Examples in the tf.data shuffle buffer.", minimum=1, maximum=10_000_000)
+    shuffle_buffer: int = option(4096, "Examples shuffled together: each epoch is permuted in windows of this many (all of it when smaller).", minimum=1, maximum=10_000_000)
     cache: bool = option(True, "Cache decoded examples in memory after the first epoch (when the dataset fits).")
     source: str = option("features", "What training reads: the cached `features`, or `raw_audio`: the WAVs themselves, decoded and resampled in tf.data by tensorflow-io, for an audio_rnn that computes its MFCCs in-model (speech runs with preprocess.encoder none).", ["features", "raw_audio"])
     strategy: str = option("default", "tf.distribute strategy: `default` (one device), `mirrored`, `multi_worker` (TF_CONFIG).", ["default", "mirrored", "multi_worker"])

@@ -813,7 +813,8 @@ def limited_preprocess(name: str, work: Path, data: dict[str, Path]) -> tuple[Pa
         def limit_file_size():
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        result = subprocess.run(actrec_process("preprocess", "--run-dir", run, "--no-progress", *sets(args)), cwd=ROOT, env=ENV,
+        env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it: the CLI sets its own
+        result = subprocess.run(actrec_process("preprocess", "--run-dir", run, "--no-progress", *sets(args)), cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size)
         _limited[name] = (run, result, args)
         observe(work, f"disk_full_{name}", {"returncode": result.returncode, "stderr": result.stderr[-1500:],

@@ -151,6 +151,7 @@ def test_manifest_keeps_the_windows(kws_tree, tmp_path):
 
 def test_each_epoch_draws_the_shares_and_every_keyword_once():
     tf = pytest.importorskip("tensorflow")
+    from pipeline.features.epochs import KINDS, ORDER, epoch_seed, shuffled
     from pipeline.stages.train import epoch_plan, with_epoch_shares
 
     classes = ["yes", "no", SILENCE, UNKNOWN]
@@ -163,8 +164,12 @@ def test_each_epoch_draws_the_shares_and_every_keyword_once():
     assert plan == {"keywords": 60, UNKNOWN: round(0.2 / 0.7 * 60), SILENCE: round(0.1 / 0.7 * 60)}
     ids = [f"clip{i}".encode() for i in range(len(labels))]
     ds = tf.data.Dataset.from_tensor_slices(({"x": np.arange(len(labels), dtype=np.float32)}, tf.one_hot(labels, 4), ids))
-    ds = with_epoch_shares(ds.shuffle(len(labels), seed=1), index, cfg)
-    epochs = [[(int(np.argmax(y)), cid.decode()) for _, y, cid in ds.as_numpy_iterator()] for _ in range(2)]
+
+    def epoch(e):  # as make_dataset orders an epoch: the epoch's seeds shuffle the clips and order the kinds
+        return with_epoch_shares(shuffled(ds, len(labels), epoch_seed(1, e, ORDER)), index, cfg, epoch_seed(1, e, KINDS))
+
+    epochs = [[(int(np.argmax(y)), cid.decode()) for _, y, cid in epoch(e).as_numpy_iterator()] for e in range(2)]
+    assert epochs[1] == [(int(np.argmax(y)), cid.decode()) for _, y, cid in epoch(1).as_numpy_iterator()]  # a function of the epoch
     for epoch in epochs:
         counts = Counter(label for label, _ in epoch)
         assert counts == {0: 30, 1: 30, 3: plan[UNKNOWN], 2: plan[SILENCE]}
@@ -176,13 +181,14 @@ def test_each_epoch_draws_the_shares_and_every_keyword_once():
 
 
 TINY_KWS = ["preprocess.workers=0", "preprocess.keep_waveform=true", "preprocess.n_mfcc=13", "model.name=audio_rnn",
-            "model.units=8", "model.bidirectional=false", "model.pooling=mean", "train.batch_size=8", "train.epochs=12",
-            "train.early_stopping=0", "train.learning_rate=0.01", "data.unknown_fraction=0.25", "data.silence_fraction=0.25"]
+            "model.units=16", "model.bidirectional=false", "model.pooling=mean", "train.batch_size=8", "train.epochs=30",
+            "train.early_stopping=0", "train.learning_rate=0.03", "data.unknown_fraction=0.25", "data.silence_fraction=0.25"]
 
 
 @pytest.fixture(scope="module")
 def kws_run(kws_tree, tmp_path_factory):
-    """A 4-label keyword spotter (yes, no, _silence_, _unknown_) trained on the tone tree, waveform augmentation on."""
+    """A 4-label keyword spotter (yes, no, _silence_, _unknown_) trained on the tone tree, waveform augmentation on.
+    Trained until it has learnt the tones (test top-1 1.0 on seeds 0-2); 12 epochs of 8 units left the loss at chance."""
     from pipeline.stages.preprocess import preprocess
     from pipeline.stages.train import train
 

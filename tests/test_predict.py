@@ -6,7 +6,9 @@ keeps what is decided before a model is loaded.
 
 import csv
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +68,29 @@ def test_speech_run_predicts_wavs_and_refuses_videos(speech_run, dataset, tmp_pa
     (result,) = predict(speech_run, [long], window=1.0, stride=1.0, out=tmp_path / "timelines")
     assert result["windows"] == 3
     assert [["no", "yes"][i] for i in result["window_probs"].argmax(axis=1)] == ["yes", "no", "yes"]
+
+
+@pytest.mark.slow
+def test_timelines_into_the_run_dir_wait_for_its_writer(speech_run, tmp_path):
+    """predict --window writes RUN/predict: while another command writes the run dir it refuses, naming it; timelines
+    written elsewhere (--out) and plain predictions, which write nothing there, go on."""
+    from pipeline.rundir import process_started
+
+    low = tone_wav(tmp_path / "low.wav", 450.0)
+    other = os.getppid()  # a live process that is not this one
+    lock = speech_run / ".lock"
+    lock.write_text(json.dumps({"pid": other, "command": "train", "started": process_started(other)}))
+    try:
+        with pytest.raises(UserError, match=rf"`actrec train` \(pid {other}\) is writing this run dir"):
+            predict(speech_run, [low], window=1.0)
+        assert not (speech_run / "predict").exists()
+        (elsewhere,) = predict(speech_run, [low], window=1.0, out=tmp_path / "timelines")
+        (plain,) = predict(speech_run, [low])
+        assert elsewhere["windows"] == 1 and plain["top"][0]["label"] == elsewhere["top"][0]["label"] == "yes"
+    finally:
+        lock.unlink()
+    (own,) = predict(speech_run, [low], window=1.0)
+    assert Path(own["timeline_csv"]).parent == speech_run / "predict" and not lock.exists()  # its lock released
 
 
 @pytest.mark.slow

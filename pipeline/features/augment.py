@@ -7,13 +7,29 @@
     mfcc float32 [F, C]                --spec_augment-->    masked bands of frames and coefficients
     {video arrays, audio arrays}       --drop_modality-->   one modality zeroed, its length 0 (audio-visual runs)
 
-The random draws come from TensorFlow's global seed (train sets it from the config's seed).
+Every function takes the example's `seed` (int64 [2]) and draws with tf.random.stateless_*: what an example gets is
+a function of its seed alone, whichever tf.data thread computes it (stateful random ops in a parallel map hand their
+draws to whichever element asks first). Training gives each example of each epoch its own seed (train.epoch_examples).
 """
 
 from __future__ import annotations
 
 
-def temporal_jitter(steps, lengths, max_shift: int = 1):
+def split_seed(seed, n: int):
+    """One seed int [2] -> n independent seeds int64 [n, 2]."""
+    import tensorflow as tf
+
+    return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=n)
+
+
+def uniform(seed, minval, maxval, dtype="float32", shape=()):
+    """A stateless uniform draw in [minval, maxval) of `shape` (for integer dtypes maxval is excluded too)."""
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform(shape, seed=seed, minval=minval, maxval=maxval, dtype=dtype)
+
+
+def temporal_jitter(steps, lengths, seed, max_shift: int = 1):
     """Move each valid step's source index by -1..+1 (clipped to the valid range): [T, ...] -> [T, ...].
 
     Imitates sampling the clip at slightly different moments without re-decoding it.
@@ -22,31 +38,32 @@ def temporal_jitter(steps, lengths, max_shift: int = 1):
 
     t = tf.shape(steps)[0]
     length = tf.maximum(tf.cast(lengths, tf.int32), 1)
-    shift = tf.random.uniform([t], -max_shift, max_shift + 1, dtype=tf.int32)
+    shift = uniform(seed, -max_shift, max_shift + 1, tf.int32, [t])
     source = tf.clip_by_value(tf.range(t) + shift, 0, length - 1)
     source = tf.where(tf.range(t) < length, tf.sort(source), tf.range(t))  # keep order, leave padding alone
     return tf.gather(steps, source)
 
 
-def spatial_augment(frames, min_crop: float = 0.8, max_brightness: float = 0.15, contrast: tuple = (0.8, 1.25)):
+def spatial_augment(frames, seed, min_crop: float = 0.8, max_brightness: float = 0.15, contrast: tuple = (0.8, 1.25)):
     """One random transform for all frames of a clip, uint8 [T, S, S, 3] -> uint8 [T, S, S, 3]: a horizontal
     flip (actions here read the same mirrored), a crop of min_crop..1 of the side resized back (zoom and
     shift), and brightness/contrast jitter (cameras and lighting)."""
     import tensorflow as tf
 
+    flip, zoom, down, across, gain, shift = tf.unstack(split_seed(seed, 6))
     size = tf.shape(frames)[1]
     x = tf.cast(frames, tf.float32) / 255.0
-    x = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(x, axis=[2]), lambda: x)
-    side = tf.cast(tf.cast(size, tf.float32) * tf.random.uniform([], min_crop, 1.0), tf.int32)
-    top = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
-    left = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
+    x = tf.cond(uniform(flip, 0.0, 1.0) < 0.5, lambda: tf.reverse(x, axis=[2]), lambda: x)
+    side = tf.cast(tf.cast(size, tf.float32) * uniform(zoom, min_crop, 1.0), tf.int32)
+    top = uniform(down, 0, size - side + 1, tf.int32)
+    left = uniform(across, 0, size - side + 1, tf.int32)
     x = tf.image.resize(x[:, top : top + side, left : left + side, :], tf.stack([size, size]))
     mean = tf.reduce_mean(x)
-    x = (x - mean) * tf.random.uniform([], *contrast) + mean + tf.random.uniform([], -max_brightness, max_brightness)
+    x = (x - mean) * uniform(gain, *contrast) + mean + uniform(shift, -max_brightness, max_brightness)
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
 
 
-def drop_modality(example: dict, rate: float) -> dict:
+def drop_modality(example: dict, rate: float, seed) -> dict:
     """DropPathway-style modality dropout on one audio-visual example {input name: tensor}: with probability
     `rate` one modality (video or audio, evenly) arrives as a clip without it would: its arrays zeros and its
     length 0, which the fusion model gates out. The model so learns to classify from either modality alone."""
@@ -54,7 +71,7 @@ def drop_modality(example: dict, rate: float) -> dict:
 
     from pipeline.features.records import MODALITY_FEATURES
 
-    draw = tf.random.uniform([])
+    draw = uniform(seed, 0.0, 1.0)
     dropped = {"video": draw < rate / 2, "audio": tf.logical_and(draw >= rate / 2, draw < rate)}
     out = dict(example)
     for modality, names in MODALITY_FEATURES.items():
@@ -64,7 +81,7 @@ def drop_modality(example: dict, rate: float) -> dict:
     return out
 
 
-def spec_augment(mfcc, time_masks: int, time_width: int, freq_masks: int, freq_width: int):
+def spec_augment(mfcc, seed, time_masks: int, time_width: int, freq_masks: int, freq_width: int):
     """SpecAugment on one MFCC sequence [F, C]: zero random bands of frames and of coefficients.
 
     Masked values are set to the sequence mean so the in-model normalisation sees no outliers.
@@ -74,54 +91,56 @@ def spec_augment(mfcc, time_masks: int, time_width: int, freq_masks: int, freq_w
     f, c = tf.shape(mfcc)[0], tf.shape(mfcc)[1]
     fill = tf.reduce_mean(mfcc)
     keep = tf.ones_like(mfcc, dtype=tf.bool)
+    draws = iter(tf.unstack(split_seed(seed, 2 * (time_masks + freq_masks) + 1)))  # one spare: unstack needs n >= 1
     for _ in range(time_masks):
-        width = tf.random.uniform([], 0, time_width + 1, dtype=tf.int32)
-        start = tf.random.uniform([], 0, tf.maximum(f - width, 1), dtype=tf.int32)
+        width = uniform(next(draws), 0, time_width + 1, tf.int32)
+        start = uniform(next(draws), 0, tf.maximum(f - width, 1), tf.int32)
         band = (tf.range(f) >= start) & (tf.range(f) < start + width)
         keep &= ~band[:, None]
     for _ in range(freq_masks):
-        width = tf.random.uniform([], 0, freq_width + 1, dtype=tf.int32)
-        start = tf.random.uniform([], 0, tf.maximum(c - width, 1), dtype=tf.int32)
+        width = uniform(next(draws), 0, freq_width + 1, tf.int32)
+        start = uniform(next(draws), 0, tf.maximum(c - width, 1), tf.int32)
         band = (tf.range(c) >= start) & (tf.range(c) < start + width)
         keep &= ~band[None, :]
     return tf.where(keep, mfcc, fill)
 
 
-def time_shift(waveform, max_shift: int):
+def time_shift(waveform, max_shift: int, seed):
     """Move the sound by a random -max_shift..+max_shift samples: float32 [N] -> [N], the vacated part silent."""
     import tensorflow as tf
 
     n = tf.shape(waveform)[0]
-    shift = tf.random.uniform([], -max_shift, max_shift + 1, dtype=tf.int32)
+    shift = uniform(seed, -max_shift, max_shift + 1, tf.int32)
     padded = tf.pad(waveform, [[max_shift, max_shift]])
     return padded[max_shift - shift : max_shift - shift + n]
 
 
-def change_speed(waveform, max_change: float):
+def change_speed(waveform, max_change: float, seed):
     """Play the sound a random factor 1 +- max_change faster or slower, pitch and tempo together (a tape run fast or
     slow; other speakers talk faster and higher): float32 [N] -> [N] by linear interpolation, silent past the end."""
     import tensorflow as tf
 
     n = tf.shape(waveform)[0]
-    position = tf.cast(tf.range(n), tf.float32) * tf.random.uniform([], 1 - max_change, 1 + max_change)
+    position = tf.cast(tf.range(n), tf.float32) * uniform(seed, 1 - max_change, 1 + max_change)
     first = tf.minimum(tf.cast(tf.floor(position), tf.int32), n)
     weight = position - tf.floor(position)
     x = tf.concat([waveform, tf.zeros([1], waveform.dtype)], 0)  # index n reads silence
     return tf.gather(x, first) * (1 - weight) + tf.gather(x, tf.minimum(first + 1, n)) * weight
 
 
-def mix_background(waveform, backgrounds, probability: float, snr_db: tuple[float, float]):
+def mix_background(waveform, backgrounds, probability: float, snr_db: tuple[float, float], seed):
     """With `probability`, add one random window of backgrounds float32 [S, N] at a random signal-to-noise ratio
     in snr_db (dB, relative to the clip's mean power): float32 [N] -> [N]."""
     import tensorflow as tf
 
     backgrounds = tf.convert_to_tensor(backgrounds, tf.float32)
+    whether, which, level = tf.unstack(split_seed(seed, 3))
 
     def mix():
-        noise = backgrounds[tf.random.uniform([], 0, tf.shape(backgrounds)[0], dtype=tf.int32)]
-        snr = tf.random.uniform([], snr_db[0], snr_db[1])
+        noise = backgrounds[uniform(which, 0, tf.shape(backgrounds)[0], tf.int32)]
+        snr = uniform(level, snr_db[0], snr_db[1])
         signal_power = tf.reduce_mean(tf.square(waveform)) + 1e-10
         noise_power = tf.reduce_mean(tf.square(noise)) + 1e-10
         return waveform + noise * tf.sqrt(signal_power / (noise_power * 10 ** (snr / 10)))
 
-    return tf.cond(tf.random.uniform([]) < probability, mix, lambda: waveform)
+    return tf.cond(uniform(whether, 0.0, 1.0) < probability, mix, lambda: waveform)

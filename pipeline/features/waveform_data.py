@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.features.epochs import ORDER, epoch_seed, epochs, shuffled
 
 WAVEFORM_INPUTS = ("waveform", "num_samples")
 
@@ -92,10 +93,11 @@ def load_window(path, sample_rate: int, num_samples: int):
 
 
 def waveform_dataset(cfg: Config, index: dict, split: str, input_names=WAVEFORM_INPUTS, training: bool = False,
-                     batch_size: int | None = None):
+                     batch_size: int | None = None, first_epoch: int | None = None):
     """Batches of ({'waveform': float32 [B, M], 'num_samples': int32 [B]}, one-hot labels float32 [B, K]) for one split.
 
-    Training shuffles (seeded, reshuffled every epoch); evaluation keeps the order of `waveform_rows`.
+    Training shuffles each epoch in an order of its own (features.epochs): epoch 0 alone, or with first_epoch every
+    epoch from it on, endlessly. Evaluation keeps the order of `waveform_rows`.
     With train.cache the decoded windows are kept in memory after the first epoch.
     """
     import tensorflow as tf
@@ -116,16 +118,26 @@ def waveform_dataset(cfg: Config, index: dict, split: str, input_names=WAVEFORM_
 
     def load(path, label):
         waveform, valid = load_window(path, p.sample_rate, num_samples)
-        return {"waveform": waveform, "num_samples": valid}, tf.one_hot(label, len(label_ids))
+        return {name: value for name, value in (("waveform", waveform), ("num_samples", valid)) if name in input_names}, \
+            tf.one_hot(label, len(label_ids))
 
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    shuffle = min(t.shuffle_buffer, len(rows))
-    if training and not t.cache:  # shuffle paths, not decoded windows: a small buffer
-        ds = ds.shuffle(shuffle, seed=cfg.seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if t.cache:
-        ds = ds.cache()
-        if training:
-            ds = ds.shuffle(shuffle, seed=cfg.seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda x, y: ({name: x[name] for name in input_names}, y))
-    return ds.batch(batch_size or t.batch_size).prefetch(tf.data.AUTOTUNE)
+    batch = batch_size or t.batch_size
+    if not training:
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        return (ds.cache() if t.cache else ds).batch(batch).prefetch(tf.data.AUTOTUNE)
+    decoded = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).cache() if t.cache else None
+
+    def one_epoch(epoch):
+        seed = epoch_seed(cfg.seed, epoch, ORDER)
+        # with the cache, shuffle decoded windows; without it, paths (small), then decode
+        examples = shuffled(decoded, t.shuffle_buffer, seed) if decoded is not None else \
+            shuffled(ds, t.shuffle_buffer, seed).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        return examples.batch(batch)
+
+    return (one_epoch(0) if first_epoch is None else epochs(one_epoch, first_epoch)).prefetch(tf.data.AUTOTUNE)
+
+
+def waveform_steps(cfg: Config, index: dict, split: str = "train") -> int:
+    """Batches in one epoch of waveform_dataset(training=True)."""
+    return max(1, -(-len(waveform_rows(cfg, index, split)) // cfg.train.batch_size))

@@ -20,6 +20,7 @@ used gets its reason instead of labels, and the other files of a batch still get
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import os
@@ -385,40 +386,43 @@ def iter_predict(
     predictor = Predictor(run_dir, model, allow_unfinished)
     out_dir = Path(out) if out is not None else predictor.runner.run.predictions
     used_names: set[str] = set()
-    for path, reason in files:
-        result: dict = {"path": str(path), "error": reason, "top": None, "probs": None}
-        predictor.warning = None
-        if reason is None:
-            try:
-                predictor.check_file(path)
-                if window is None:
-                    probs = predictor.classify(path)
-                else:
-                    timeline = predictor.timeline(path, window, stride)
-                    probs = timeline["probs"].mean(axis=0)
-                    name = _unique(f"{path.stem}_timeline", used_names)
-                    csv_file, png_file = out_dir / f"{name}.csv", out_dir / f"{name}.png"
-                    window_labels = None if threshold is None else decided_labels(timeline["probs"], predictor.classes, threshold)
-                    write_timeline_csv(csv_file, timeline["starts"], timeline["ends"], timeline["probs"], predictor.classes, window_labels)
-                    plot_timeline((timeline["starts"] + timeline["ends"]) / 2, timeline["probs"], predictor.classes, png_file,
-                                  top=min(TIMELINE_TOP, len(predictor.classes)), title=f"{path.name}: {window:g} s windows every {stride:g} s")
-                    result["windows"] = len(timeline["starts"])
-                    result["window_probs"] = timeline["probs"]
-                    result["max_frames_held"] = timeline["max_frames_held"]
-                    result["timeline_csv"], result["timeline_png"] = str(csv_file), str(png_file)
-                    if window_labels is not None:
-                        result["window_labels"] = window_labels
-                if threshold is not None:
-                    result["label"] = decided_labels(probs[None], predictor.classes, threshold)[0]
-                    result["threshold"] = threshold
-                result["top"] = top_k(probs, predictor.classes, top)
-                result["probs"] = probs
-            except MediaError as e:
-                result["error"] = str(e)
-        result["ms"] = predictor.reset_times()
-        if predictor.warning is not None and result["error"] is None:
-            result["warning"] = predictor.warning
-        yield result
+    # Timelines written into RUN/predict are a write to the run dir: one writer at a time (RunDir.lock)
+    writes_run_dir = window is not None and out is None
+    with predictor.runner.run.lock("predict --window") if writes_run_dir else contextlib.nullcontext():
+        for path, reason in files:
+            result: dict = {"path": str(path), "error": reason, "top": None, "probs": None}
+            predictor.warning = None
+            if reason is None:
+                try:
+                    predictor.check_file(path)
+                    if window is None:
+                        probs = predictor.classify(path)
+                    else:
+                        timeline = predictor.timeline(path, window, stride)
+                        probs = timeline["probs"].mean(axis=0)
+                        name = _unique(f"{path.stem}_timeline", used_names)
+                        csv_file, png_file = out_dir / f"{name}.csv", out_dir / f"{name}.png"
+                        window_labels = None if threshold is None else decided_labels(timeline["probs"], predictor.classes, threshold)
+                        write_timeline_csv(csv_file, timeline["starts"], timeline["ends"], timeline["probs"], predictor.classes, window_labels)
+                        plot_timeline((timeline["starts"] + timeline["ends"]) / 2, timeline["probs"], predictor.classes, png_file,
+                                      top=min(TIMELINE_TOP, len(predictor.classes)), title=f"{path.name}: {window:g} s windows every {stride:g} s")
+                        result["windows"] = len(timeline["starts"])
+                        result["window_probs"] = timeline["probs"]
+                        result["max_frames_held"] = timeline["max_frames_held"]
+                        result["timeline_csv"], result["timeline_png"] = str(csv_file), str(png_file)
+                        if window_labels is not None:
+                            result["window_labels"] = window_labels
+                    if threshold is not None:
+                        result["label"] = decided_labels(probs[None], predictor.classes, threshold)[0]
+                        result["threshold"] = threshold
+                    result["top"] = top_k(probs, predictor.classes, top)
+                    result["probs"] = probs
+                except MediaError as e:
+                    result["error"] = str(e)
+            result["ms"] = predictor.reset_times()
+            if predictor.warning is not None and result["error"] is None:
+                result["warning"] = predictor.warning
+            yield result
 
 
 def _unique(name: str, used: set[str]) -> str:

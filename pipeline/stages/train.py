@@ -32,9 +32,12 @@ from pipeline.features.augment import (
     mix_background,
     spatial_augment,
     spec_augment,
+    split_seed,
     temporal_jitter,
     time_shift,
+    uniform,
 )
+from pipeline.features.epochs import EXAMPLES, KINDS, ORDER, epoch_seed, epochs, shuffled, with_example_seeds
 from pipeline.features.records import modalities_of
 from pipeline.files import atomic_write_json, atomic_write_text, atomic_write_weights, temp_path
 from pipeline.labels import SILENCE, UNKNOWN, reject_clips
@@ -59,11 +62,14 @@ MODEL_INPUTS = {  # cached feature -> the model input it feeds (the length featu
 
 
 def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, input_names: Sequence[str],
-                 training: bool = False, batch_size: int | None = None, view: int | None = 0, with_ids: bool = False):
+                 training: bool = False, batch_size: int | None = None, view: int | None = 0, with_ids: bool = False,
+                 first_epoch: int | None = None):
     """Batches of ({input name: tensor}, one-hot label) for one split.
 
-    Views: training draws a random view per example (multi_clip windows act as augmentation);
-    evaluation takes `view` (or all views stacked as extra batch rows when view is None).
+    Training: epoch 0 alone, or with first_epoch every epoch from it on, endlessly (features.epochs: each epoch's
+    order and augmentation follow from the config's seed and the epoch number). Views: training draws a random view
+    per example (multi_clip windows act as augmentation); evaluation takes `view` (or all views stacked as extra
+    batch rows when view is None).
     """
     import tensorflow as tf
 
@@ -100,22 +106,35 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
             out[name] = value
         return out, tf.one_hot(ex["label"], num_classes), ex["clip_id"]
 
-    def pick_view(x, y, clip_id):
+    def pick_view(x, y, clip_id, seed=None):
         views = tf.shape(x[next(iter(x))])[0] if any(n in x for n in ("frame_features", "frames")) else 1
-        v = tf.random.uniform([], 0, views, dtype=tf.int32) if training else (view or 0)
+        v = uniform(seed, 0, views, tf.int32) if training else (view or 0)
         x = {n: (tf.gather(value, v) if n in ("frame_features", "frames", "frame_lengths") else value) for n, value in x.items()}
         return x, y, clip_id
 
-    def augment(x, y, clip_id):
+    def augment(x, seed):
+        jitter, spatial, sound, masks = tf.unstack(split_seed(seed, 4))
         if "frame_features" in x or "frames" in x:
             key = "frame_features" if "frame_features" in x else "frames"
-            x[key] = temporal_jitter(x[key], x["frame_lengths"])
+            x[key] = temporal_jitter(x[key], x["frame_lengths"], jitter)
         if "frames" in x:  # the end-to-end model sees pixels: unseen actors and backgrounds need spatial variety
-            x["frames"] = spatial_augment(x["frames"])
+            x["frames"] = spatial_augment(x["frames"], spatial)
         if augment_sound is not None:
-            x["mfcc"] = augment_sound(x.pop("waveform"))
+            x["mfcc"] = augment_sound(x.pop("waveform"), sound)
         if "mfcc" in x:
-            x["mfcc"] = spec_augment(x["mfcc"], t.time_masks, t.time_mask_width, t.freq_masks, t.freq_mask_width)
+            x["mfcc"] = spec_augment(x["mfcc"], masks, t.time_masks, t.time_mask_width, t.freq_masks, t.freq_mask_width)
+        return x
+
+    drop = t.modality_dropout > 0 and len(modalities_of(input_names)) == 2
+
+    def training_example(x, y, clip_id, seed):
+        """One example of an epoch, its random choices all drawn from its own seed."""
+        view_seed, augment_seed, drop_seed = tf.unstack(split_seed(seed, 3))
+        x, y, clip_id = pick_view(x, y, clip_id, view_seed)
+        if t.augment:
+            x = augment(x, augment_seed)
+        if drop:
+            x = drop_modality(x, t.modality_dropout, drop_seed)
         return x, y, clip_id
 
     ds = tf.data.TFRecordDataset(files)
@@ -123,14 +142,23 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
     if t.cache:
         ds = ds.cache()
     if training:
-        ds = ds.shuffle(min(t.shuffle_buffer, max(1, index["counts"][split])), seed=cfg.seed, reshuffle_each_iteration=True)
-        ds = with_epoch_shares(ds, index, cfg)
-    if view is not None or training:
+        examples, per_epoch = ds, sum(epoch_plan(index, cfg).values())
+
+        def one_epoch(epoch):
+            ordered = shuffled(examples, t.shuffle_buffer, epoch_seed(cfg.seed, epoch, ORDER))
+            shares = with_epoch_shares(ordered, index, cfg, epoch_seed(cfg.seed, epoch, KINDS))
+            # the cached counts must say how long an epoch is: fit reads that many batches per epoch from the stream
+            shares = shares.apply(tf.data.experimental.assert_cardinality(per_epoch))
+            seeded = with_example_seeds(shares, epoch_seed(cfg.seed, epoch, EXAMPLES))
+            seeded = seeded.map(training_example, num_parallel_calls=tf.data.AUTOTUNE)
+            if not with_ids:
+                seeded = seeded.map(lambda x, y, clip_id: (x, y))
+            return seeded.batch(batch_size or t.batch_size)
+
+        ds = one_epoch(0) if first_epoch is None else epochs(one_epoch, first_epoch)
+        return ds.prefetch(tf.data.AUTOTUNE)
+    if view is not None:
         ds = ds.map(pick_view, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and t.augment:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    if training and t.modality_dropout > 0 and len(modalities_of(input_names)) == 2:
-        ds = ds.map(lambda x, y, clip_id: (drop_modality(x, t.modality_dropout), y, clip_id), num_parallel_calls=tf.data.AUTOTUNE)
     if not with_ids:
         ds = ds.map(lambda x, y, clip_id: (x, y))
     return ds.batch(batch_size or t.batch_size).prefetch(tf.data.AUTOTUNE)
@@ -150,13 +178,14 @@ def audio_augmentation(run_dir, index: dict, cfg: Config):
     max_shift = round(t.time_shift * p.sample_rate)
     mfcc_shape = index["features"]["mfcc"]["shape"]
 
-    def augment_sound(waveform):
+    def augment_sound(waveform, seed):
+        shift, speed, background = tf.unstack(split_seed(seed, 3))
         if max_shift:
-            waveform = time_shift(waveform, max_shift)
+            waveform = time_shift(waveform, max_shift, shift)
         if t.speed_change:
-            waveform = change_speed(waveform, t.speed_change)
+            waveform = change_speed(waveform, t.speed_change, speed)
         if backgrounds is not None:
-            waveform = mix_background(waveform, backgrounds, t.background_mix, tuple(t.background_snr_db))
+            waveform = mix_background(waveform, backgrounds, t.background_mix, tuple(t.background_snr_db), background)
         return tf.ensure_shape(mfcc(tf.clip_by_value(waveform, -1.0, 1.0)[None])[0], mfcc_shape)  # static F for the model
 
     return augment_sound
@@ -189,11 +218,12 @@ def epoch_plan(index: dict, cfg: Config) -> dict[str, int]:
     return {"keywords": keywords, **reject_clips(keywords, shares)}
 
 
-def with_epoch_shares(ds, index: dict, cfg: Config):
-    """An open-set run's training stream: every keyword clip once per epoch, and _unknown_ / _silence_ clips drawn
-    (in a new seeded order each epoch) from all that were cached, to make up their share of the epoch (epoch_plan).
+def with_epoch_shares(ds, index: dict, cfg: Config, seed):
+    """An open-set run's training epoch: every keyword clip once, and _unknown_ / _silence_ clips drawn (in the
+    epoch's order) from all that were cached, to make up their share of the epoch (epoch_plan).
 
-    ds: (inputs, one-hot label [K], clip_id) examples of the training split, shuffled. Other runs: ds unchanged.
+    ds: (inputs, one-hot label [K], clip_id) examples of the training split, in the epoch's order; seed: the
+    epoch's KINDS seed (int64 [2]), which orders the kinds. Other runs: ds unchanged.
     """
     import tensorflow as tf
 
@@ -208,7 +238,7 @@ def with_epoch_shares(ds, index: dict, cfg: Config):
     streams = [ds.filter(lambda x, y, clip_id: tf.logical_not(label_is(reject)(x, y, clip_id)))]
     streams += [ds.filter(label_is([i])).repeat() for i in reject]
     kinds = np.repeat(np.arange(len(plan), dtype=np.int64), list(plan.values()))
-    choice = tf.data.Dataset.from_tensor_slices(kinds).shuffle(len(kinds), seed=cfg.seed, reshuffle_each_iteration=True)
+    choice = shuffled(tf.data.Dataset.from_tensor_slices(kinds), len(kinds), seed)
     return tf.data.Dataset.choose_from_datasets(streams, choice)
 
 
@@ -303,24 +333,6 @@ def worker_output_dir(run_dir: Path, strategy) -> Path:
     return run_dir / "train_workers" / f"{task_type}-{task_id}"
 
 
-def epochs_from(train_ds, steps: int, first_epoch: int):
-    """One epoch of training batches -> (every epoch from `first_epoch` on as one endless stream, batches per epoch).
-
-    fit() with steps_per_epoch keeps one iterator over all epochs, so each epoch's shuffle order and augmentation
-    draws follow from the seed and the epoch number alone. A run resumed at epoch E skips the E x steps batches an
-    uninterrupted run trained on (drawing their augmentations again, without training on them) and then trains on
-    what the uninterrupted run did.
-    """
-    import tensorflow as tf
-
-    known = int(train_ds.cardinality())
-    if known > 0:
-        steps = known
-    else:  # TFRecord shards: the cached counts must say how many batches an epoch has, or epochs would drift apart
-        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
-    return train_ds.repeat().skip(first_epoch * steps), steps
-
-
 def shard_for_workers(dataset, strategy, num_files: int):
     """Tell tf.distribute how to split a (globally batched) dataset between workers.
 
@@ -404,7 +416,12 @@ def train(
         atomic_write_text(out.config_file, to_yaml(cfg))
         keras.utils.set_random_seed(cfg.seed)
 
-        steps = max(1, math.ceil(sum(epoch_plan(index, cfg).values()) / cfg.train.batch_size))
+        if cfg.train.source == "raw_audio":
+            from pipeline.features.waveform_data import waveform_steps
+
+            steps = waveform_steps(cfg, index)  # batches per epoch: fit reads that many from the endless stream
+        else:
+            steps = max(1, math.ceil(sum(epoch_plan(index, cfg).values()) / cfg.train.batch_size))
         with strategy.scope():  # model, optimizer and metric variables are mirrored on every replica and worker
             model = build_model(model_spec(cfg, index), cfg.model)
             model.compile(
@@ -417,19 +434,18 @@ def train(
         if val_split == "test":  # data.val_fraction 0, asked for: say what it costs
             print("train: warning: no validation split (data.val_fraction=0): early stopping and the best epoch are chosen on the "
                   "TEST split, so test accuracy will be optimistic (`actrec evaluate` says so in its report)")
+        state_dir = out.train_state
+        first_epoch = AtomicBackupAndRestore.epoch_to_resume(state_dir / "backup")  # 0, or where a killed run stopped
         if cfg.train.source == "raw_audio":  # the WAVs, decoded and resampled in tf.data
             from pipeline.features.waveform_data import waveform_dataset
 
-            train_ds = waveform_dataset(cfg, index, "train", names, training=True)
+            train_ds = waveform_dataset(cfg, index, "train", names, training=True, first_epoch=first_epoch)
             val_ds = waveform_dataset(cfg, index, val_split, names)
         else:
-            train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True)
+            train_ds = make_dataset(run_dir, index, "train", cfg, names, training=True, first_epoch=first_epoch)
             val_ds = make_dataset(run_dir, index, val_split, cfg, names)
-        state_dir = out.train_state
-        fit_steps = None
-        if cluster_task(strategy)[2] <= 1:  # workers reading their own shards have epochs of their own lengths
-            train_ds, fit_steps = epochs_from(train_ds, steps, AtomicBackupAndRestore.epoch_to_resume(state_dir / "backup"))
-        train_ds = shard_for_workers(train_ds, strategy, len(index["shards"]["train"]))
+        # one stream of every epoch: each worker keeps its part of each global batch (DATA), the same steps as one worker
+        train_ds = shard_for_workers(train_ds, strategy, num_files=0)
         val_ds = shard_for_workers(val_ds, strategy, len(index["shards"][val_split]))
         prepare_multi_worker_fit(model, train_ds, strategy)
 
@@ -444,7 +460,7 @@ def train(
         if cfg.train.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(2, cfg.train.early_stopping // 3)))
         weights = class_weights(run_dir, index, cfg)
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=fit_steps, callbacks=callbacks,
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, callbacks=callbacks,
                   class_weight=weights, verbose=keras_verbosity(progress))
         if nan_guard.nan_epoch is not None:
             raise UserError(
