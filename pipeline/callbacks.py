@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from pipeline.files import atomic_write_json, atomic_write_weights, temp_path
 
@@ -93,4 +94,21 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 shutil.copyfile(current, tmp)
                 tmp.replace(previous)
         atomic_write_weights(self._weights_path, self.model)
-        atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        atomic_write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                                                         "seed_states": [v.numpy().tolist() for v in seed_states(self.model)]})
+
+    def on_train_begin(self, logs=None):
+        """Keras restores the weights and the epoch; the dropout layers' random states are not among the weights
+        (a resumed run drew other dropout masks than an uninterrupted one): they are restored from the metadata."""
+        super().on_train_begin(logs)
+        metadata = Path(self._training_metadata_path)
+        states = json.loads(metadata.read_text()).get("seed_states") if metadata.is_file() else None
+        variables = seed_states(self.model)
+        if states is not None and len(states) == len(variables):
+            for variable, state in zip(variables, states):
+                variable.assign(np.asarray(state, variable.dtype))
+
+
+def seed_states(model) -> list:
+    """The state variables of the model's Keras SeedGenerators (dropout masks), in the model's order."""
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]

@@ -103,6 +103,40 @@ def test_hybrid_trains_end_to_end_and_its_cnn_encodes_features(dataset, tmp_path
     np.testing.assert_array_equal(np.asarray(restarted(frames)), np.asarray(cnn(frames)))
 
 
+def test_a_checkpoint_carries_the_dropout_random_state(tmp_path):
+    """Keras' weights files leave out the SeedGenerator states behind dropout masks: the backup's metadata keeps them,
+    so a resumed run draws the masks an uninterrupted one would (the whole chain: tests/test_faults.py)."""
+    import keras
+    import numpy as np
+
+    from pipeline.callbacks import AtomicBackupAndRestore, seed_states
+
+    def build():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8)(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+        model.compile("adam", "mse")
+        return model
+
+    trained = build()
+    trained.fit(np.ones((8, 4)), np.ones((8, 2)), epochs=2, batch_size=4, verbose=0)
+    drawn = [v.numpy() for v in seed_states(trained)]
+    assert len(drawn) == 1 and drawn[0][1] == 4  # one generator, 4 steps of masks drawn
+    backup = AtomicBackupAndRestore(str(tmp_path))
+    backup.set_model(trained)
+    backup._current_epoch = 2
+    backup._save_model()
+
+    resumed = build()
+    assert seed_states(resumed)[0].numpy()[1] == 0
+    restore = AtomicBackupAndRestore(str(tmp_path))
+    restore.set_model(resumed)
+    restore.on_train_begin()
+    assert [v.numpy().tolist() for v in seed_states(resumed)] == [d.tolist() for d in drawn]
+    assert resumed._initial_epoch == 2 and AtomicBackupAndRestore.epoch_to_resume(tmp_path) == 2
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill(dataset, feature_run, tmp_path):
     """Kill training mid-run; the same command resumes from the last finished epoch and ends at the same epoch count."""
