@@ -89,6 +89,15 @@ def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 0.5)
 
     path = Path(path)
     check_readable(path)
+    if path.suffix.lower() == ".wav":  # FFmpeg, like libsndfile, reads a cut-off WAV as far as it goes, silently
+        import soundfile
+
+        try:
+            info = soundfile.info(str(path))
+        except RuntimeError:  # not a WAV libsndfile reads: FFmpeg decides below
+            info = None
+        if info is not None:
+            check_wav_not_truncated(info)
     try:
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
