@@ -9,7 +9,7 @@
 
 Every function takes the example's `seed` (int64 [2]) and draws with tf.random.stateless_*: what an example gets is
 a function of its seed alone, whichever tf.data thread computes it (stateful random ops in a parallel map hand their
-draws to whichever element asks first). Training gives each example of each epoch its own seed (train.epoch_examples).
+draws to whichever element asks first). Training gives each example of each epoch its own seed (features.epochs.with_example_seeds).
 """
 
 from __future__ import annotations

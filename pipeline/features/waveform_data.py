@@ -136,8 +136,3 @@ def waveform_dataset(cfg: Config, index: dict, split: str, input_names=WAVEFORM_
         return examples.batch(batch)
 
     return (one_epoch(0) if first_epoch is None else epochs(one_epoch, first_epoch)).prefetch(tf.data.AUTOTUNE)
-
-
-def waveform_steps(cfg: Config, index: dict, split: str = "train") -> int:
-    """Batches in one epoch of waveform_dataset(training=True)."""
-    return max(1, -(-len(waveform_rows(cfg, index, split)) // cfg.train.batch_size))

@@ -416,12 +416,10 @@ def train(
         atomic_write_text(out.config_file, to_yaml(cfg))
         keras.utils.set_random_seed(cfg.seed)
 
-        if cfg.train.source == "raw_audio":
-            from pipeline.features.waveform_data import waveform_steps
-
-            steps = waveform_steps(cfg, index)  # batches per epoch: fit reads that many from the endless stream
-        else:
-            steps = max(1, math.ceil(sum(epoch_plan(index, cfg).values()) / cfg.train.batch_size))
+        # batches per epoch: fit reads that many from the endless stream. The raw-audio stream reads every cached
+        # training file once an epoch (waveform_rows checks there are that many); features, the epoch plan's shares.
+        per_epoch = index["counts"]["train"] if cfg.train.source == "raw_audio" else sum(epoch_plan(index, cfg).values())
+        steps = max(1, math.ceil(per_epoch / cfg.train.batch_size))
         with strategy.scope():  # model, optimizer and metric variables are mirrored on every replica and worker
             model = build_model(model_spec(cfg, index), cfg.model)
             model.compile(
