@@ -6,13 +6,14 @@ models that only ever had that modality, over several seeds.
       (--encoder trained: the small CNN of a video-only hybrid run trained first on the seed's training split), per seed-->
       preprocess once (cached frame features + MFCCs), then on the same features:
         video_rnn, audio_rnn                            single-modality models
-        av_fusion (model.fusion = each --fusions value), train.modality_dropout = each --rates value
+        av_fusion (model.fusion = each --fusions value), train.modality_dropout = each --rates value,
+                                                        train.modality_loss = each --losses value
       --actrec evaluate (raw test clips: unseen actors), and for av_fusion also --drop audio and --drop video
 
 A fusion model passes when, with audio dropped, it scores at least the video-only model, and with video dropped
 at least the audio-only model (chance is 1 / 9 classes).
 
-Usage: python benchmarks/modalities.py [--encoder motion|random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--fusions mid,late]
+Usage: python benchmarks/modalities.py [--encoder motion|random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--fusions mid,late] [--losses 0,1]
                                       [--clips-per-class 32]
 Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json and .md.
 """
@@ -20,6 +21,7 @@ Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -74,6 +76,8 @@ def main() -> None:
                         help="the frame encoder: motion (the demo's), random (a random small CNN) or trained (a trained small CNN)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rates", default="0,0.3,0.6", help="train.modality_dropout values of the av_fusion rows")
+    parser.add_argument("--losses", default="0", help="train.modality_loss values of the av_fusion rows (each with each --rates value): "
+                        "the weight of the losses that train the fused classifier on each modality alone")
     parser.add_argument("--fusions", default="mid", help="model.fusion values of the av_fusion rows: mid (one classifier on both "
                         "pooled states, the shipped one) and/or late (a classifier per modality, probabilities averaged)")
     parser.add_argument("--clips-per-class", type=int, default=32, help="as the demo (32)")
@@ -86,6 +90,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rates = [float(r) for r in args.rates.split(",")]
     fusions = args.fusions.split(",")
+    losses = [float(w) for w in args.losses.split(",")]
     rows = []
     for seed in seeds:
         data = work / f"seed{seed}" / "data"
@@ -103,12 +108,11 @@ def main() -> None:
         for single in ("video_rnn", "audio_rnn"):  # modality dropout does nothing with one modality: off, as they were first run
             rows.append(train_and_score(config, single, [f"model.name={single}", "train.modality_dropout=0", *encoder], seed, data,
                                         features, work))
-        for fusion in fusions:
-            for rate in rates:
-                name = f"av_fusion dropout {rate:g}" if fusion == "mid" else f"av_fusion {fusion} dropout {rate:g}"
-                rows.append(train_and_score(config, name, [f"model.fusion={fusion}", f"train.modality_dropout={rate}", *encoder],
-                                            seed, data, features, work, DROPS))
-        print(json.dumps(rows[-len(fusions) * len(rates) - 2:]), flush=True)
+        for fusion, rate, loss in itertools.product(fusions, rates, losses):
+            name = " ".join(["av_fusion", *([fusion] if fusion != "mid" else []), f"dropout {rate:g}", *([f"loss {loss:g}"] if loss else [])])
+            rows.append(train_and_score(config, name, [f"model.fusion={fusion}", f"train.modality_dropout={rate}",
+                                                       f"train.modality_loss={loss}", *encoder], seed, data, features, work, DROPS))
+        print(json.dumps(rows[-len(fusions) * len(rates) * len(losses) - 2:]), flush=True)
 
     def stat(model: str, key: str) -> tuple[float, float] | None:
         values = [r[key] for r in rows if r["model"] == model and key in r]

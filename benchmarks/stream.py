@@ -51,20 +51,29 @@ def median_ms(fn, runs: int) -> float:
     return 1000 * float(np.median(times))
 
 
+def random_input(spec: dict, rng) -> np.ndarray:
+    """A value for one input of preprocessing.json (without its batch axis): frames as uint8, sound in [-0.1, 0.1]."""
+    shape = spec["shape"][1:]
+    if spec["dtype"] == "uint8":
+        return rng.integers(0, 256, shape).astype(np.uint8)
+    return rng.uniform(-0.1, 0.1, shape).astype(np.float32)
+
+
 def latency(export: Path, runs: int) -> dict:
-    """ms per call, 1 thread: each streaming file's step, and the whole-window file (what re-running costs per hop)."""
+    """ms per call, 1 thread: each streaming file's step (a hop of audio, or a frame), and the whole-window file (what
+    re-running costs per step)."""
     out = {}
+    rng = np.random.default_rng(0)
     window = TFLiteClassifier(export / "model_float.tflite", threads=1)
-    audio = next(s for s in window.inputs.values() if s["name"] == "waveform")
-    waveform = np.random.default_rng(0).uniform(-0.1, 0.1, audio["shape"][1:]).astype(np.float32)
-    out["window_float_ms"] = median_ms(lambda: window.predict({"waveform": waveform}), runs)
+    whole = {name: random_input(spec, rng) for name, spec in window.inputs.items() if name in ("waveform", "frames")}
+    out["window_float_ms"] = median_ms(lambda: window.predict(whole), runs)
     for fmt in ("float", "int8"):
         path = export / f"model_stream_{fmt}.tflite"
         if path.is_file():
             stream = StreamingClassifier(path, threads=1)
-            hop = waveform[: stream.hop_samples]
+            newest = random_input(stream.input, rng)
             out["hop_ms"] = 1000 * stream.hop_seconds
-            out[f"stream_{fmt}_ms"] = median_ms(lambda stream=stream, hop=hop: stream.step(hop), runs)
+            out[f"stream_{fmt}_ms"] = median_ms(lambda stream=stream, newest=newest: stream.step(newest), runs)
             out[f"stream_{fmt}_speedup"] = out["window_float_ms"] / out[f"stream_{fmt}_ms"]
     return out
 

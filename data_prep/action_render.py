@@ -1,19 +1,27 @@
 """Drawing a clip's frames: the backdrop, the stick figure (and chair), and the camera.
 
 ```
-Scene, width, height --render_background--> backdrop: uint8 [height, width, 3] BGR
+Scene, width, height, framed, top --render_background--> backdrop: uint8 [height, width, 3] BGR
     render_frames asks for H + 2m rows and W + 2m + (camera pan) columns; m = 4 pixels of margin for shake
+    framed = min(W, H): the side of the framed square; top = (H - framed) / 2: its first row (0 unless portrait)
 
 Motion, Actor, Scene, ClipSettings, rng --render_frames--> frames: uint8 [H, W, 3] BGR, T of them (a generator)
     Motion.pose (+ idle sway)  --forward_kinematics--> joints in figure heights
-    joints --to pixels--> mirrored for the facing, feet on Scene.ground, placed where ClipSettings.place says
+    joints --to pixels--> mirrored for the facing, feet on Scene.ground of the framed square,
+                          placed where ClipSettings.place says
     camera x: float [T]  pans with a travelling figure (ClipSettings.pan, at least enough to keep it in frame)
                          and drifts on its own (ClipSettings.drift)
     each frame = backdrop window at (camera + shake) + chair + figure + sensor noise
     W, H, T = ClipSettings.width, .height, .n_frames
 ```
 
-Sizes are relative to the frame height, so a clip looks the same at any resolution.
+Sizes are relative to the framed square, the central min(W, H) x min(W, H) square that
+preprocessing crops (pipeline/media/video.py resize_and_crop), so a clip looks the same
+at any resolution: on a landscape frame it is the horizontally central H x H square
+(the figure is placed within its columns); on a portrait frame it is the vertically central
+W x W square, which the whole figure and its motion stay inside (its height, ground
+line, jumps and raised arms are all measured in it), while the wall and the floor fill
+the whole frame, above and below the square too.
 Lines are anti-aliased at 1/16-pixel precision (cv2's fixed-point `shift=4`), so
 slow motion is smooth rather than stepping a pixel at a time. `rng` (the clip's
 noise generator) draws the camera shake and the sensor noise, lazily: the frames
@@ -35,33 +43,40 @@ from data_prep.action_settings import Actor, ClipSettings, Scene
 _MARGIN = 4  # background pixels kept around the frame for camera shake
 
 
-def render_background(scene: Scene, width: int, height: int, frame_height: int) -> np.ndarray:
-    """The group's backdrop: uint8 [height, width, 3] (BGR), patterns sized relative to `frame_height`."""
+def render_background(scene: Scene, width: int, height: int, framed: int, top: int = 0) -> np.ndarray:
+    """The group's backdrop: uint8 [height, width, 3] (BGR), patterns sized relative to `framed` pixels.
+
+    `framed` is the side of the framed square (the frame height, or the width of a portrait frame) and
+    `top` the frame row it starts at (0 unless portrait); the ground line is Scene.ground down that square.
+    """
     rng = np.random.default_rng(scene.texture_seed)
     img = np.empty((height, width, 3), np.float32)
     img[:] = scene.wall
     rows = np.linspace(0, 1, height)[:, None, None]
-    cols = np.arange(width)[None, :, None] / frame_height  # in frame heights: same look at any resolution
+    cols = np.arange(width)[None, :, None] / framed  # in square sides: same look at any resolution
+    tall = (framed + 2 * top) / framed  # frame height / square side: exactly 1.0 unless portrait
     if scene.style == "vgradient":
         img = img * (1 - rows) + np.array(scene.wall2) * rows
     elif scene.style == "hgradient":
         blend = 0.5 + 0.5 * np.cos(cols * rng.uniform(1.0, 2.5))
         img = img * (1 - blend) + np.array(scene.wall2) * blend
     elif scene.style == "rects":
-        # A fixed list of rectangles over 12 frame heights of width, so a panning camera sees more of the same wall.
+        # A fixed list of rectangles over 12 square sides of width, so a panning camera sees more of the same wall;
+        # spread over the whole frame height (a portrait frame's wall goes on above the square).
         for _ in range(60):
-            x, y = rng.uniform(0, 12), rng.uniform(-0.1, 0.8)
+            x, y = rng.uniform(0, 12), rng.uniform(-0.1, 0.8) * tall
             w, h = rng.uniform(0.05, 0.5), rng.uniform(0.05, 0.4)
             colour = tuple(float(c) for c in np.clip(np.array(scene.wall2) + rng.integers(-40, 40, 3), 0, 255))
-            p0 = (int(x * frame_height), int(y * frame_height))
-            p1 = (int((x + w) * frame_height), int((y + h) * frame_height))
+            p0 = (int(x * framed), int(y * framed))
+            p1 = (int((x + w) * framed), int((y + h) * framed))
             cv2.rectangle(img, p0, p1, colour, -1)
     elif scene.style == "texture":
-        cells = rng.standard_normal((8, 96, 3)).astype(np.float32)  # 8 cells per frame height, 12 heights wide
-        needed = max(2, math.ceil(width / frame_height * 8) + 1)
-        blobs = cv2.resize(cells[:, :needed], (int(needed * frame_height / 8), height), interpolation=cv2.INTER_CUBIC)
+        # 8 cells per square side, 12 sides wide (and as many rows as the frame is tall: 8 unless portrait)
+        cells = rng.standard_normal((max(8, round(8 * tall)), 96, 3)).astype(np.float32)
+        needed = max(2, math.ceil(width / framed * 8) + 1)
+        blobs = cv2.resize(cells[:, :needed], (int(needed * framed / 8), height), interpolation=cv2.INTER_CUBIC)
         img += 15 * blobs[:, :width]
-    ground = _MARGIN + int(scene.ground * frame_height)
+    ground = _MARGIN + top + int(scene.ground * framed)
     shade = np.linspace(1.0, 0.75, height - ground)[:, None, None]
     img[ground:] = np.array(scene.floor, np.float32) * shade
     cv2.line(img, (0, ground), (width, ground), tuple(0.6 * c for c in scene.floor), 1)
@@ -129,8 +144,12 @@ def render_frames(
     joints = forward_kinematics(pose)
 
     # Figure units -> pixels: mirror for facing, y grows downwards, feet on the ground line.
-    scale = actor.size * scene.ground * H  # figure height in pixels
-    ground = _MARGIN + scene.ground * H  # in background coordinates
+    # Everything is measured in the framed square (what preprocessing's centre crop keeps): the frame height on
+    # a landscape frame; on a portrait frame the vertically central W x W square, starting `top` rows down.
+    framed = min(W, H)
+    top = (H - framed) // 2  # 0 unless portrait (even sizes: exact)
+    scale = actor.size * scene.ground * framed  # figure height in pixels
+    ground = _MARGIN + top + scene.ground * framed  # in background coordinates
 
     def to_px(p):
         return np.stack([clip.facing * p[..., 0] * scale, ground - p[..., 1] * scale], axis=-1)
@@ -151,7 +170,6 @@ def render_frames(
     on_screen = everything[..., 0] - camera[:, None]
     lo, hi = on_screen.min() - HEAD_R * scale, on_screen.max() + HEAD_R * scale
     # On a wide frame, within its central square: where a camera operator frames the subject.
-    framed = min(W, H)
     margin = 0.05 * framed + (W - framed) / 2
     left, right = margin - lo, W - margin - hi
     shift = left + clip.place * (right - left) if right >= left else (W - lo - hi) / 2
@@ -163,7 +181,7 @@ def render_frames(
         seated = int(np.argmin(joints["hip"][:, 1]))
         seat = px["hip"][seated] + np.array([0.0, 0.04 * scale])
 
-    background = render_background(scene, W + 2 * _MARGIN + math.ceil(camera.max()) + 1, H + 2 * _MARGIN, H)
+    background = render_background(scene, W + 2 * _MARGIN + math.ceil(camera.max()) + 1, H + 2 * _MARGIN, framed, top)
     shake = np.clip(np.round(rng.normal(0, clip.jitter, (T, 2))), -_MARGIN, _MARGIN).astype(int)
     thick = max(2, round(actor.thickness * scale))
     # Sensor noise: one noise field per clip, cropped at a random offset per frame (much cheaper than

@@ -15,7 +15,8 @@ settings generator          --draw_settings--> ClipSettings
 
 A group `gNN` is one actor in front of one background, shared by every class (like
 UCF101's groups). The recording settings are drawn the same way for every class, so
-no class can be told apart by its frame size, frame rate or sample rate.
+no class can be told apart by its frame size (landscape or portrait), frame rate or
+sample rate.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ import numpy as np
 
 # Per-clip recording settings, drawn uniformly from these choices.
 FPS_CHOICES = (15, 20, 24, 25, 30)
-# (width, height), even for yuv420p: 4:3 from 160x120 to 640x480, and 16:9
-SIZE_CHOICES = ((160, 120), (240, 180), (320, 240), (640, 480), (320, 180), (480, 270), (640, 360))
+# (width, height), even for yuv420p. Landscape: 4:3 from 160x120 to 640x480, and 16:9 (cameras, phones held
+# sideways). Portrait: 9:16 and 3:4 (phones held upright); the figure stays in the central W x W square.
+LANDSCAPE_SIZES = ((160, 120), (240, 180), (320, 240), (640, 480), (320, 180), (480, 270), (640, 360))
+PORTRAIT_SIZES = ((180, 320), (270, 480), (360, 640), (240, 320))
+SIZE_CHOICES = LANDSCAPE_SIZES + PORTRAIT_SIZES
 SAMPLE_RATES = (16000, 22050, 44100)
 DURATION_RANGE = (1.5, 4.0)  # seconds
 
@@ -65,7 +69,7 @@ def _colour(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, 
 class Actor:
     """How one group's figure looks; shared by that group's clips in every class."""
 
-    size: float  # figure height as a fraction of the ground line's height in the frame
+    size: float  # figure height as a fraction of the ground line's height in the framed square (see Scene.ground)
     thickness: float  # limb thickness as a fraction of the figure height
     shirt: tuple  # BGR colours
     trousers: tuple
@@ -81,7 +85,7 @@ class Scene:
     wall: tuple
     wall2: tuple
     floor: tuple
-    ground: float  # ground line as a fraction of the frame height
+    ground: float  # ground line as a fraction of the framed square's height: the frame height, or W on a portrait frame
     texture_seed: int
 
 

@@ -130,7 +130,8 @@ UNKNOWN_CLASS = "Dance"
 _ALL_ACTIONS = {**ACTIONS, UNKNOWN_CLASS: (dance_motion, clap_sound)}
 
 # Bump when drawing or sound synthesis changes: clips written by another version are not reused.
-GENERATOR_VERSION = 2  # 2: sizes up to 640x480 and 16:9, figure size 0.35-0.72, camera drift
+# 2: sizes up to 640x480 and 16:9, figure size 0.35-0.72, camera drift
+GENERATOR_VERSION = 3  # 3: portrait sizes (9:16, 3:4), the figure framed in the central W x W square
 STATE_FILE = ".make_actions.json"  # {"generator": GENERATOR_VERSION, "seed": seed} of the clips in the folder
 
 

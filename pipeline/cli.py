@@ -182,15 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     # actrec stream
     st = sub.add_parser(
-        "stream", help="keyword detections on a live or recorded stream, one 20 ms hop at a time (streamable runs)",
+        "stream", help="keyword (or action) detections on a live or recorded stream, one hop or frame at a time (streamable runs)",
         description="Run a streamable run's RUN/export/model_stream_float.tflite (or _int8) as an app does: one hop of "
-        "audio per call, its states fed back. SOURCE is a sound or video file played as a stream (as fast as possible, "
-        "or --realtime), - for raw 16-bit mono PCM at the model's sample rate on stdin (e.g. `arecord -f S16_LE -r 16000 "
-        "-c 1 | actrec stream --run-dir RUN -`), or --mic. Prints one line per detection, `12.34 s  yes  0.97` (time in "
-        "seconds of input from its start), after posterior smoothing, a threshold and a refractory period, so one "
-        "spoken word fires once. Memory stays flat over any length of input.",
+        "audio (speech runs) or one frame (causal action runs) per call, its states fed back. For a speech run SOURCE is "
+        "a sound or video file played as a stream (as fast as possible, or --realtime), - for raw 16-bit mono PCM at the "
+        "model's sample rate on stdin (e.g. `arecord -f S16_LE -r 16000 -c 1 | actrec stream --run-dir RUN -`), or --mic; "
+        "for an action run, a video file, its frames taken at the export's frame rate (export.stream_fps). Prints one "
+        "line per detection, `12.34 s  yes  0.97` (time in seconds of input from its start), after posterior smoothing, "
+        "a threshold and a refractory period, so one spoken word fires once and an action once when it starts. Memory "
+        "stays flat over any length of input.",
     )
-    st.add_argument("source", nargs="?", metavar="SOURCE", help="a sound or video file, or - for 16-bit PCM on stdin")
+    st.add_argument("source", nargs="?", metavar="SOURCE", help="a sound or video file, or - for 16-bit PCM on stdin (speech runs)")
     st.add_argument("--run-dir", required=True, metavar="DIR", help="a streamable run, exported (DIR/export/model_stream_*.tflite)")
     st.add_argument("--model", default="float", choices=["float", "int8"], help="which streaming file (default float)")
     st.add_argument("--mic", action="store_true", help="listen to the default microphone (needs the optional sounddevice package)")

@@ -197,6 +197,7 @@ class TrainConfig:
     freq_masks: int = option(2, "SpecAugment: frequency masks per MFCC sequence.", minimum=0, maximum=100)
     freq_mask_width: int = option(3, "SpecAugment: maximum width of a frequency mask (coefficients).", minimum=0, maximum=512)
     modality_dropout: float = option(0.0, "Audio-visual runs: share of training clips that lose one modality (video or audio, evenly), so the model also classifies from either alone: a video without a sound track, `evaluate --drop` (0 = off).", minimum=0.0, maximum=1.0)
+    modality_loss: float = option(0.0, "Audio-visual runs: weight of the extra losses that train the model on each modality alone on every clip (the fused classifier with the other modality removed, as `evaluate --drop` feeds it; pipeline/models/modality_losses.py). 0 = off.", minimum=0.0, maximum=10.0)
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.", minimum=0.0, below=1.0)
     shuffle_buffer: int = option(4096, "Examples shuffled together: each epoch is permuted in windows of this many (all of it when smaller).", minimum=1, maximum=10_000_000)
     cache: bool = option(True, "Cache decoded examples in memory after the first epoch (when the dataset fits).")
@@ -209,6 +210,7 @@ class ExportConfig:
     formats: List[str] = option(list(EXPORT_FORMATS), "Formats to write: saved_model, float, float16, dynamic (dynamic-range int8 weights), int8 (full integer).")
     representative_samples: int = option(32, "Training examples used to calibrate int8 quantisation.", minimum=1, maximum=100_000)
     latency_runs: int = option(20, "Timed runs per format for the latency columns of parity.json.", minimum=1, maximum=10_000)
+    stream_fps: float = option(0.0, "Streaming video runs: frames per second the streaming file is fed (a camera or a video file sampled at this rate). 0 = the rate the model's training frames had: preprocess.num_frames spread over each training clip (the median over up to 32 clips; 10 when no clip can be read).", minimum=0.0, maximum=240.0)
 
 
 @dataclass(frozen=True)
@@ -547,12 +549,8 @@ def _one_line(text: Any) -> str:
     return " ".join(str(text).split())
 
 
-def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
 def section_hash(*sections: Any) -> str:

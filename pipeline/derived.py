@@ -11,19 +11,24 @@ from pipeline.config import Config
 
 
 def streaming_blockers(cfg: Config) -> list[str]:
-    """Why this config's model cannot run hop by hop, one line per reason (empty: `model.streamable`).
+    """Why this config's model cannot run step by step, one line per reason (empty: `model.streamable`).
 
-    Streaming (pipeline.models.streaming) needs every step causal: MFCC frames that end at their hop, fixed
-    normalisation statistics, a unidirectional RNN pooled causally (last state, or mean), and a window of whole hops.
+    Streaming (pipeline.models.streaming) needs every step causal: a unidirectional RNN pooled causally (last state,
+    or mean); for audio_rnn, MFCC frames that end at their hop, fixed normalisation statistics and a window of whole
+    hops; for video_rnn, a frame encoder that reads one frame (and the one before it) at a time.
     """
     m, p = cfg.model, cfg.preprocess
     reasons = []
-    if m.name != "audio_rnn":
-        reasons.append(f"model.name is {m.name} (streaming is built for audio_rnn)")
+    if m.name not in ("audio_rnn", "video_rnn"):
+        reasons.append(f"model.name is {m.name} (streaming is built for audio_rnn and video_rnn)")
     if m.bidirectional:
         reasons.append("model.bidirectional is true (the backward RNN needs the future)")
     if m.pooling not in ("last", "mean"):
         reasons.append(f"model.pooling is {m.pooling} (needs `last`, the state now, or `mean`, over the last window of states)")
+    if m.name == "video_rnn":
+        if p.encoder == "none":
+            reasons.append("preprocess.encoder is none (video_rnn streams cached-feature runs: a frame encoder per frame)")
+        return reasons
     if p.mfcc_framing != "causal":
         reasons.append("preprocess.mfcc_framing is centred (frames reach half an FFT into the future, and the dB floor follows the whole utterance)")
     if p.normalize == "utterance":

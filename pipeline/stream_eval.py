@@ -1,13 +1,15 @@
-"""Keyword spotting on a stream: a long recording assembled from a split's clips, and its detections scored.
+"""Detection on a stream: a long recording (or video) assembled from a split's clips, and its detections scored.
 
     the split's rows (keywords, other words, _silence_ windows of the background recordings)
         --assemble_stream (random order, 0.5-2 s of background between words, optional minutes of non-keywords after)-->
     waveform float32 [N] + events [(start s, end s, keyword)]
+    the split's action clips --assemble_video (one per class, random order, back to back, letterboxed to one size)-->
+    an MP4 + events [(start s, end s, action)]
         --StreamingClassifier.run--> probabilities [hops, K] --score_detections (KeywordDetector at a threshold)-->
-    detection rate (keywords whose label fired from their start to LATE s after their end) and false accepts per hour
+    detection rate (events whose label fired from their start to `late` s after their end) and false accepts per hour
     (every other detection)
 
-Used by `actrec demo` (a short stream of unseen speakers) and benchmarks/stream.py (the long one).
+Used by `actrec demo` (short streams of unseen speakers and actors) and benchmarks/stream.py (the long one).
 """
 
 from __future__ import annotations
@@ -74,18 +76,50 @@ def assemble_stream(cfg, seed: int = 0, negative_minutes: float = 0.0, split: st
     return np.concatenate(pieces), events, t
 
 
+def assemble_video(cfg, path: Path, seed: int = 0, split: str = "test", size: tuple[int, int] = (320, 240),
+                   fps: int = 15) -> tuple[list[tuple[float, float, str]], float]:
+    """Write one clip of each class of the split (the first of each, in random order) back to back into an MP4 at
+    `fps`, each letterboxed into `size` (width, height); -> (events [(start s, end s, label)], seconds)."""
+    import cv2
+
+    from data_prep.actions import write_mp4
+    from pipeline.media.video import stream_frames
+
+    rng = np.random.default_rng(seed)
+    root = Path(cfg.data.root)
+    first = {}
+    for r in resolve_rows(cfg)[0]:
+        if r.split == split:
+            first.setdefault(r.label, root / r.path)
+    width, height = size
+    events, frames = [], []
+    for k in rng.permutation(len(first)):
+        label, clip = list(first.items())[k]
+        start = len(frames) / fps
+        for _, _, rgb in stream_frames(clip, None, rate=fps):
+            scale = min(width / rgb.shape[1], height / rgb.shape[0])
+            image = cv2.resize(rgb, (round(rgb.shape[1] * scale) // 2 * 2, round(rgb.shape[0] * scale) // 2 * 2), interpolation=cv2.INTER_AREA)
+            canvas = np.zeros((height, width, 3), np.uint8)
+            top, left = (height - image.shape[0]) // 2, (width - image.shape[1]) // 2
+            canvas[top : top + image.shape[0], left : left + image.shape[1]] = image[..., ::-1]  # RGB -> BGR
+            frames.append(canvas)
+        events.append((start, len(frames) / fps, label))
+    write_mp4(path, iter(frames), fps, size, None, 0)
+    return events, len(frames) / fps
+
+
 def detect(probabilities: np.ndarray, labels: list[str], hop_seconds: float, threshold: float, warmup: float = 0.0) -> list:
     """KeywordDetector (default smoothing and refractory) over per-hop probabilities [hops, K] -> [Detection]."""
     detector = KeywordDetector(labels, hop_seconds, threshold=threshold, warmup=warmup)
     return [d for p in probabilities if (d := detector.update(p)) is not None]
 
 
-def score_detections(detections: list, events: list[tuple[float, float, str]], seconds: float) -> dict:
-    """Detections against the keyword events of an assembled stream: detection rate, false accepts (count, per hour)."""
+def score_detections(detections: list, events: list[tuple[float, float, str]], seconds: float, late: float = LATE) -> dict:
+    """Detections against the events of an assembled stream: detection rate, false accepts (count, per hour)."""
     hit = [False] * len(events)
     false_accepts = 0
     for d in detections:
-        match = next((i for i, (s, e, label) in enumerate(events) if s <= d.time <= e + LATE and label == d.label and not hit[i]), None)
+        match = next((i for i, (s, e, label) in enumerate(events) if s <= d.time <= e + late and label == d.label and not hit[i]), None)
         if match is None:
             false_accepts += 1
         else:

@@ -26,9 +26,11 @@ def index_frame(i: int, width: int, height: int) -> np.ndarray:
 
 def write_video(path: str | Path, num_frames: int = 30, fps: int = 15, width: int = 96, height: int = 64,
                 audio_seconds: float | None = None, sample_rate: int = 22050, codec: str | None = None,
-                tone_hz: float = 440.0) -> Path:
-    """Write a clip whose frame i has brightness i*8; optional sine audio at tone_hz."""
+                tone_hz: float = 440.0, frames: np.ndarray | None = None) -> Path:
+    """Write a clip whose frame i has brightness i*8 (or `frames`, RGB uint8 [T, H, W, 3]); optional sine audio at tone_hz."""
     path = Path(path)
+    if frames is not None:
+        num_frames, height, width = frames.shape[:3]
     vcodec, pix_fmt, acodec = FORMATS[path.suffix]
     if codec:
         vcodec = codec
@@ -42,7 +44,8 @@ def write_video(path: str | Path, num_frames: int = 30, fps: int = 15, width: in
             audio = container.add_stream(acodec, rate=48000 if acodec == "libopus" else sample_rate)
             audio.layout = "mono"
         for i in range(num_frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(index_frame(i, width, height), format="rgb24")):
+            image = index_frame(i, width, height) if frames is None else frames[i]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -6,6 +6,7 @@ checked the way a user's tools would read them: OpenCV for video, PyAV for audio
 
 import hashlib
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -14,7 +15,16 @@ import numpy as np
 import pytest
 
 from data_prep import actions
-from data_prep.action_settings import SAMPLE_RATES, SIZE_CHOICES, clip_settings, draw_group
+from data_prep.action_render import render_frames
+from data_prep.action_settings import (
+    PORTRAIT_SIZES,
+    SAMPLE_RATES,
+    SIZE_CHOICES,
+    clip_rngs,
+    clip_settings,
+    draw_group,
+    draw_settings,
+)
 from data_prep.actions import (
     ACTION_CLASSES,
     LOOK_ALIKE,
@@ -171,6 +181,7 @@ def test_group_sizes(clips_per_class, expected):
 def test_clips_decode_as_chosen(faulty):
     """OpenCV reads every frame at the chosen fps/size; PyAV finds AAC audio as long as the video."""
     root, _ = faulty
+    portrait = 0
     for rel in regular_clips(root):
         name, group, clip = parse(rel)
         chosen = clip_settings(0, name, group, clip)
@@ -183,6 +194,7 @@ def test_clips_decode_as_chosen(faulty):
         assert fps == pytest.approx(chosen.fps, abs=0.01), rel
         assert frames.shape[1:] == (chosen.height, chosen.width, 3)
         assert (chosen.width, chosen.height) in SIZE_CHOICES
+        portrait += chosen.height > chosen.width
         seconds = len(frames) / fps
         assert 1.5 - 1e-6 <= seconds <= 4.0 + 1e-6, rel
         with av.open(str(path)) as container:
@@ -194,6 +206,7 @@ def test_clips_decode_as_chosen(faulty):
         assert samples.shape[0] == chosen.channels
         assert samples.shape[1] / sr == pytest.approx(seconds, abs=0.1), rel  # AAC pads to 1024-sample frames
         assert np.abs(samples).max() > 0.05, rel  # the action is audible
+    assert portrait > 0  # phone-style portrait clips (taller than wide) decode at their drawn size too
 
 
 def test_clips_vary(faulty):
@@ -205,10 +218,10 @@ def test_clips_vary(faulty):
 
 
 def test_cameras_and_actors_vary_as_real_clips_do():
-    """Over the clips of 8 per class: 4:3 and 16:9 frames up to 640x480, tripods and drifting cameras, and figures
-    from small in the distance to filling the frame."""
+    """Over the clips of 8 per class: 4:3 and 16:9 frames up to 640x480 and portrait 9:16 and 3:4 ones, tripods and
+    drifting cameras, and figures from small in the distance to filling the frame."""
     chosen = [clip_settings(0, action, group, clip) for action in actions.ACTION_CLASSES for group in range(1, 5) for clip in (1, 2)]
-    assert {round(c.width / c.height, 2) for c in chosen} == {1.33, 1.78}
+    assert {round(c.width / c.height, 2) for c in chosen} == {1.33, 1.78, 0.56, 0.75}
     assert max(c.width * c.height for c in chosen) == 640 * 480 and min(c.height for c in chosen) == 120
     drifting = [c for c in chosen if c.drift]
     assert 0.3 < len(drifting) / len(chosen) < 0.7 and max(abs(c.drift) for c in drifting) > 0.05
@@ -243,22 +256,67 @@ def test_pairs_share_their_generators():
     np.testing.assert_allclose(standing.cues["transition"], t[-1] - sitting.cues["transition"][::-1])
 
 
+def test_every_class_draws_its_frame_size_from_the_same_choices():
+    """The frame size tells no class apart: every class draws from all of SIZE_CHOICES, landscape and portrait
+    (phones held upright), with the same share of portrait frames."""
+    assert PORTRAIT_SIZES and set(PORTRAIT_SIZES) <= set(SIZE_CHOICES)
+    assert all(h > w for w, h in PORTRAIT_SIZES) and {round(w / h, 2) for w, h in PORTRAIT_SIZES} == {0.56, 0.75}
+    assert all(w % 2 == 0 and h % 2 == 0 for w, h in SIZE_CHOICES)  # yuv420p
+    expected = len(PORTRAIT_SIZES) / len(SIZE_CHOICES)
+    for action in ACTION_CLASSES:
+        sizes = [(c.width, c.height) for c in (clip_settings(0, action, g, c) for g in range(1, 101) for c in (1, 2))]
+        assert set(sizes) == set(SIZE_CHOICES), action
+        assert sum(h > w for w, h in sizes) / len(sizes) == pytest.approx(expected, abs=0.12), action
+
+
+@pytest.mark.parametrize("ground", [0.8, 0.92])  # the highest and the lowest ground line draw_group draws
+def test_portrait_figure_stays_in_the_centre_square(ground):
+    """On a portrait frame the figure is framed in the vertically central W x W square, the part preprocessing's
+    centre crop keeps (pipeline/media/video.py resize_and_crop): the largest figure, jumping, raising its arms or
+    travelling, never leaves it, stands on the square's ground line and is as tall as the square makes it.
+
+    The figure's pixels are those that change when only the figure's colours change (the same clip drawn twice).
+    With the frame height's geometry (landscape's), the feet would be below the square.
+    """
+    W, H = 180, 320
+    top = (H - W) // 2
+    actor, scene = draw_group(0, 1)
+    actor = replace(actor, size=0.72)  # the largest figure draw_group draws
+    scene = replace(scene, ground=ground)
+    parts = ("shirt", "trousers", "arms", "skin")
+    recoloured = replace(actor, **{part: tuple((c + 128) % 256 for c in getattr(actor, part)) for part in parts})
+    height = actor.size * ground * W  # the figure's height in pixels: measured in the square
+    thick = actor.thickness * height
+    for action in ACTION_CLASSES:
+        settings_rng, motion_rng, _, _ = clip_rngs(0, action, 1, 1)
+        # No camera shake or sensor noise: the figure's pixels exactly where the geometry puts them.
+        settings = replace(draw_settings(settings_rng), width=W, height=H, jitter=0.0, pixel_noise=0.0)
+        motion = actions.ACTIONS[action][0](np.arange(settings.n_frames) / settings.fps, motion_rng)
+        drawn = np.stack(list(render_frames(motion, actor, scene, settings, np.random.default_rng(0))))
+        other = np.stack(list(render_frames(motion, recoloured, scene, settings, np.random.default_rng(0))))
+        assert drawn.shape == (settings.n_frames, H, W, 3)
+        rows = np.flatnonzero((drawn != other).any(axis=(0, 2, 3)))  # rows the figure covers in any frame
+        assert top <= rows.min() and rows.max() < top + W, (action, rows.min(), rows.max())
+        assert abs(rows.max() - (top + ground * W)) <= thick, action  # feet on the square's ground line
+        assert rows.max() - rows.min() >= 0.9 * height, action
+
+
 # ---------------------------------------------------------------- determinism
 
 # One clip of every class (and the unknown class) with seed 0, before encoding: frames uint8 [T, H, W, 3]
 # and sound track float32 [C, N], their shapes and sha256 (first 16 hex digits). The groups cover all
-# five backdrop styles. Recorded with GENERATOR_VERSION 2 (frame sizes up to 640x480 and 16:9, camera drift).
+# five backdrop styles and portrait frames. Recorded with GENERATOR_VERSION 3 (portrait sizes 9:16 and 3:4).
 RENDERED = {
     ("Walk", 1, 1): ((49, 120, 160, 3), (1, 144060), "662b5e85b87bff96", "8377a7927e3b3294"),
-    ("Run", 2, 1): ((59, 240, 320, 3), (1, 62933), "5c51b70afd3ccffe", "677ec6eeb18a8323"),
-    ("Jump", 3, 2): ((38, 360, 640, 3), (1, 40533), "e48507d1467e5931", "7d46ba6aa5b995e0"),
-    ("Kick", 11, 1): ((63, 270, 480, 3), (2, 69458), "5c90491d4bd186cf", "6a3607f896ac4ba2"),
-    ("Wave", 5, 1): ((106, 360, 640, 3), (1, 56533), "7eb037ef531f550f", "3bb7b8ca937c384d"),
-    ("Clap", 6, 1): ((32, 480, 640, 3), (1, 47040), "dabac518a407b850", "e28c54f7ffaee759"),
-    ("Knock", 6, 1): ((61, 240, 320, 3), (2, 53802), "7fe05db9883edd37", "3598c3c5bb0abc27"),
-    ("SitDown", 7, 2): ((40, 240, 320, 3), (1, 88200), "60c58153d29783c9", "cb86aacbeb70f049"),
-    ("StandUp", 8, 1): ((38, 180, 240, 3), (2, 111720), "0b7fd52921933913", "47ab5c7d9454dc2d"),
-    ("Dance", 1, 1): ((81, 360, 640, 3), (1, 74419), "96a502c1f92b1f14", "1e782527c0122244"),
+    ("Run", 2, 1): ((59, 480, 640, 3), (1, 62933), "c6f10d35111d808d", "677ec6eeb18a8323"),
+    ("Jump", 3, 2): ((38, 640, 360, 3), (1, 40533), "b1a28db5afc321bb", "7d46ba6aa5b995e0"),
+    ("Kick", 11, 1): ((63, 480, 270, 3), (2, 69458), "9174bcc4247a403e", "6a3607f896ac4ba2"),
+    ("Wave", 5, 1): ((106, 640, 360, 3), (1, 56533), "5277225348a04a27", "3bb7b8ca937c384d"),
+    ("Clap", 6, 1): ((32, 270, 480, 3), (1, 47040), "14edc337054e32e3", "e28c54f7ffaee759"),
+    ("Knock", 6, 1): ((61, 480, 640, 3), (2, 53802), "bce236b789bbc87b", "3598c3c5bb0abc27"),
+    ("SitDown", 7, 2): ((40, 180, 320, 3), (1, 88200), "cd8875c3749be43b", "cb86aacbeb70f049"),
+    ("StandUp", 8, 1): ((38, 240, 320, 3), (2, 111720), "16680076d11967c4", "47ab5c7d9454dc2d"),
+    ("Dance", 1, 1): ((81, 320, 240, 3), (1, 74419), "0236dba690235243", "1e782527c0122244"),
 }
 
 

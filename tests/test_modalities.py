@@ -71,6 +71,62 @@ def test_a_modality_of_length_zero_is_gated_out(fusion, name, audio_length):
         assert np.isfinite(predict(model, a)).all()
 
 
+@pytest.mark.parametrize("fusion, name, audio_length", [("mid", "av_fusion", "mfcc_length"), ("late", "av_fusion", "mfcc_length"),
+                                                       ("mid", "hybrid", "num_samples")])
+def test_the_modality_loss_trains_what_evaluate_drop_feeds(fusion, name, audio_length):
+    """The trainer's alone outputs are the model's output on the same clip with the other modality removed."""
+    from pipeline.models.modality_losses import ModalityLossTrainer
+
+    model = fusion_model(fusion, name)
+    trainer = ModalityLossTrainer(model, 1.0)
+    assert len(trainer.weights) == len(model.weights)  # shares every weight, adds none
+    inputs = random_inputs(model, np.random.default_rng(1))
+    fused, (video_alone, video_present), (audio_alone, audio_present) = trainer.predict_on_batch(
+        [inputs[t.name.split(":")[0]] for t in model.inputs])
+    np.testing.assert_allclose(fused, predict(model, inputs), atol=1e-6)
+    np.testing.assert_allclose(video_alone, predict(model, {**inputs, audio_length: np.zeros(2, np.int32)}), atol=1e-6)
+    np.testing.assert_allclose(audio_alone, predict(model, {**inputs, "frame_lengths": np.zeros(2, np.int32)}), atol=1e-6)
+    assert not np.allclose(video_alone, audio_alone, atol=1e-4)
+    np.testing.assert_array_equal(np.concatenate([video_present, audio_present], axis=1), np.ones((2, 2)))
+
+
+def test_the_modality_loss_adds_each_present_modality_alone_in_training_only():
+    """loss = CE(fused) + w x (CE(video alone) + CE(audio alone)), a clip without a modality not counted for it."""
+    import keras
+
+    from pipeline.models.modality_losses import ModalityLossTrainer
+
+    model = fusion_model("mid")
+    trainer = ModalityLossTrainer(model, 0.5)
+    trainer.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    inputs = random_inputs(model, np.random.default_rng(2), mfcc_length=np.array([90, 0]))  # clip 1 has no sound
+    x = [inputs[t.name.split(":")[0]] for t in model.inputs]
+    y = np.eye(3, dtype=np.float32)[[0, 2]]
+    fused, (video_alone, _), (audio_alone, _) = trainer.predict_on_batch(x)
+
+    def ce(p, weights=(1.0, 1.0)):  # Keras' mean over the batch of the weighted per-clip cross-entropy
+        return float(np.mean(-np.log(np.sum(np.asarray(p) * y, axis=1)) * np.asarray(weights)))
+
+    l2 = float(sum(np.sum(loss) for loss in trainer.losses))  # the kernels' L2 penalty, counted once
+    expected = ce(fused) + l2 + 0.5 * (ce(video_alone) + ce(audio_alone, (1.0, 0.0)))
+    got = float(trainer.compute_loss(x, y, trainer(x, training=False), training=True))
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert float(trainer.compute_loss(x, y, trainer(x, training=False), training=False)) == pytest.approx(ce(fused) + l2, rel=1e-5)
+    assert ce(video_alone) > 0.1 and ce(audio_alone, (1.0, 0.0)) > 0.1  # the terms are not vanishing
+
+
+def test_trainer_weights_load_into_the_model(tmp_path):
+    """The best-epoch and resume checkpoints are the trainer's weights; the saved model is the inference model."""
+    from pipeline.models.modality_losses import ModalityLossTrainer
+
+    trainer = ModalityLossTrainer(fusion_model("mid"), 1.0)
+    trainer.save_weights(tmp_path / "best.weights.h5")
+    fresh = fusion_model("mid")
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), trainer.get_weights()))
+    fresh.load_weights(tmp_path / "best.weights.h5")
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), trainer.get_weights()))
+
+
 def test_samples_to_frames_counts_no_frames_for_no_samples():
     from pipeline.features.mfcc import MFCCParams
     from pipeline.models.audio import SamplesToFrames

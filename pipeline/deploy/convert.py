@@ -92,38 +92,46 @@ def save_mediapipe_model(graphs: InferenceGraphs, path: Path) -> None:
 
 
 def save_step_model(stepper, path: Path) -> None:
-    """SavedModel of a streaming step (pipeline.models.streaming): signature `step`, {samples, states} -> {probabilities, states}."""
+    """SavedModel of a streaming step (pipeline.models.streaming): signature `step`, {newest input, states} -> {probabilities, states}."""
     import keras
     import tensorflow as tf
 
-    signature = {SAMPLES: tf.TensorSpec((1, stepper.hop_samples), tf.float32, name=SAMPLES),
-                 **{s.name: tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in stepper.states()}}
+    signature = {s.name: tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in (stepper.input, *stepper.states())}
     archive = keras.export.ExportArchive()
     archive.track(stepper.model)
     archive.add_endpoint(STREAM_SIGNATURE, stepper.step, input_signature=[signature])
     archive.write_out(str(path), verbose=False)
 
 
+def clip_steps(clips: dict, i: int, input_name: str, hop: int | None) -> list[np.ndarray]:
+    """Clip i of the whole-clip calibration inputs (write_representative_data's arrays) as the step's inputs, each
+    [1, ...]: its waveform in hops of `hop` samples, or its valid frames one by one."""
+    if input_name == SAMPLES:
+        waveform = clips["waveform"][i]
+        return [waveform[None, k * hop : (k + 1) * hop].astype(np.float32) for k in range(len(waveform) // hop)]
+    return [frame[None] for frame in clips["frames"][i][: int(clips["frame_lengths"][i])]]
+
+
 def write_stream_representative(stepper, clips: Path, path: Path, every: int = 2) -> int:
-    """The int8 calibration inputs of a streaming step: the whole-clip calibration waveforms (`clips`, an .npz of
-    write_representative_data) streamed hop by hop through the float step, every `every`-th hop's inputs kept."""
+    """The int8 calibration inputs of a streaming step: the whole-clip calibration inputs (`clips`, an .npz of
+    write_representative_data) streamed step by step through the float step, every `every`-th step's inputs kept."""
     import tensorflow as tf
 
     step = tf.function(stepper.step)
-    waveforms = np.load(clips)["waveform"]  # [N clips, samples]
-    hop = stepper.hop_samples
+    arrays = dict(np.load(clips))
+    name = stepper.input.name
     kept: dict[str, list] = {}
-    for waveform in waveforms:
+    for i in range(len(next(iter(arrays.values())))):
         states = {s.name: s.zeros() for s in stepper.states()}
-        for k in range(len(waveform) // hop):
-            inputs = {SAMPLES: waveform[None, k * hop : (k + 1) * hop].astype(np.float32), **states}
+        for k, newest in enumerate(clip_steps(arrays, i, name, getattr(stepper, "hop_samples", None))):
+            inputs = {name: newest, **states}
             if k % every == every - 1:
-                for name, value in inputs.items():
-                    kept.setdefault(name, []).append(value[0])
+                for key, value in inputs.items():
+                    kept.setdefault(key, []).append(value[0])
             out = step(inputs)
-            states = {name: out[name].numpy() for name in states}
-    np.savez(path, **{name: np.stack(values) for name, values in kept.items()})
-    return len(kept[SAMPLES])
+            states = {key: out[key].numpy() for key in states}
+    np.savez(path, **{key: np.stack(values) for key, values in kept.items()})
+    return len(kept[name])
 
 
 def convert(saved_model: Path, mode: str, representative: Path | None = None, signature: str = SIGNATURE) -> bytes:

@@ -140,11 +140,24 @@ class InferenceGraphs:
     def head(self, batch_size: int | None = 1):
         return with_batch(self.rebuilt(), self.head_inputs(), batch_size, name="head")
 
+    def frame_encoder(self):
+        """The run's frame encoder in-graph: frames uint8 [B, T, S, S, 3] -> frame features float32 [B, T, D]."""
+        from pipeline.features.encoders import FrameDifference, MotionFeatures, build_encoder
+
+        p = self.cfg.preprocess
+        if p.encoder == "motion":
+            return MotionFeatures(name="motion")
+        weights = self.run.encoder_weights
+        if not weights.is_file():
+            raise UserError(f"{weights}: the run's frame encoder weights are missing (preprocessing writes them); re-run `actrec preprocess`")
+        encoder = build_encoder(p.encoder, p.image_size, str(weights), seed=self.cfg.seed)
+        difference = FrameDifference(name="frame_difference") if p.frame_difference else None
+        return lambda frames: _encode_frames(encoder, difference(frames) if difference else frames)
+
     def deployable(self, batch_size: int | None = 1):
         """Raw frames and waveform in, probabilities out; the whole pipeline after decoding."""
         import keras
 
-        from pipeline.features.encoders import FrameDifference, MotionFeatures, build_encoder
         from pipeline.features.mfcc import MFCCParams
         from pipeline.features.mfcc_layers import MFCC
         from pipeline.models.audio import SamplesToFrames
@@ -155,16 +168,8 @@ class InferenceGraphs:
         p = self.cfg.preprocess
         inputs = {s.name: keras.Input(s.shape, batch_size=batch_size, dtype=s.dtype, name=s.name) for s in self.inputs()}
         features = {}
-        if "frames" in inputs and p.encoder == "motion":
-            features["frame_features"] = MotionFeatures(name="motion")(inputs["frames"])
-            features["frame_lengths"] = inputs["frame_lengths"]
-        elif "frames" in inputs:
-            weights = self.run.encoder_weights
-            if not weights.is_file():
-                raise UserError(f"{weights}: the run's frame encoder weights are missing (preprocessing writes them); re-run `actrec preprocess`")
-            encoder = build_encoder(p.encoder, p.image_size, str(weights), seed=self.cfg.seed)
-            pixels = FrameDifference(name="frame_difference")(inputs["frames"]) if p.frame_difference else inputs["frames"]
-            features["frame_features"] = _encode_frames(encoder, pixels)
+        if "frames" in inputs:
+            features["frame_features"] = self.frame_encoder()(inputs["frames"])
             features["frame_lengths"] = inputs["frame_lengths"]
         if "waveform" in inputs:
             params = MFCCParams.from_config(p)
@@ -197,34 +202,79 @@ class InferenceGraphs:
         }
 
     def stepper(self):
-        """The streaming step of a streamable run (pipeline.models.streaming.AudioStepper) on the rebuilt model."""
-        from pipeline.models.streaming import AudioStepper
+        """The streaming step of a streamable run (pipeline.models.streaming) on the rebuilt model."""
+        from pipeline.models.streaming import make_stepper
 
-        return AudioStepper(self.rebuilt(), self.cfg)
+        return make_stepper(self.rebuilt(), self.cfg, self.frame_encoder() if "frames" in self.input_names else None)
+
+    @property
+    def input_names(self) -> set[str]:
+        return {s.name for s in self.inputs()}
 
     def stream_spec(self, classes: list[str]) -> dict:
         """preprocessing.json's "stream" entry: the step signature's inputs and outputs, and how an app calls it."""
-        from pipeline.models.streaming import PROBABILITIES, SAMPLES, STREAM_SIGNATURE, hop_samples, stream_states
+        from pipeline.models.streaming import (
+            PROBABILITIES,
+            STREAM_SIGNATURE,
+            hop_samples,
+            step_input,
+            stream_modality,
+            stream_states,
+            window_steps,
+        )
 
-        p = self.cfg.preprocess
-        hop = hop_samples(self.cfg)
-        states = [s.to_json() for s in stream_states(self.cfg)]
+        cfg, p = self.cfg, self.cfg.preprocess
+        states = [s.to_json() for s in stream_states(cfg)]
+        newest = step_input(cfg)
+        video = stream_modality(cfg) == "video"
+        step = "frame" if video else "hop"
+        rate = cfg.export.stream_fps or training_frame_rate(cfg)
+        timing = ({"frame_size": p.image_size, "frame_rate": rate, "hop_seconds": 1 / rate}
+                  if video else {"hop_samples": hop_samples(cfg), "hop_seconds": hop_samples(cfg) / p.sample_rate, "sample_rate": p.sample_rate})
         return {
             "files": {fmt: TFLITE_FILES[target] for fmt, target in STREAM_FORMATS.items()},
             "signature": STREAM_SIGNATURE,
-            "hop_samples": hop,
-            "hop_seconds": hop / p.sample_rate,
-            "sample_rate": p.sample_rate,
-            "window_hops": self.num_samples // hop,
-            "inputs": [{"name": SAMPLES, "shape": [1, hop], "dtype": "float32", "doc": f"the newest {hop} samples, mono at {p.sample_rate} Hz in [-1, 1]"}, *states],
+            "modality": stream_modality(cfg),
+            "input": newest.name,
+            **timing,
+            "window_hops": window_steps(cfg),
+            "inputs": [newest.to_json(), *states],
             "outputs": [{"name": PROBABILITIES, "shape": [1, len(classes)], "dtype": "float32", "doc": "class probabilities now, in labels.txt order"}, *states],
-            "how": ("call `step` once per hop with the newest samples and every state; feed each state output back under its name "
-                    "at the next call; start (and restart) with all states zero. After window_hops hops from zero states the "
-                    "probabilities equal the whole-window model's on those samples. The model was trained on windows of window_hops "
-                    "hops: on a long stream keep two copies of the states, restart each from zeros every window_hops hops, half a "
-                    "window apart, and read the probabilities of the copy that has heard more than half a window (what "
-                    "`actrec stream` does; measured in docs/streaming.md)."),
+            "how": (f"call `step` once per {step} with the newest {'frame' if video else 'samples'} and every state; feed each state "
+                    f"output back under its name at the next call; start (and restart) with all states zero. After window_hops "
+                    f"{step}s from zero states the probabilities equal the whole-{'clip' if video else 'window'} model's on those "
+                    f"{'frames' if video else 'samples'}. The model was trained on windows of window_hops {step}s: on a long stream "
+                    "keep two copies of the states, restart each from zeros every window_hops steps, half a window apart, and read "
+                    "the probabilities of the copy that has heard more than half a window (what `actrec stream` does; measured in "
+                    "docs/streaming.md)." + (f" Frames: sample the camera or file at frame_rate ({rate:g}) frames per second, the "
+                                              f"rate of the model's training frames ({p.num_frames} spread over each training clip)."
+                                              if video else "")),
         }
+
+
+def training_frame_rate(cfg: Config, clips: int = 32, fallback: float = 10.0) -> float:
+    """Frames per second the whole-clip model was trained on: num_frames spread over each training clip (all of a
+    shorter clip's frames), the median over up to `clips` training clips; `fallback` when none can be probed."""
+    import numpy as np
+
+    from pipeline.datasets import resolve_rows
+    from pipeline.media import MediaError
+    from pipeline.media.probe import probe_media
+
+    root = Path(cfg.data.root)
+    try:
+        rows = [r for r in resolve_rows(cfg)[0] if r.split == "train"][:clips] if root.is_dir() else []
+    except UserError:
+        rows = []
+    rates = []
+    for row in rows:
+        try:
+            info = probe_media(root / row.path)
+        except (MediaError, OSError):
+            continue
+        if info.duration > 0 and info.fps > 0:
+            rates.append(min(cfg.preprocess.num_frames, info.fps * info.duration) / info.duration)
+    return round(float(np.median(rates)), 3) if rates else fallback
 
 
 def _encode_frames(encoder, frames):

@@ -22,7 +22,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 
-from pipeline.runtime.tflite import OUTPUT, SAMPLES
+from pipeline.runtime.tflite import FRAME, OUTPUT, SAMPLES
 
 METADATA_NAME = "TFLITE_METADATA"  # the model's metadata entry runtimes look for
 FILE_IDENTIFIER = b"M001"
@@ -36,6 +36,7 @@ TENSOR_AXIS_LABELS = 2  # AssociatedFileType
 RGB = 1  # ColorSpaceType
 FEATURE_PROPERTIES, IMAGE_PROPERTIES, AUDIO_PROPERTIES = 1, 2, 4  # ContentProperties union members
 AUDIO_INPUTS = ("waveform", SAMPLES)  # inputs of mono float samples in [-1, 1]: the whole window, a stream's hop
+IMAGE_INPUTS = ("frames", FRAME)  # inputs of uint8 RGB frames: the whole clip's, a stream's newest
 
 
 # ----------------------------------------------------------------------------- a minimal flatbuffers table writer
@@ -104,7 +105,7 @@ def tensor_metadata(spec: dict, sample_rate: int, labels: bool = False) -> _Tabl
     """TensorMetadata of one preprocessing.json input or output entry {name, shape, dtype, doc}."""
     name, shape = spec["name"], spec["shape"]
     stats = None
-    if name == "frames":  # uint8 RGB [1, T, S, S, 3]
+    if name in IMAGE_INPUTS:  # uint8 RGB [1, T, S, S, 3] or a stream's newest frame [1, S, S, 3]
         content = _Table(Byte(IMAGE_PROPERTIES), _Table(Byte(RGB), _Table(UInt(shape[-2]), UInt(shape[-3]))))
         stats = _Table(Floats((255.0,)), Floats((0.0,)))  # Stats: max, min
     elif name in AUDIO_INPUTS:
@@ -141,8 +142,8 @@ def model_metadata(name: str, description: str, version: str, inputs: list[dict]
 
 # export target -> (its preprocessing.json section, what the file is)
 TARGETS = {"head_float": ("head", "the RNN head alone, on cached frame features / MFCCs"),
-           "stream_float": ("stream", "streaming step: one hop of audio and every state in, probabilities and states out"),
-           "stream_int8": ("stream", "streaming step (int8): one hop of audio and every state in, probabilities and states out"),
+           "stream_float": ("stream", "streaming step: the newest hop of audio (or frame) and every state in, probabilities and states out"),
+           "stream_int8": ("stream", "streaming step (int8): the newest hop of audio (or frame) and every state in, probabilities and states out"),
            "mediapipe": ("mediapipe", "one waveform window in (MediaPipe Tasks AudioClassifier)")}
 
 

@@ -6,8 +6,8 @@
         --saved_model/ (signature serving_default)-------------------------------------------------> [V, K]
         --clip_inputs--> each .tflite file through TFLiteClassifier (XNNPACK, as apps run it)-------> [V, K]
         (head_float.tflite: the run's encoder and librosa MFCCs first, as an app with its own would)
-        (model_stream_*.tflite: the waveform hop by hop from zero states through StreamingClassifier, the last hop's output;
-         latency is per hop)
+        (model_stream_*.tflite: the waveform hop by hop, or the frames one by one, from zero states through
+         StreamingClassifier, the last step's output; latency is per step)
 
 Per file: top-1 agreement with the reference (views averaged), max |dprob|, test accuracy, and the
 latency of one clip with 1 and 2 interpreter threads (median and 90th percentile). `checks` turns the
@@ -106,9 +106,8 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
                 head_views = [{k: v[i] for k, v in head_batch.items()} for i in views]
                 first_head_inputs = first_head_inputs or head_views[0]
                 probs[target].append(np.stack([classifier.predict(hv) for hv in head_views]))
-            elif is_stream(target):  # fed hop by hop from zero states: the last hop's probabilities
-                classifier.reset()
-                probs[target].append(classifier.run(decoded["waveform"])[-1:])
+            elif is_stream(target):  # fed hop by hop (frame by frame) from zero states: the last step's probabilities
+                probs[target].append(np.stack([classifier.run_clip(vi) for vi in view_inputs]))
             else:
                 probs[target].append(np.stack([classifier.predict(vi) for vi in view_inputs]))
     if not labels:
@@ -145,13 +144,13 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
         for threads in (1, 2):
             if is_stream(target):
                 timed = StreamingClassifier(path, threads=threads)
-                hop = sample["waveform"][: timed.hop_samples]
-                latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, hop=hop: timed.step(hop), runs)
+                newest = sample["frames"][0] if timed.modality == "video" else sample["waveform"][: timed.hop_samples]
+                latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, newest=newest: timed.step(newest), runs)
             else:
                 timed = TFLiteClassifier(path, threads=threads)
                 latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, sample=sample: timed.predict(sample), runs)
         result["formats"][target] = {"file": path.name, "bytes": path.stat().st_size, **compare(probs[target]), "latency_ms": latency,
-                                     **({"latency_of": "one hop"} if is_stream(target) else {})}
+                                     **({"latency_of": f"one {'frame' if timed.modality == 'video' else 'hop'}"} if is_stream(target) else {})}
     return result
 
 
@@ -229,7 +228,7 @@ def parity_table(result: dict) -> str:
         diff = f"{r['max_abs_diff_prob']:.1e}" if "max_abs_diff_prob" in r else "-"
         acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "-"
         weights = f" ({r['weight_bytes'] / 1024:.0f})" if "weight_bytes" in r else ""
-        target = f"{target} (ms per hop)" if r.get("latency_of") == "one hop" else target
+        target = f"{target} (ms per {r['latency_of'].removeprefix('one ')})" if r.get("latency_of") else target
         lines.append(f"| {target} | {r['file']} | {r['bytes'] / 1024:.0f}{weights} | {agree} | {diff} | {acc} | {ms.get('threads_1', '-')} | {ms.get('threads_2', '-')} |")
     if "keras" in result:
         k = result["keras"]

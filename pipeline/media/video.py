@@ -203,29 +203,46 @@ def read_clip(
 
 
 def stream_frames(
-    path: str | Path, size: int, every: int = 1, keep: Callable[[int], bool] | None = None
+    path: str | Path, size: int | None, every: int = 1, keep: Callable[[int], bool] | None = None, rate: float | None = None
 ) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Stream (frame index, time in s, RGB uint8 [size, size, 3]) for every `every`-th frame.
+    """Stream (frame index, time in s, RGB uint8 [size, size, 3]) for every `every`-th frame (size None: [H, W, 3] as decoded).
 
     keep: instead of `every`, called once per decoded frame index, in order; only the frames it
     accepts are converted, resized and yielded (the others cost a grab only).
+    rate: instead of both, `rate` frames per second: the first frame at or after each multiple of 1 / rate seconds
+    (a video of a lower frame rate gives each of its frames once).
     For long videos: memory stays flat whatever the length.
     """
     keep = keep or (lambda index: index % every == 0)
     cap = _open(path)
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
+        if rate is not None:
+            keep = _at_rate(fps, rate)
         index = 0
         while cap.grab():
             if keep(index):
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
-                    yield index, index / fps, cv2.cvtColor(resize_and_crop(frame, size), cv2.COLOR_BGR2RGB)
+                    yield index, index / fps, cv2.cvtColor(frame if size is None else resize_and_crop(frame, size), cv2.COLOR_BGR2RGB)
             index += 1
         if index == 0:
             raise MediaError("video has no decodable frames")
     finally:
         cap.release()
+
+
+def _at_rate(fps: float, rate: float) -> Callable[[int], bool]:
+    """keep(index) for stream_frames: True for the first frame at or after each multiple of 1 / rate seconds."""
+    due = [0]  # the next multiple of 1 / rate, counted in steps
+
+    def keep(index: int) -> bool:
+        if index / fps * rate + 1e-6 < due[0]:
+            return False
+        due[0] = math.floor(index / fps * rate + 1e-6) + 1
+        return True
+
+    return keep
 
 
 def frame_times(indices: np.ndarray, fps: float) -> np.ndarray:

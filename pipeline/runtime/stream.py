@@ -1,15 +1,19 @@
-"""Running a streaming export as an app does: one hop of audio per call, the states fed back; keyword detections.
+"""Running a streaming export as an app does: one hop of audio (or one frame) per call, the states fed back; detections.
 
     audio stream (file, stdin PCM, microphone), mono at the export's sample_rate
         --hops of H samples (preprocessing.json "stream".hop_samples)-->
     StreamingClassifier.step(samples [H]) --model_stream_*.tflite `step`, states in and out--> probabilities [K]
         --KeywordDetector.update (posterior smoothing over a window, threshold, refractory period)--> Detection | None
 
+    video stream (file, camera), frames sampled at the export's frame_rate, RGB, centre-cropped to S x S
+    StreamingClassifier.step(frame uint8 [S, S, 3]) --the same `step`--> probabilities [K] --the same detector-->
+
 kws_streaming's post-processing: the mean of the last `smoothing` seconds of probabilities per class; a
 keyword fires when its smoothed probability reaches `threshold`, no keyword fired in the last `refractory`
 seconds, and it is armed: a keyword that fired re-arms only once its smoothed probability has fallen below the
 threshold. A causal model keeps a word's probability up for a while after the word (it was trained on windows
-that contain the word anywhere), so one spoken word fires once. `_silence_` and `_unknown_` never fire.
+that contain the word anywhere), so one spoken word fires once. `_silence_` and `_unknown_` never fire. For an
+action model a detection is the start of an action: it fires again once the action stopped and came back.
 
 Like pipeline.runtime.tflite this imports no TensorFlow: LiteRT and numpy are all a device needs.
 Memory is constant in the stream's length: the states and a smoothing window of hops.
@@ -33,8 +37,10 @@ class StreamingClassifier:
     """A model_stream_*.tflite file (LiteRT), with the states an app keeps between calls.
 
     StreamingClassifier(path, threads=1, refresh=False) reads preprocessing.json and labels.txt beside the file.
-    step(samples float32 [H]) -> probabilities float32 [K] for "now"; reset() zeroes every state.
-    run(waveform float32 [N]) -> probabilities [N // H, K], one row per hop (a last partial hop is dropped).
+    step(samples float32 [H] | frame uint8 [S, S, 3]) -> probabilities float32 [K] for "now"; reset() zeroes every state.
+    run(waveform float32 [N] | frames uint8 [T, S, S, 3]) -> probabilities [steps, K], one row per hop (a last partial
+    hop is dropped) or frame.
+    run_clip(clip_inputs dict) -> the probabilities after the clip's last step: its waveform, or its valid frames.
 
     refresh=True bounds what the model remembers to what it was trained on (one window, W hops): two copies of the
     states run side by side, each restarted from zeros every W hops, half a window apart, and the answer comes from
@@ -44,19 +50,15 @@ class StreamingClassifier:
 
     def __init__(self, path: str | Path, threads: int = 1, refresh: bool = False):
         self.path = Path(path)
-        meta_file = self.path.parent / "preprocessing.json"
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: no such file; `actrec export` of a streamable run writes RUN/export/model_stream_*.tflite")
-        if not meta_file.is_file():
-            raise UserError(f"{meta_file}: missing; the .tflite file must sit beside the preprocessing.json `actrec export` wrote")
-        preprocessing = json.loads(meta_file.read_text())
-        if "stream" not in preprocessing:
-            raise UserError(f"{self.path.parent}: not the export of a streamable run (preprocessing.json has no 'stream' entry)")
+        preprocessing = self.read_preprocessing(self.path)
         self.spec = preprocessing["stream"]
         self.labels = (self.path.parent / preprocessing["labels_file"]).read_text().splitlines()
-        self.hop_samples = int(self.spec["hop_samples"])
-        self.sample_rate = int(self.spec["sample_rate"])
-        self.states = {s["name"]: s for s in self.spec["inputs"] if s["name"] != SAMPLES}
+        self.modality = self.spec.get("modality", "audio")
+        self.input = next(s for s in self.spec["inputs"] if s["name"] == self.spec.get("input", SAMPLES))
+        self.hop_samples = int(self.spec.get("hop_samples", 0))  # audio
+        self.sample_rate = int(self.spec.get("sample_rate", 0))
+        self.frame_size, self.frame_rate = int(self.spec.get("frame_size", 0)), float(self.spec.get("frame_rate", 0))  # video
+        self.states = {s["name"]: s for s in self.spec["inputs"] if s["name"] != self.input["name"]}
         self.refresh = refresh
         self.window_hops = int(self.spec["window_hops"])
         try:
@@ -65,9 +67,23 @@ class StreamingClassifier:
             raise UserError(f"{self.path}: not a streaming TFLite model `actrec export` wrote ({str(e).splitlines()[0][:120]})") from None
         self.reset()
 
+    @staticmethod
+    def read_preprocessing(path: Path) -> dict:
+        """The preprocessing.json beside a streaming file (with its "stream" entry), or a one-line error."""
+        meta_file = path.parent / "preprocessing.json"
+        if not path.is_file():
+            raise UserError(f"{path}: no such file; `actrec export` of a streamable run writes RUN/export/model_stream_*.tflite")
+        if not meta_file.is_file():
+            raise UserError(f"{meta_file}: missing; the .tflite file must sit beside the preprocessing.json `actrec export` wrote")
+        preprocessing = json.loads(meta_file.read_text())
+        if "stream" not in preprocessing:
+            raise UserError(f"{path.parent}: not the export of a streamable run (preprocessing.json has no 'stream' entry)")
+        return preprocessing
+
     @property
     def hop_seconds(self) -> float:
-        return self.hop_samples / self.sample_rate
+        """Seconds of input per step: a hop of audio, or one frame's interval."""
+        return float(self.spec["hop_seconds"])
 
     @property
     def warmup_seconds(self) -> float:
@@ -83,32 +99,47 @@ class StreamingClassifier:
         self._copies = [self.zero_states(), self.zero_states()]  # the second one runs only with refresh
         self._hops = 0
 
-    def _call(self, samples: np.ndarray, copy: int) -> np.ndarray:
-        out = self.runner(**{SAMPLES: samples}, **self._copies[copy])
+    def _call(self, newest: np.ndarray, copy: int) -> np.ndarray:
+        out = self.runner(**{self.input["name"]: newest}, **self._copies[copy])
         self._copies[copy] = {name: out[name] for name in self.states}
         return out[OUTPUT][0]
 
-    def step(self, samples: np.ndarray) -> np.ndarray:
-        samples = np.asarray(samples, np.float32).reshape(1, -1)
-        if samples.shape[1] != self.hop_samples:
-            raise UserError(f"{self.path.name}: a hop is {self.hop_samples} samples, got {samples.shape[1]}")
+    def step(self, newest: np.ndarray) -> np.ndarray:
+        """One step: a hop of samples (float32 [H]) or one frame (uint8 [S, S, 3]) -> probabilities [K]."""
+        shape = tuple(self.input["shape"])
+        newest = np.asarray(newest)
+        if newest.size != int(np.prod(shape)) or (self.modality == "video" and newest.shape[-3:] != shape[1:]):
+            what = f"a hop is {self.hop_samples} samples" if self.modality == "audio" else f"a frame is {'x'.join(map(str, shape[1:]))}"
+            raise UserError(f"{self.path.name}: {what}, got an array of shape {newest.shape}")
+        newest = newest.reshape(shape).astype(self.input["dtype"])
         k, self._hops = self._hops, self._hops + 1
         if not self.refresh:
-            return self._call(samples, 0)
+            return self._call(newest, 0)
         window, half = self.window_hops, self.window_hops // 2
         for copy, offset in ((0, 0), (1, half)):
             if k >= offset and (k - offset) % window == 0 and k > 0:
                 self._copies[copy] = self.zero_states()
-        first = self._call(samples, 0)
+        first = self._call(newest, 0)
         if k < half:  # only the first copy has started
             return first
-        second = self._call(samples, 1)
+        second = self._call(newest, 1)
         return first if k % window >= half else second
 
-    def run(self, waveform: np.ndarray) -> np.ndarray:
-        hops = len(waveform) // self.hop_samples
-        return np.stack([self.step(waveform[k * self.hop_samples : (k + 1) * self.hop_samples]) for k in range(hops)]) if hops \
-            else np.zeros((0, len(self.labels)), np.float32)
+    def run(self, stream: np.ndarray) -> np.ndarray:
+        """A waveform [N] in hops, or frames [T, S, S, 3] one by one -> probabilities [steps, K]."""
+        if self.modality == "video":
+            steps = list(stream)
+        else:
+            steps = [stream[k * self.hop_samples : (k + 1) * self.hop_samples] for k in range(len(stream) // self.hop_samples)]
+        return np.stack([self.step(x) for x in steps]) if steps else np.zeros((0, len(self.labels)), np.float32)
+
+    def run_clip(self, inputs: dict) -> np.ndarray:
+        """The whole-clip model's inputs (runtime.tflite.clip_inputs: waveform, or frames and frame_lengths) streamed
+        from zero states -> the probabilities [K] after the last step, what the whole-clip model answers."""
+        self.reset()
+        if self.modality == "video":
+            return self.run(inputs["frames"][: int(inputs["frame_lengths"])])[-1]
+        return self.run(inputs["waveform"])[-1]
 
 
 # ----------------------------------------------------------------------------- detections
@@ -130,13 +161,19 @@ class Detection:
 class KeywordDetector:
     """Posterior smoothing, a threshold and a refractory period over a stream of per-hop probabilities.
 
-    KeywordDetector(labels, hop_seconds, threshold=0.7, smoothing=0.2, refractory=1.0, warmup=0.0)
+    KeywordDetector(labels, hop_seconds, threshold=0.7, smoothing=0.2, refractory=1.0, warmup=0.0, rearm="below")
     update(probabilities [K]) -> Detection | None, called once per hop in stream order. Nothing fires in the first
     `warmup` seconds of the stream (StreamingClassifier.warmup_seconds: the model has not heard enough yet).
+    rearm: when a label that fired may fire again: "below", once its smoothed probability has fallen below the
+    threshold (a keyword said twice); "change", once another label has fired (an action goes on for a while, and a
+    dip of its probability is not a new action).
     """
 
     def __init__(self, labels: list[str], hop_seconds: float, threshold: float = 0.7, smoothing: float = 0.2, refractory: float = 1.0,
-                 warmup: float = 0.0):
+                 warmup: float = 0.0, rearm: str = "below"):
+        if rearm not in ("below", "change"):
+            raise ValueError(f"rearm must be 'below' or 'change', got {rearm!r}")
+        self.rearm = rearm
         if not 0.0 < threshold <= 1.0:
             raise UserError(f"detection threshold must be in (0, 1]; got {threshold}")
         if smoothing < 0 or refractory < 0 or warmup < 0:
@@ -149,13 +186,14 @@ class KeywordDetector:
         self.last_fired = -np.inf
         self.holding: int | None = None  # the keyword that fired and is still above the threshold
 
-    def update(self, probabilities: np.ndarray) -> Detection | None:
+    def update(self, probabilities: np.ndarray, now: float | None = None) -> Detection | None:
+        """One hop's probabilities; `now`: its time in seconds of input (default: hops so far x hop_seconds)."""
         self.window.append(np.asarray(probabilities, np.float64))
         self.hops += 1
-        now = self.hops * self.hop_seconds
+        now = self.hops * self.hop_seconds if now is None else float(now)
         smoothed = np.mean(self.window, axis=0)
         scores = np.where(self.keywords, smoothed, -1.0)
-        if self.holding is not None and scores[self.holding] < self.threshold:
+        if self.rearm == "below" and self.holding is not None and scores[self.holding] < self.threshold:
             self.holding = None  # re-armed
         best = int(np.argmax(scores))
         if scores[best] < self.threshold or now - self.last_fired < self.refractory or best == self.holding or now < self.warmup:

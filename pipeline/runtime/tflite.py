@@ -32,6 +32,7 @@ SIGNATURE = "serving_default"  # the one signature of every exported file
 OUTPUT = "probabilities"  # its one output: float32 [B, K]
 STREAM_SIGNATURE = "step"  # the one signature of a streaming file (model_stream_*.tflite)
 SAMPLES = "samples"  # its audio input: the newest hop, float32 [1, H]
+FRAME = "frame"  # or its video input: the newest frame, uint8 [1, S, S, 3]
 
 
 def raw_input_config(cfg: Config) -> Config:

@@ -2,12 +2,14 @@
 
     DIR/data/actions   synthetic action clips (UCF101 layout)      <- actrec data actions
     DIR/data/commands  spoken commands (Speech Commands layout)    <- actrec data commands
-    DIR/runs/actions_av, DIR/runs/commands                         <- actrec preprocess + train
+    DIR/runs/actions_av, DIR/runs/actions_stream, DIR/runs/commands  <- actrec preprocess + train
+        (actions_stream, the causal video model, reads actions_av's cached features: the same preprocessing)
     DIR/runs/*/eval/test/        metrics.json, report.md, plots    <- actrec evaluate
     DIR/runs/*/export/           saved_model/, *.tflite, parity.json <- actrec export
     then a few test-split clips (actors/speakers never seen in training) through the exported
-    float TFLite file, exactly as `actrec predict --model ...tflite` does, and (streamable speech run)
-    DIR/stream_commands.wav: test words among background, through `actrec stream`.
+    float TFLite file, exactly as `actrec predict --model ...tflite` does, and through `actrec stream`
+    (the streamable runs): DIR/stream_commands.wav, test words among background, and DIR/stream_actions_stream.mp4,
+    one test clip of each action back to back.
 
 Every stage is the same function the CLI calls, and each skips work that is already done,
 so running the demo twice reuses the finished stages. The run dirs are ordinary: every
@@ -30,7 +32,7 @@ QUICK = {
                   "export.representative_samples=8"],
 }
 FULL = {"clips_per_class": 32, "per_word": 100, "overrides": []}
-RUNS = {"actions_av": "actions", "commands": "commands"}  # run name -> data folder
+RUNS = {"actions_av": "actions", "actions_stream": "actions", "commands": "commands"}  # run name -> data folder
 PREDICT_FILES = 2  # unseen clips per run sent through the exported model
 
 
@@ -68,7 +70,8 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
     run_dirs = {name: out / "runs" / name for name in RUNS}
 
     for name, cfg in configs.items():
-        _stage(f"{3 if name == 'actions_av' else 4}/7 preprocess + train: {name}", started)
+        _stage(f"{3 if name.startswith('actions') else 4}/7 preprocess + train: {name}", started)
+        _share_features(configs, run_dirs, name)
         index = preprocess(cfg, run_dirs[name])
         train(cfg, run_dirs[name])
         results[name] = {"clips": index["counts"], "run_dir": str(run_dirs[name])}
@@ -91,8 +94,10 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
         model_file = run_dir / "export" / "model_float.tflite"
         clips = _unseen_clips(configs[name])[:PREDICT_FILES]
         results[name]["predictions"] = predict(run_dir, clips, model=str(model_file), top=3, output="text")
-        if (run_dir / "export" / STREAM_MODELS["float"]).is_file():
+        if (run_dir / "export" / STREAM_MODELS["float"]).is_file() and configs[name].data.kind == "speech":
             results[name]["stream"] = stream_unseen_words(configs[name], run_dir, out / f"stream_{name}.wav", seed)
+        elif (run_dir / "export" / STREAM_MODELS["float"]).is_file():
+            results[name]["stream"] = stream_unseen_actions(configs[name], run_dir, out / f"stream_{name}.mp4", seed)
 
     minutes = (time.time() - started) / 60
     print(f"\nactrec demo finished in {minutes:.1f} min")
@@ -115,13 +120,41 @@ def stream_unseen_words(cfg, run_dir: Path, wav: Path, seed: int, words: int = 1
             f"speakers, other words and background), {score['false_accepts']} false accepts")
 
 
+def stream_unseen_actions(cfg, run_dir: Path, video: Path, seed: int) -> str:
+    """`actrec stream` on a video of one test clip (unseen actors) of each action, back to back: one summary line."""
+    from pipeline.stages.stream import stream
+    from pipeline.stream_eval import assemble_video, score_detections
+
+    events, seconds = assemble_video(cfg, video, seed)
+    print(f"  {run_dir.name}: actrec stream --run-dir {run_dir} {video}  ({len(events)} actions, {seconds:.0f} s)")
+    score = score_detections(stream(run_dir, str(video)), events, seconds, late=1.0)
+    return (f"streaming: {score['detected']} of {score['keywords']} actions announced while on screen (or within 1 s) in "
+            f"{video.name} ({seconds:.0f} s of unseen actors), {score['false_accepts']} other announcements")
+
+
+def _share_features(configs: dict, run_dirs: dict, name: str) -> None:
+    """Point run `name` at an earlier run's cached features when their preprocessing is the same (no second cache)."""
+    from pipeline.config import features_hash
+
+    target = run_dirs[name] / "features"
+    for other in configs:
+        if other == name:
+            return  # only runs preprocessed before this one
+        if (features_hash(configs[other]) == features_hash(configs[name]) and configs[other].data.root == configs[name].data.root
+                and not target.exists() and (run_dirs[other] / "features" / "index.json").is_file()):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(Path("..") / other / "features", target_is_directory=True)
+            print(f"  {name}: sharing the cached features of {other} (the same preprocessing)")
+            return
+
+
 def summary_table(results: dict) -> str:
     """The demo's closing table: accuracy per run, TFLite size and agreement per format, where the reports are."""
     # keras top-1: `actrec evaluate` on the raw test clips; per format: the .tflite file on the same clips
-    lines = [f"{'run':<11} {'train/val/test':>15} {'keras top-1':>11}  {'format':<12} {'size KB':>8} {'agree':>6} {'max|dp|':>8} {'top-1':>6}  report"]
+    lines = [f"{'run':<14} {'train/val/test':>15} {'keras top-1':>11}  {'format':<12} {'size KB':>8} {'agree':>6} {'max|dp|':>8} {'top-1':>6}  report"]
     for name, r in results.items():
         c = r["clips"]
-        first = f"{name:<11} {c['train']:>6}/{c['val']:>3}/{c['test']:>4} {r['test_accuracy']:>11.3f}"
+        first = f"{name:<14} {c['train']:>6}/{c['val']:>3}/{c['test']:>4} {r['test_accuracy']:>11.3f}"
         rows = [row for row in _parity_rows(r.get("export", {})) if row["format"] != "saved_model"] or [{}]
         for i, row in enumerate(rows):
             left = first if i == 0 else " " * len(first)

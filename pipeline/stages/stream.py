@@ -1,10 +1,12 @@
-"""Stream stage: a streaming export run on a live or recorded stream, printing keyword detections as they happen.
+"""Stream stage: a streaming export run on a live or recorded stream, printing detections as they happen.
 
-    SOURCE: a sound or video file (its audio track, decoded block by block) | "-" (raw 16-bit PCM, mono, at the
-            export's sample rate, on stdin) | --mic (the default microphone, with the optional `sounddevice` package)
-        --hops of H samples--> StreamingClassifier (RUN/export/model_stream_<float|int8>.tflite, states fed back)
-        --probabilities [K] per hop--> KeywordDetector (smoothing, threshold, refractory)
-        --> "12.34 s  yes  0.97" per detection (or one JSON object per line with --json)
+    speech runs: SOURCE a sound or video file (its audio track, decoded block by block) | "-" (raw 16-bit PCM, mono,
+                 at the export's sample rate, on stdin) | --mic (the default microphone, with the optional `sounddevice`
+                 package) --hops of H samples-->
+    action runs: SOURCE a video file --its frames at the export's frame_rate, RGB, centre-cropped to S x S-->
+        StreamingClassifier (RUN/export/model_stream_<float|int8>.tflite, states fed back)
+        --probabilities [K] per step--> KeywordDetector (smoothing, threshold, refractory)
+        --> "12.34 s  yes  0.97" per detection: a keyword, or an action starting (one JSON object per line with --json)
         --> --timeline OUT.png: each class's probability over time, detections marked
 
 Memory is flat in the stream's length (blocks of half a second, the states, the smoothing window), except
@@ -40,18 +42,25 @@ def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic
     more than it was trained on.
     """
     out = out or sys.stdout
-    classifier = StreamingClassifier(stream_model_path(run_dir, model), threads=threads, refresh=refresh)
-    detector = KeywordDetector(classifier.labels, classifier.hop_seconds, threshold, smoothing, refractory, classifier.warmup_seconds)
+    path = stream_model_path(run_dir, model)
+    if StreamingClassifier.read_preprocessing(path)["stream"].get("modality") == "video":
+        check_video_source(source, mic)  # before the interpreter: a wrong source is the one line printed
+    classifier = StreamingClassifier(path, threads=threads, refresh=refresh)
+    # a keyword said twice fires twice; an action going on fires once, when it starts
+    detector = KeywordDetector(classifier.labels, classifier.hop_seconds, threshold, smoothing, refractory, classifier.warmup_seconds,
+                               rearm="change" if classifier.modality == "video" else "below")
     if timeline is not None and Path(timeline).suffix.lower() != ".png":
         raise UserError(f"--timeline {timeline}: the plot is written as PNG; name the file *.png")
     history: list[np.ndarray] | None = [] if timeline is not None else None
     detections: list[Detection] = []
     started = time.monotonic()
-    for hop, samples in enumerate(hops(source_blocks(source, mic, classifier.sample_rate), classifier.hop_samples)):
-        probabilities = classifier.step(samples)
+    steps = video_steps(source, classifier) if classifier.modality == "video" else \
+        ((None, samples) for samples in hops(source_blocks(source, mic, classifier.sample_rate), classifier.hop_samples))
+    for hop, (now, newest) in enumerate(steps):
+        probabilities = classifier.step(newest)
         if history is not None:
             history.append(probabilities.astype(np.float16))
-        detection = detector.update(probabilities)
+        detection = detector.update(probabilities, now)
         if detection is not None:
             detections.append(detection)
             print(json.dumps(detection.to_json()) if as_json else str(detection), file=out, flush=True)
@@ -78,6 +87,33 @@ def stream_model_path(run_dir: str | Path, model: str) -> Path:
         if blockers:
             raise UserError(f"{run_dir}: this run cannot stream: {blockers[0]} (configs/commands.yaml is a streamable recipe)")
     raise UserError(f"{path}: missing; run `actrec export --run-dir {run_dir}` (formats float and int8 write the streaming files)")
+
+
+def check_video_source(source: str | None, mic: bool) -> None:
+    """A one-line error unless `source` is a file with a video stream."""
+    if mic or source in (None, STDIN):
+        raise UserError("this run streams video: give a video file as SOURCE (stdin PCM and --mic are for speech runs)")
+    from pipeline.media import MediaError
+    from pipeline.media.probe import probe_media
+
+    try:
+        info = probe_media(source)
+    except MediaError as e:
+        raise UserError(f"{source}: {e}") from None
+    if not info.has_video:
+        raise UserError(f"{source}: no video stream: the file holds only audio (this run classifies actions in video)")
+
+
+def video_steps(source: str, classifier: StreamingClassifier) -> Iterator[tuple[float, np.ndarray]]:
+    """(time in s, RGB frame uint8 [S, S, 3]) of a video file at the export's frame rate: what an action model steps on."""
+    from pipeline.media import MediaError
+    from pipeline.media.video import stream_frames
+
+    try:
+        for _, seconds, frame in stream_frames(source, classifier.frame_size, rate=classifier.frame_rate):
+            yield seconds, frame
+    except MediaError as e:
+        raise UserError(f"{source}: {e}") from None
 
 
 def source_blocks(source: str | None, mic: bool, sample_rate: int) -> Iterator[np.ndarray]:

@@ -391,6 +391,7 @@ def train(
 
     from pipeline.callbacks import AtomicBackupAndRestore, BestWeights, StopOnNaN
     from pipeline.models import build_model
+    from pipeline.models.modality_losses import ModalityLossTrainer, can_train_alone
 
     run = RunDir(run_dir)
     run_dir = run.path
@@ -422,11 +423,16 @@ def train(
         steps = max(1, math.ceil(per_epoch / cfg.train.batch_size))
         with strategy.scope():  # model, optimizer and metric variables are mirrored on every replica and worker
             model = build_model(model_spec(cfg, index), cfg.model)
-            model.compile(
-                optimizer=make_optimizer(cfg, steps),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
-                metrics=["accuracy"],
-            )
+            trainer = model  # what fit() trains: the model, or a trainer sharing its layers with more losses
+            if cfg.train.modality_loss > 0 and can_train_alone(model):
+                trainer = ModalityLossTrainer(model, cfg.train.modality_loss)
+            optimizer = make_optimizer(cfg, steps)
+            for compiled in {id(m): m for m in (trainer, model)}.values():  # the model too: it is evaluated and saved
+                compiled.compile(
+                    optimizer=optimizer,
+                    loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
+                    metrics=["accuracy"],
+                )
         names = input_names(model)
         val_split = "val" if index["counts"]["val"] else "test"
         if val_split == "test":  # data.val_fraction 0, asked for: say what it costs
@@ -445,7 +451,7 @@ def train(
         # one stream of every epoch: each worker keeps its part of each global batch (DATA), the same steps as one worker
         train_ds = shard_for_workers(train_ds, strategy, num_files=0)
         val_ds = shard_for_workers(val_ds, strategy, len(index["shards"][val_split]))
-        prepare_multi_worker_fit(model, train_ds, strategy)
+        prepare_multi_worker_fit(trainer, train_ds, strategy)
 
         nan_guard = StopOnNaN()
         callbacks = [
@@ -458,7 +464,7 @@ def train(
         if cfg.train.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(2, cfg.train.early_stopping // 3)))
         weights = class_weights(run_dir, index, cfg)
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, callbacks=callbacks,
+        trainer.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, callbacks=callbacks,
                   class_weight=weights, verbose=keras_verbosity(progress))
         if nan_guard.nan_epoch is not None:
             raise UserError(
