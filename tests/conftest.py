@@ -9,7 +9,7 @@ Tests that change a run copy or symlink it first; these are read-mostly.
 
 import pytest
 
-from tests.media_factory import write_video
+from tests.media_factory import write_ucf101_lists, write_video
 
 FAST = ["preprocess.encoder=small_cnn", "preprocess.image_size=32", "preprocess.num_frames=4", "preprocess.audio_seconds=1.0",
         "preprocess.workers=0", "preprocess.shard_size=3", "data.val_fraction=0.0"]
@@ -31,10 +31,7 @@ def dataset(tmp_path_factory):
     write_video(root / "Fast/v_Fast_g02_c03.mp4", num_frames=10)  # no audio track
     (root / "Slow/v_Slow_g02_c03.mp4").write_bytes(b"")
     train += ["Fast/v_Fast_g02_c03.mp4", "Slow/v_Slow_g02_c03.mp4"]
-    (root / "classInd.txt").write_text("1 Fast\n2 Slow\n")
-    (root / "trainlist01.txt").write_text("".join(f"{r} 1\n" for r in train))
-    (root / "testlist01.txt").write_text("".join(f"{r}\n" for r in test))
-    return root
+    return write_ucf101_lists(root, ["Fast", "Slow"], train, test)
 
 
 @pytest.fixture(scope="session")

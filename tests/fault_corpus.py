@@ -24,7 +24,7 @@ import av
 import numpy as np
 import soundfile
 
-from tests.media_factory import write_video
+from tests.media_factory import write_ucf101_lists, write_video
 
 SPEECH_RATE = 16000
 VIDEO_CLASSES = {"Fast": (12, 24, 440.0), "Slow": (30, 15, 1500.0)}  # frames, fps, tone of each class's clips
@@ -289,10 +289,7 @@ def video_training_set(root: Path) -> Path:
                 rel = f"{label}/v_{label}_g{g:02d}_c{k:02d}.mp4"
                 class_clip(root / rel, label, g + k)
                 (test if g == 1 else train).append(rel)
-    (root / "classInd.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(VIDEO_CLASSES, 1)))
-    (root / "trainlist01.txt").write_text("".join(f"{r} 1\n" for r in train))
-    (root / "testlist01.txt").write_text("".join(f"{r}\n" for r in test))
-    return root
+    return write_ucf101_lists(root, list(VIDEO_CLASSES), train, test)
 
 
 def speech_training_set(root: Path, speakers: int = 6) -> Path:

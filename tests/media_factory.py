@@ -80,3 +80,11 @@ def strip_audio(source: str | Path, path: str | Path) -> Path:
                 packet.stream = out
                 dst.mux(packet)
     return path
+
+
+def write_ucf101_lists(root: Path, classes: list[str], train: list[str], test: list[str]) -> Path:
+    """classInd.txt, trainlist01.txt and testlist01.txt of a UCF101-layout folder (clip paths relative to root)."""
+    (root / "classInd.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(classes, 1)))
+    (root / "trainlist01.txt").write_text("".join(f"{r} 1\n" for r in train))
+    (root / "testlist01.txt").write_text("".join(f"{r}\n" for r in test))
+    return root

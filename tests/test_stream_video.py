@@ -99,7 +99,7 @@ def bar_frames(direction: int, seconds: float, fps: int, seed: int, size: int = 
 @pytest.fixture(scope="module")
 def bar_clips(tmp_path_factory):
     """Up and Down: 3 groups x 3 clips of 2 s at 10 fps, UCF101 layout, no sound; group 1 is the test split."""
-    from tests.media_factory import write_video
+    from tests.media_factory import write_ucf101_lists, write_video
 
     root = tmp_path_factory.mktemp("bars")
     train, test = [], []
@@ -110,10 +110,7 @@ def bar_clips(tmp_path_factory):
                 rel = f"{name}/v_{name}_g{g:02d}_c{k:02d}.mp4"
                 write_video(root / rel, fps=10, frames=bar_frames(direction, 2.0, 10, seed=10 * g + k + 100 * c, start=5.0 * k))
                 (test if g == 1 else train).append(rel)
-    (root / "classInd.txt").write_text("1 Up\n2 Down\n")
-    (root / "trainlist01.txt").write_text("".join(f"{r} 1\n" for r in train))
-    (root / "testlist01.txt").write_text("".join(f"{r}\n" for r in test))
-    return root
+    return write_ucf101_lists(root, ["Up", "Down"], train, test)
 
 
 @pytest.fixture(scope="module")
