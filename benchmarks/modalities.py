@@ -105,9 +105,9 @@ def main() -> None:
             encoder.append(f"preprocess.weights={stage1 / FRAME_ENCODER_WEIGHTS}")
         features = work / f"seed{seed}" / "features"
         preprocess(load_config(config, [f"data.root={data}", f"seed={seed}", *encoder]), features, progress=False)
-        for single in ("video_rnn", "audio_rnn"):  # modality dropout does nothing with one modality: off, as they were first run
-            rows.append(train_and_score(config, single, [f"model.name={single}", "train.modality_dropout=0", *encoder], seed, data,
-                                        features, work))
+        for single in ("video_rnn", "audio_rnn"):  # modality dropout and losses do nothing with one modality: off
+            rows.append(train_and_score(config, single, [f"model.name={single}", "train.modality_dropout=0", "train.modality_loss=0",
+                                                         *encoder], seed, data, features, work))
         for fusion, rate, loss in itertools.product(fusions, rates, losses):
             name = " ".join(["av_fusion", *([fusion] if fusion != "mid" else []), f"dropout {rate:g}", *([f"loss {loss:g}"] if loss else [])])
             rows.append(train_and_score(config, name, [f"model.fusion={fusion}", f"train.modality_dropout={rate}",

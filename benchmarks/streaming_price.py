@@ -5,7 +5,7 @@
         and configs/commands_bidirectional.yaml (bidirectional GRU, attention), per seed-->
     --task actions: data_prep.actions (--clips-per-class) --configs/actions_stream.yaml (motion features, unidirectional
         GRU, mean pooling: streams frame by frame) and the same with a bidirectional GRU and attention, per seed-->
-      preprocess (actions: once, shared), train, evaluate (test split: unseen speakers / actors), export float (and the
+      preprocess (actions: once per seed, shared by the recipes), train, evaluate (test split: unseen speakers / actors), export float (and the
       streaming file)
 
 Per recipe: test top-1 (commands: 12 labels, and FRR at FAR <= 1%), mean and spread over seeds; parameters; LiteRT
@@ -53,9 +53,12 @@ RECIPES = {  # task -> {recipe: (config, overrides)}
 def run_recipe(config: str, extra: list[str], name: str, seed: int, data: Path, work: Path, features: Path | None) -> dict:
     run = work / f"{name.split()[0]}_seed{seed}"
     overrides = [f"data.root={data}", f"seed={seed}", "export.formats=[float]", "export.latency_runs=5", *extra]
-    if features is not None and not (run / "features").exists():  # the task's one preprocessing, shared
-        run.mkdir(parents=True, exist_ok=True)
-        os.symlink(features / "features", run / "features")
+    if features is not None:  # the seed's one preprocessing (the seed decides sampled frames), shared by the recipes
+        features = features.with_name(f"{features.name}_seed{seed}")
+        preprocess(config, features, overrides, progress=False)
+        if not (run / "features").exists():
+            run.mkdir(parents=True, exist_ok=True)
+            os.symlink(features / "features", run / "features")
     preprocess(config, run, overrides, progress=False)
     train(config, run, overrides, progress=False)
     metrics = evaluate(run, progress=False)
@@ -91,7 +94,6 @@ def main() -> None:
         if not (data / "testlist01.txt").is_file():
             make_actions(data, clips_per_class=args.clips_per_class, seed=0)
         features = work / "features"
-        preprocess("actions_stream", features, [f"data.root={data}"], progress=False)
         what = f"data_prep.actions, {args.clips_per_class} clips per class"
     rows = {name: [run_recipe(config, extra, name, seed, data, work, features) for seed in seeds]
             for name, (config, extra) in RECIPES[args.task].items()}

@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--model", default="float", choices=["float", "int8"], help="which streaming file (default float)")
     st.add_argument("--mic", action="store_true", help="listen to the default microphone (needs the optional sounddevice package)")
     st.add_argument("--realtime", action="store_true", help="pace a file at the speed of sound, as if it were live")
-    st.add_argument("--threshold", type=float, default=0.7, metavar="P", help="smoothed probability a keyword must reach (default 0.7)")
+    st.add_argument("--threshold", type=float, default=0.7, metavar="P", help="smoothed probability a keyword (or action) must reach (default 0.7)")
     st.add_argument("--smoothing", type=float, default=0.2, metavar="SECONDS", help="posterior smoothing window (default 0.2 s)")
     st.add_argument("--refractory", type=float, default=1.0, metavar="SECONDS", help="no second detection within this time (default 1 s)")
     st.add_argument("--json", action="store_true", help='one JSON object per detection: {"time": 12.34, "label": "yes", "score": 0.97}')

@@ -3,7 +3,7 @@
     the split's rows (keywords, other words, _silence_ windows of the background recordings)
         --assemble_stream (random order, 0.5-2 s of background between words, optional minutes of non-keywords after)-->
     waveform float32 [N] + events [(start s, end s, keyword)]
-    the split's action clips --assemble_video (one per class, random order, back to back, letterboxed to one size)-->
+    the split's action clips --assemble_video (one per class, random order, back to back, centre squares)-->
     an MP4 + events [(start s, end s, action)]
         --StreamingClassifier.run--> probabilities [hops, K] --score_detections (KeywordDetector at a threshold)-->
     detection rate (events whose label fired from their start to `late` s after their end) and false accepts per hour
@@ -76,12 +76,11 @@ def assemble_stream(cfg, seed: int = 0, negative_minutes: float = 0.0, split: st
     return np.concatenate(pieces), events, t
 
 
-def assemble_video(cfg, path: Path, seed: int = 0, split: str = "test", size: tuple[int, int] = (320, 240),
+def assemble_video(cfg, path: Path, seed: int = 0, split: str = "test", size: int = 240,
                    fps: int = 15) -> tuple[list[tuple[float, float, str]], float]:
     """Write one clip of each class of the split (the first of each, in random order) back to back into an MP4 at
-    `fps`, each letterboxed into `size` (width, height); -> (events [(start s, end s, label)], seconds)."""
-    import cv2
-
+    `fps`, each frame centre-cropped to a `size` x `size` square as preprocessing crops it (landscape and portrait
+    clips alike); -> (events [(start s, end s, label)], seconds)."""
     from data_prep.actions import write_mp4
     from pipeline.media.video import stream_frames
 
@@ -91,20 +90,13 @@ def assemble_video(cfg, path: Path, seed: int = 0, split: str = "test", size: tu
     for r in resolve_rows(cfg)[0]:
         if r.split == split:
             first.setdefault(r.label, root / r.path)
-    width, height = size
     events, frames = [], []
     for k in rng.permutation(len(first)):
         label, clip = list(first.items())[k]
         start = len(frames) / fps
-        for _, _, rgb in stream_frames(clip, None, rate=fps):
-            scale = min(width / rgb.shape[1], height / rgb.shape[0])
-            image = cv2.resize(rgb, (round(rgb.shape[1] * scale) // 2 * 2, round(rgb.shape[0] * scale) // 2 * 2), interpolation=cv2.INTER_AREA)
-            canvas = np.zeros((height, width, 3), np.uint8)
-            top, left = (height - image.shape[0]) // 2, (width - image.shape[1]) // 2
-            canvas[top : top + image.shape[0], left : left + image.shape[1]] = image[..., ::-1]  # RGB -> BGR
-            frames.append(canvas)
+        frames += [np.ascontiguousarray(rgb[..., ::-1]) for _, _, rgb in stream_frames(clip, size, rate=fps)]  # BGR for the writer
         events.append((start, len(frames) / fps, label))
-    write_mp4(path, iter(frames), fps, size, None, 0)
+    write_mp4(path, iter(frames), fps, (size, size), None, 0)
     return events, len(frames) / fps
 
 

@@ -94,3 +94,18 @@ def test_stream_frames_is_lazy(tmp_path):
     index, t, frame = next(frames)
     assert (index, t, frame.shape) == (0, 0.0, (16, 16, 3))
     assert [i for i, _, _ in frames] == [10, 20]
+
+
+def test_stream_frames_at_a_rate_takes_the_first_frame_of_each_interval(tmp_path):
+    """rate=10 on a 30 fps clip: every third frame; on a 15 fps clip: 10 frames of 15 a second, none twice; size None:
+    the frames as decoded."""
+    thirty = write_video(tmp_path / "thirty.mp4", num_frames=30, fps=30, width=96, height=64)
+    assert [i for i, _, _ in stream_frames(thirty, 16, rate=10)] == list(range(0, 30, 3))
+    fifteen = write_video(tmp_path / "fifteen.mp4", num_frames=30, fps=15)
+    taken = [(i, t) for i, t, _ in stream_frames(fifteen, 16, rate=10)]
+    assert [i for i, _ in taken] == [0, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 23, 24, 26, 27, 29]
+    assert all(b - a <= 2 / 15 + 1e-9 for (_, a), (_, b) in zip(taken, taken[1:]))
+    slow = write_video(tmp_path / "slow.mp4", num_frames=6, fps=5)
+    assert [i for i, _, _ in stream_frames(slow, 16, rate=10)] == list(range(6))  # a lower frame rate: each frame once
+    _, _, whole = next(stream_frames(thirty, None, rate=10))
+    assert whole.shape == (64, 96, 3)

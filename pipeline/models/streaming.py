@@ -214,12 +214,15 @@ class VideoStepper(Stepper):
 
         frame = inputs[FRAME]  # [1, S, S, 3] uint8
         if self.with_previous:
-            newest = tf.cast(frame, tf.float32)
-            seen = tf.reshape(inputs[FRAMES_SEEN], [1, 1, 1, 1])
-            previous = seen * inputs[PREVIOUS_FRAME] + (1.0 - seen) * newest  # the first frame: itself, so no motion
-            pair = tf.cast(tf.stack([previous, newest], axis=1), tf.uint8)  # [1, 2, S, S, 3]
+            # under the "motion" scope: an int8 export keeps these ops float (tflite_edit.kept_float); a previous frame
+            # off by one grey level would be motion everywhere
+            with tf.name_scope("motion"):
+                newest = tf.cast(frame, tf.float32)
+                seen = tf.reshape(inputs[FRAMES_SEEN], [1, 1, 1, 1])
+                previous = seen * inputs[PREVIOUS_FRAME] + (1.0 - seen) * newest  # the first frame: itself, so no motion
+                pair = tf.cast(tf.stack([previous, newest], axis=1), tf.uint8)  # [1, 2, S, S, 3]
+                out[PREVIOUS_FRAME], out[FRAMES_SEEN] = tf.identity(newest), tf.ones_like(inputs[FRAMES_SEEN])
             features = self.encode_frames(pair)[:, 1:]  # [1, 1, D]: what the whole clip's encoder gives this frame
-            out[PREVIOUS_FRAME], out[FRAMES_SEEN] = newest, tf.ones_like(inputs[FRAMES_SEEN])
         else:
             features = self.encode_frames(frame[:, None])  # [1, 1, D]
         return tf.reshape(self.normalization(features), [1, -1])  # [1, D]
