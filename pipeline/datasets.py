@@ -364,6 +364,16 @@ def resolve_rows(cfg, manifest: str | Path | None = None, own_dataset: bool = Tr
     return rows, classes, index.problems
 
 
+def first_clip_of_each_class(cfg, split: str = "test") -> dict[str, Path]:
+    """{label: path} of the split's first whole file of each class, in row order (not _silence_ windows of a long
+    recording): clips the demo sends through the exported model and assembles into a stream."""
+    first: dict[str, Path] = {}
+    for r in resolve_rows(cfg)[0]:
+        if r.split == split and r.start is None:
+            first.setdefault(r.label, Path(cfg.data.root) / r.path)
+    return first
+
+
 def keyword_index_rows(index: Index, d, seconds: float, seed: int, own_dataset: bool) -> tuple[list[ManifestRow], list[str]]:
     """An indexed folder's open-set (rows, classes): its word rows plus `seconds`-long _silence_ windows of its
     background recordings, split in time like Speech Commands' lists (or data.val/test_fraction for `folders`)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import resolve_rows
+from pipeline.datasets import first_clip_of_each_class, resolve_rows
 from pipeline.labels import REJECT_LABELS, SILENCE
 from pipeline.media.audio import load_audio
 from pipeline.runtime.stream import KeywordDetector
@@ -85,14 +85,10 @@ def assemble_video(cfg, path: Path, seed: int = 0, split: str = "test", size: in
     from pipeline.media.video import stream_frames
 
     rng = np.random.default_rng(seed)
-    root = Path(cfg.data.root)
-    first = {}
-    for r in resolve_rows(cfg)[0]:
-        if r.split == split:
-            first.setdefault(r.label, root / r.path)
+    clips = list(first_clip_of_each_class(cfg, split).items())
     events, frames = [], []
-    for k in rng.permutation(len(first)):
-        label, clip = list(first.items())[k]
+    for k in rng.permutation(len(clips)):
+        label, clip = clips[k]
         start = len(frames) / fps
         frames += [np.ascontiguousarray(rgb[..., ::-1]) for _, _, rgb in stream_frames(clip, size, rate=fps)]  # BGR for the writer
         events.append((start, len(frames) / fps, label))

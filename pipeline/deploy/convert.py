@@ -47,7 +47,8 @@ from pipeline.deploy.tflite_edit import (
     widen_small_float16_constants,
 )
 from pipeline.errors import UserError
-from pipeline.runtime.tflite import OUTPUT, SAMPLES, SIGNATURE, STREAM_SIGNATURE, clip_inputs, raw_input_config
+from pipeline.runtime.stream import clip_steps
+from pipeline.runtime.tflite import OUTPUT, SIGNATURE, STREAM_SIGNATURE, clip_inputs, raw_input_config
 
 REPRESENTATIVE_FILE = "representative.npz"  # the int8 calibration inputs, in the work folder
 STREAM_REPRESENTATIVE_FILE = "stream_representative.npz"  # the streaming int8 file's: hops and states
@@ -103,15 +104,6 @@ def save_step_model(stepper, path: Path) -> None:
     archive.write_out(str(path), verbose=False)
 
 
-def clip_steps(clips: dict, i: int, input_name: str, hop: int | None) -> list[np.ndarray]:
-    """Clip i of the whole-clip calibration inputs (write_representative_data's arrays) as the step's inputs, each
-    [1, ...]: its waveform in hops of `hop` samples, or its valid frames one by one."""
-    if input_name == SAMPLES:
-        waveform = clips["waveform"][i]
-        return [waveform[None, k * hop : (k + 1) * hop].astype(np.float32) for k in range(len(waveform) // hop)]
-    return [frame[None] for frame in clips["frames"][i][: int(clips["frame_lengths"][i])]]
-
-
 def write_stream_representative(stepper, clips: Path, path: Path, every: int = 2) -> int:
     """The int8 calibration inputs of a streaming step: the whole-clip calibration inputs (`clips`, an .npz of
     write_representative_data) streamed step by step through the float step, every `every`-th step's inputs kept."""
@@ -123,8 +115,9 @@ def write_stream_representative(stepper, clips: Path, path: Path, every: int = 2
     kept: dict[str, list] = {}
     for i in range(len(next(iter(arrays.values())))):
         states = {s.name: s.zeros() for s in stepper.states()}
-        for k, newest in enumerate(clip_steps(arrays, i, name, getattr(stepper, "hop_samples", None))):
-            inputs = {name: newest, **states}
+        clip = {key: values[i] for key, values in arrays.items()}
+        for k, newest in enumerate(clip_steps(clip, stepper.modality, stepper.hop_samples)):
+            inputs = {name: newest[None].astype(stepper.input.dtype), **states}
             if k % every == every - 1:
                 for key, value in inputs.items():
                     kept.setdefault(key, []).append(value[0])

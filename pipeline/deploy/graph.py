@@ -203,13 +203,9 @@ class InferenceGraphs:
 
     def stepper(self):
         """The streaming step of a streamable run (pipeline.models.streaming) on the rebuilt model."""
-        from pipeline.models.streaming import make_stepper
+        from pipeline.models.streaming import make_stepper, stream_modality
 
-        return make_stepper(self.rebuilt(), self.cfg, self.frame_encoder() if "frames" in self.input_names else None)
-
-    @property
-    def input_names(self) -> set[str]:
-        return {s.name for s in self.inputs()}
+        return make_stepper(self.rebuilt(), self.cfg, self.frame_encoder() if stream_modality(self.cfg) == "video" else None)
 
     def stream_spec(self, classes: list[str]) -> dict:
         """preprocessing.json's "stream" entry: the step signature's inputs and outputs, and how an app calls it."""
@@ -226,15 +222,16 @@ class InferenceGraphs:
         cfg, p = self.cfg, self.cfg.preprocess
         states = [s.to_json() for s in stream_states(cfg)]
         newest = step_input(cfg)
-        video = stream_modality(cfg) == "video"
+        modality = stream_modality(cfg)
+        video = modality == "video"
         step = "frame" if video else "hop"
-        rate = cfg.export.stream_fps or training_frame_rate(cfg)
+        rate = (cfg.export.stream_fps or training_frame_rate(cfg)) if video else None  # probes training clips: video only
         timing = ({"frame_size": p.image_size, "frame_rate": rate, "hop_seconds": 1 / rate}
                   if video else {"hop_samples": hop_samples(cfg), "hop_seconds": hop_samples(cfg) / p.sample_rate, "sample_rate": p.sample_rate})
         return {
             "files": {fmt: TFLITE_FILES[target] for fmt, target in STREAM_FORMATS.items()},
             "signature": STREAM_SIGNATURE,
-            "modality": stream_modality(cfg),
+            "modality": modality,
             "input": newest.name,
             **timing,
             "window_hops": window_steps(cfg),

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.deploy.graph import TFLITE_FILES, InferenceGraphs
 from pipeline.errors import UserError
-from pipeline.runtime.stream import StreamingClassifier
+from pipeline.runtime.stream import StreamingClassifier, clip_steps
 from pipeline.runtime.tflite import (
     OUTPUT,
     SIGNATURE,
@@ -144,7 +144,7 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
         for threads in (1, 2):
             if is_stream(target):
                 timed = StreamingClassifier(path, threads=threads)
-                newest = sample["frames"][0] if timed.modality == "video" else sample["waveform"][: timed.hop_samples]
+                newest = clip_steps(sample, timed.modality, timed.hop_samples)[0]
                 latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, newest=newest: timed.step(newest), runs)
             else:
                 timed = TFLiteClassifier(path, threads=threads)

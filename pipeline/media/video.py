@@ -234,12 +234,13 @@ def stream_frames(
 
 def _at_rate(fps: float, rate: float) -> Callable[[int], bool]:
     """keep(index) for stream_frames: True for the first frame at or after each multiple of 1 / rate seconds."""
-    due = [0]  # the next multiple of 1 / rate, counted in steps
+    due = 0  # the next multiple of 1 / rate, counted in steps
 
     def keep(index: int) -> bool:
-        if index / fps * rate + 1e-6 < due[0]:
+        nonlocal due
+        if index / fps * rate + 1e-6 < due:
             return False
-        due[0] = math.floor(index / fps * rate + 1e-6) + 1
+        due = math.floor(index / fps * rate + 1e-6) + 1
         return True
 
     return keep

@@ -124,7 +124,7 @@ class Stepper:
 
     make_stepper(model, cfg[, encode_frames]): model is the trained keras.Model (weights shared, not copied), cfg its
     Config; video runs also need the run's frame encoder (frames [1, t, S, S, 3] uint8 -> features [1, t, D]).
-    input: the newest input's StateSpec; states(): [StateSpec]; step({input name: value, state name: value}) ->
+    input: the newest input's StateSpec; hop_samples: H (audio; None for video); states(): [StateSpec]; step({input name: value, state name: value}) ->
     {'probabilities': [1, K], state name: new value}
     """
 
@@ -137,6 +137,7 @@ class Stepper:
         m = cfg.model
         self.cfg, self.model, self.modality = cfg, model, stream_modality(cfg)
         self.input = step_input(cfg)
+        self.hop_samples = hop_samples(cfg) if self.modality == "audio" else None  # samples per step (audio)
         self.cells = [model.get_layer(f"{self.modality}_{m.cell}{i}").cell for i in range(m.num_layers)]
         self.classifier = model.get_layer("head_probs")
 
@@ -181,7 +182,6 @@ class AudioStepper(Stepper):
 
         super().__init__(model, cfg)
         self.params = MFCCParams.from_config(cfg.preprocess)
-        self.hop_samples = hop_samples(cfg)
         self.context_samples = self.params.n_fft - self.params.hop_length
         self.mfcc = MFCC.from_params(self.params, name="mfcc")
         self.normalization = model.get_layer("mfcc_norm")

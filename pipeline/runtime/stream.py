@@ -13,7 +13,7 @@ keyword fires when its smoothed probability reaches `threshold`, no keyword fire
 seconds, and it is armed: a keyword that fired re-arms only once its smoothed probability has fallen below the
 threshold. A causal model keeps a word's probability up for a while after the word (it was trained on windows
 that contain the word anywhere), so one spoken word fires once. `_silence_` and `_unknown_` never fire. For an
-action model a detection is the start of an action: it fires again once the action stopped and came back.
+action model a detection is the start of an action: it fires again only once another action has fired.
 
 Like pipeline.runtime.tflite this imports no TensorFlow: LiteRT and numpy are all a device needs.
 Memory is constant in the stream's length: the states and a smoothing window of hops.
@@ -127,19 +127,27 @@ class StreamingClassifier:
 
     def run(self, stream: np.ndarray) -> np.ndarray:
         """A waveform [N] in hops, or frames [T, S, S, 3] one by one -> probabilities [steps, K]."""
-        if self.modality == "video":
-            steps = list(stream)
-        else:
-            steps = [stream[k * self.hop_samples : (k + 1) * self.hop_samples] for k in range(len(stream) // self.hop_samples)]
+        steps = list(stream) if self.modality == "video" else whole_hops(stream, self.hop_samples)
         return np.stack([self.step(x) for x in steps]) if steps else np.zeros((0, len(self.labels)), np.float32)
 
     def run_clip(self, inputs: dict) -> np.ndarray:
         """The whole-clip model's inputs (runtime.tflite.clip_inputs: waveform, or frames and frame_lengths) streamed
         from zero states -> the probabilities [K] after the last step, what the whole-clip model answers."""
         self.reset()
-        if self.modality == "video":
-            return self.run(inputs["frames"][: int(inputs["frame_lengths"])])[-1]
-        return self.run(inputs["waveform"])[-1]
+        return np.stack([self.step(x) for x in clip_steps(inputs, self.modality, self.hop_samples)])[-1]
+
+
+def whole_hops(waveform: np.ndarray, hop_samples: int) -> list[np.ndarray]:
+    """waveform [N] -> its N // H consecutive hops of H samples (a last partial hop is dropped)."""
+    return [waveform[k * hop_samples : (k + 1) * hop_samples] for k in range(len(waveform) // hop_samples)]
+
+
+def clip_steps(clip: dict, modality: str, hop_samples: int | None) -> list[np.ndarray]:
+    """A whole clip's inputs (runtime.tflite.clip_inputs: waveform, or frames and frame_lengths) as a stream's newest
+    inputs, one per step: the waveform's whole hops (audio), or the valid frames one by one (video)."""
+    if modality == "video":
+        return list(clip["frames"][: int(clip["frame_lengths"])])
+    return whole_hops(clip["waveform"], hop_samples)
 
 
 # ----------------------------------------------------------------------------- detections

@@ -43,6 +43,7 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
     """
     from data_prep.actions import make_actions
     from data_prep.commands import make_commands
+    from pipeline.datasets import first_clip_of_each_class
     from pipeline.kws_metrics import operating_point_summary
     from pipeline.stages.evaluate import evaluate
     from pipeline.stages.export import export
@@ -92,7 +93,7 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
     _stage("7/7 predict unseen clips with the exported float TFLite model", started)
     for name, run_dir in run_dirs.items():
         model_file = run_dir / "export" / "model_float.tflite"
-        clips = _unseen_clips(configs[name])[:PREDICT_FILES]
+        clips = list(first_clip_of_each_class(configs[name]).values())[:PREDICT_FILES]  # actors / speakers never trained on
         results[name]["predictions"] = predict(run_dir, clips, model=str(model_file), top=3, output="text")
         if (run_dir / "export" / STREAM_MODELS["float"]).is_file() and configs[name].data.kind == "speech":
             results[name]["stream"] = stream_unseen_words(configs[name], run_dir, out / f"stream_{name}.wav", seed)
@@ -169,18 +170,6 @@ def summary_table(results: dict) -> str:
 def _parity_rows(parity: dict) -> list[dict]:
     """parity.json -> one dict per measured TFLite file: format, bytes, top1_agreement, max_abs_diff_prob."""
     return [{"format": fmt, **row} for fmt, row in parity.get("formats", {}).items() if "top1_agreement" in row]
-
-
-def _unseen_clips(cfg) -> list[Path]:
-    """Test-split files (actors or speakers the model never saw in training), one class after another."""
-    from pipeline.datasets import resolve_rows
-
-    rows, _, _ = resolve_rows(cfg)
-    first_of_each_class = {}
-    for r in rows:
-        if r.split == "test" and r.start is None:  # whole files, not _silence_ windows of a long recording
-            first_of_each_class.setdefault(r.label, Path(cfg.data.root) / r.path)
-    return list(first_of_each_class.values())
 
 
 def _reuse_or_run(run_dir: Path, result_file: str, run) -> dict:

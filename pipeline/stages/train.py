@@ -426,13 +426,11 @@ def train(
             trainer = model  # what fit() trains: the model, or a trainer sharing its layers with more losses
             if cfg.train.modality_loss > 0 and can_train_alone(model):
                 trainer = ModalityLossTrainer(model, cfg.train.modality_loss)
-            optimizer = make_optimizer(cfg, steps)
-            for compiled in {id(m): m for m in (trainer, model)}.values():  # the model too: it is evaluated and saved
-                compiled.compile(
-                    optimizer=optimizer,
-                    loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
-                    metrics=["accuracy"],
-                )
+            compiled = {"optimizer": make_optimizer(cfg, steps), "metrics": ["accuracy"],
+                        "loss": keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)}
+            model.compile(**compiled)  # the model itself is evaluated and saved
+            if trainer is not model:
+                trainer.compile(**compiled)
         names = input_names(model)
         val_split = "val" if index["counts"]["val"] else "test"
         if val_split == "test":  # data.val_fraction 0, asked for: say what it costs
