@@ -12,9 +12,20 @@ log() { printf '[run.sh] %s\n' "$*" >&2; }
 # dev: pytest & co.; beam: Apache Beam for `actrec preprocess --runner beam`, whose tests run in CI too
 EXTRAS=dev,beam
 
+# espeak-ng and Festival with its voices (data_prep/festival_voices.py) speak the embedded commands
+SPEECH_PACKAGES=(espeak-ng festival festvox-kdlpc16k festvox-italp16k festvox-itapc16k festvox-czech-dita festvox-czech-krb
+  festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj festvox-suopuhe-mv festvox-ru festvox-ca-ona-hts)
+
 ensure_debian_packages() {
   local missing=()
-  command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+  if command -v dpkg-query >/dev/null 2>&1; then
+    for pkg in "${SPEECH_PACKAGES[@]}"; do
+      dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+  else
+    command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+    command -v festival >/dev/null 2>&1 || missing+=(festival)
+  fi
   python3.11 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3.11-venv)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -22,7 +33,7 @@ ensure_debian_packages() {
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    log "missing ${missing[*]}: install with 'sudo apt-get install ${missing[*]}' (spoken-command data needs espeak-ng)"
+    log "missing ${missing[*]}: install with 'sudo apt-get install ${missing[*]}' (spoken-command data needs espeak-ng and festival with its voices)"
   fi
 }
 

@@ -1,4 +1,4 @@
-"""The embedded spoken-commands dataset: espeak-ng says the 10 Speech Commands words.
+"""The embedded spoken-commands dataset: espeak-ng and Festival say the 10 Speech Commands words.
 
 A model trained on this data should also recognise other voices (other TTS engines,
 real people), so the generator aims for wide variation rather than clean TTS:
@@ -7,6 +7,10 @@ real people), so the generator aims for wide variation rather than clean TTS:
               English words, respelled so they sound like accented English) + a voice
               variant (+m1..+m8, +f1..+f5, +croak, +klatt.., +whisper, named voices ...),
               with its own base speed, pitch, pitch range and amplitude;
+              or a Festival voice (festival_voices.py: voices made from recordings of
+              people, English, Italian, Czech, Finnish, Russian, Catalan), with its own
+              speed and vocal-tract scale; each says every word FESTIVAL_TAKES times, and
+              Festival speakers say FESTIVAL_SHARE of each word's utterances (all in training);
   utterance = the speaker's settings jittered, then augmented: mild pitch/tempo change
               by resampling, optional small reverb, a random place in the 1 s window,
               background noise (white, pink, brown, hum, babble-like) at a random SNR
@@ -23,7 +27,7 @@ Output, in the Speech Commands layout (what `pipeline.datasets` reads):
   DIR/testing_list.txt                  files in neither list are training
   DIR/commands.json                     the parameters, so a rerun resumes (or refuses)
 
-Splits are by speaker (about 10% validation, 10% test, at least one speaker each) and
+Splits are by speaker (a Festival voice is one speaker, and trains) (about 10% validation, 10% test, at least one speaker each) and
 every speaker says every command, so every command appears in every split.
 
 Determinism: every random choice comes from a numpy Generator seeded by
@@ -50,6 +54,7 @@ import soxr
 from scipy import signal
 
 from data_prep.command_noise import BACKGROUND_RECORDINGS, NOISE_KINDS, background_recording, noise
+from data_prep.festival_voices import VOICE_LANGUAGES, festival_wav, find_festival, installed_voices
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipeline.labels import BACKGROUND_NOISE
@@ -58,6 +63,7 @@ from pipeline.progress import progress_bar
 COMMAND_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 # Words that are not commands, said into folders of their own: the `_unknown_` class of a keyword spotter.
 # The first 25 are Speech Commands v2's auxiliary words; the rest widen what "another word" sounds like.
+# None is a word of data_prep.flite_voices, the held-out set.
 AUX_WORDS = [
     "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -70,7 +76,7 @@ CLIP_SAMPLES = 16000  # exactly 1 s, like Speech Commands
 MAX_SPEECH_SECONDS = 0.95  # the spoken part must fit the window with a little room
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
-FORMAT_VERSION = 2  # bump when the audio recipe changes: old folders are then refused, not mixed
+FORMAT_VERSION = 3  # bump when the audio recipe changes: old folders are then refused, not mixed
 
 # ----------------------------------------------------------------------------- voices
 
@@ -95,9 +101,21 @@ ACCENT_SPELLINGS: dict[str, dict[str, str]] = {
     "pt-br": {"yes": "iés", "no": "nôu", "up": "âp", "down": "dáun", "left": "léft", "on": "ón",
               "off": "óff", "stop": "stóp", "go": "gôu"},
     "pl": {"no": "nou", "up": "ap", "down": "daun", "right": "rajt", "off": "of", "go": "gou"},
+    # Festival's voices of these languages (checked with Festival's (utt.relation.items u 'Segment))
+    "cs": {"yes": "jes", "no": "nou", "up": "ap", "down": "daun", "right": "rajt", "go": "gou"},
+    "fi": {"yes": "jes", "no": "nou", "up": "ap", "down": "daun", "right": "rait", "go": "gou"},
+    "ru": {"yes": "йес", "no": "ноу", "up": "ап", "down": "даун", "left": "лефт", "right": "райт", "on": "он",
+           "off": "оф", "stop": "стоп", "go": "гоу"},
+    "ca": {"yes": "ies", "no": "nou", "up": "ap", "down": "daun", "right": "rait", "go": "gou"},
 }
+ESPEAK_ACCENTS = ("de", "nl", "sv", "es", "fr-fr", "it", "pt-br", "pl")  # espeak-ng voices of ACCENT_SPELLINGS
 
-# Share of speakers drawn from the English accents; the rest speak the words with another
+# Share of each word's utterances said by Festival voices, each voice FESTIVAL_TAKES times (with its own jitter).
+FESTIVAL_SHARE = 1 / 3  # 100 per word: all 11 voices
+FESTIVAL_TAKES = 3
+ENGINES = ("espeak-ng", "festival")
+
+# Share of espeak-ng speakers drawn from the English accents; the rest speak the words with another
 # language's accent (most people a deployed model hears are native English speakers).
 ENGLISH_SHARE = 0.65
 
@@ -168,16 +186,26 @@ def _installed(espeak: str) -> tuple[set[str], set[str]]:
 @dataclass(frozen=True)
 class Speaker:
     id: str  # 8 hex digits, a hash of voice+variant (like Speech Commands' speaker ids)
-    voice: str  # espeak-ng language voice, e.g. "en-gb-scotland" or "de"
-    variant: str  # "" or a variant name, e.g. "f3"
-    speed: int  # base words per minute; each utterance jitters around it
-    pitch: int  # base pitch 0-99
-    pitch_range: int  # SSML prosody range in percent: 100 is espeak's normal intonation
-    amplitude: int  # espeak -a; lowered on retry if espeak's own output clips
+    voice: str  # espeak-ng language voice, e.g. "en-gb-scotland" or "de"; or a Festival voice, e.g. "czech_ph"
+    variant: str  # "" or an espeak-ng variant name, e.g. "f3"
+    speed: int  # base words per minute; each utterance jitters around it (Festival: duration stretch 170/speed)
+    pitch: int  # base pitch 0-99 (espeak-ng only)
+    pitch_range: int  # SSML prosody range in percent: 100 is espeak's normal intonation (espeak-ng only)
+    amplitude: int  # espeak -a; lowered on retry if espeak's own output clips (espeak-ng only)
+    engine: str = "espeak-ng"  # "espeak-ng" or "festival"
+    tract: float = 1.0  # the voice resampled as if its vocal tract (and pitch) were this much smaller (> 1) or larger
 
 
 def speaker_id(voice: str, variant: str) -> str:
     return hashlib.sha1(f"{voice}+{variant}".encode()).hexdigest()[:8]
+
+
+def _festival_speaker(voice: str, seed: int) -> Speaker:
+    """A Festival voice as a speaker: its own speed and vocal-tract scale, drawn from (seed, speaker) only."""
+    sid = speaker_id(f"festival:{voice}", "")
+    rng = np.random.default_rng([seed, int(sid, 16)])
+    return Speaker(id=sid, voice=voice, variant="", speed=int(rng.integers(130, 211)), pitch=0, pitch_range=0,
+                   amplitude=0, engine="festival", tract=round(float(rng.uniform(0.86, 1.18)), 3))
 
 
 def _speaker(voice: str, variant: str, seed: int) -> Speaker:
@@ -194,9 +222,9 @@ def _speaker(voice: str, variant: str, seed: int) -> Speaker:
 
 
 def pick_speakers(n: int, seed: int, voices: set[str], variants: set[str]) -> list[Speaker]:
-    """n distinct voice+variant speakers, English accents weighted to ENGLISH_SHARE, sorted by id."""
+    """n distinct espeak-ng voice+variant speakers, English accents weighted to ENGLISH_SHARE, sorted by id."""
     english = [(v, var) for v in ENGLISH_VOICES if v in voices for var in VARIANTS if var in variants]
-    accented = [(v, var) for v in ACCENT_SPELLINGS if v in voices for var in VARIANTS if var in variants]
+    accented = [(v, var) for v in ESPEAK_ACCENTS if v in voices for var in VARIANTS if var in variants]
     combos = english + accented
     if not english:
         raise UserError("espeak-ng has no English voice (en-us, en-gb, ...): reinstall espeak-ng with its voice data")
@@ -207,13 +235,35 @@ def pick_speakers(n: int, seed: int, voices: set[str], variants: set[str]) -> li
     return sorted((_speaker(*combos[i], seed) for i in chosen), key=lambda s: s.id)
 
 
+def pick_voicings(per_word: int, seed: int, voices: set[str], variants: set[str],
+                  festival_voices: list[str]) -> tuple[list[Speaker], list[tuple[Speaker, int]]]:
+    """(speakers sorted by id, per_word (speaker, take) pairs that each say every word).
+
+    Festival voices say about FESTIVAL_SHARE of them, FESTIVAL_TAKES takes each; espeak-ng speakers the rest,
+    a second take each only once every espeak-ng voice+variant says the word once.
+    """
+    n_festival = min(len(festival_voices), int(per_word * FESTIVAL_SHARE) // FESTIVAL_TAKES)
+    festival = [_festival_speaker(voice, seed) for voice in festival_voices[:n_festival]]  # English first
+    n_espeak = per_word - n_festival * FESTIVAL_TAKES
+    espeak = pick_speakers(n_espeak, seed, voices, variants)
+    takes = -(-n_espeak // len(espeak))  # ceil: > 1 only when n_espeak exceeds the voice+variant pairs
+    voicings = [(s, n) for s in festival for n in range(FESTIVAL_TAKES)]
+    voicings += [(s, n) for n in range(takes) for s in espeak][:n_espeak]
+    return sorted(festival + espeak, key=lambda s: s.id), voicings
+
+
 def split_speakers(speakers: list[Speaker], seed: int) -> dict[str, str]:
-    """{speaker id: 'train'|'val'|'test'}: about 10% val and 10% test, at least one each."""
+    """{speaker id: 'train'|'val'|'test'}: about 10% of the espeak-ng speakers val and 10% test, at least one each.
+
+    Festival voices are few and the only voices made from people: all of them train. Validation and test measure
+    unseen espeak-ng speakers; data_prep.flite_voices measures voices of another synthesiser.
+    """
+    split = {s.id: "train" for s in speakers if s.engine == "festival"}
+    speakers = [s for s in speakers if s.engine != "festival"]
     n = len(speakers)
     n_val = max(1, round(VAL_FRACTION * n))
     n_test = max(1, round(TEST_FRACTION * n))
     order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(n)
-    split = {}
     for rank, i in enumerate(order):
         split[speakers[i].id] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
     return split
@@ -250,20 +300,27 @@ def _trim(x: np.ndarray, sr: int, top_db: float = 40.0) -> np.ndarray:
     return x[start:end]
 
 
-def speak(espeak: str, speaker: Speaker, word: str, rng: np.random.Generator) -> np.ndarray:
-    """One word said by speaker, trimmed, perturbed and resampled: speech float64 [<= 0.95 s at 16 kHz]."""
-    text = ACCENT_SPELLINGS.get(speaker.voice, {}).get(word, word)
+def speak(tools: dict[str, str], speaker: Speaker, word: str, rng: np.random.Generator) -> np.ndarray:
+    """One word said by speaker, trimmed, perturbed and resampled: speech float64 [<= 0.95 s at 16 kHz].
+
+    tools: {engine: executable} for the engines in use (find_engines).
+    """
+    language = VOICE_LANGUAGES[speaker.voice] if speaker.engine == "festival" else speaker.voice
+    text = ACCENT_SPELLINGS.get(language, {}).get(word, word)
     voice = f"{speaker.voice}+{speaker.variant}" if speaker.variant else speaker.voice
     speed = int(np.clip(speaker.speed + rng.normal(0, 12), *SPEED_RANGE))
     pitch = int(np.clip(speaker.pitch + rng.integers(-6, 7), *PITCH_RANGE))
     amplitude = speaker.amplitude
     # Pitch and tempo together, as a tape running fast or slow: pretend the audio was
-    # recorded at rate*factor, then resample to 16 kHz.
-    factor = rng.uniform(0.92, 1.08) if rng.random() < 0.5 else 1.0
+    # recorded at rate*factor, then resample to 16 kHz. The speaker's vocal tract scales the same way.
+    factor = speaker.tract * (rng.uniform(0.92, 1.08) if rng.random() < 0.5 else 1.0)
     max_len = int(MAX_SPEECH_SECONDS * SAMPLE_RATE)
     for attempt in range(8):
-        raw, rate = _espeak_wav(espeak, text, voice, speed, pitch, speaker.pitch_range, amplitude)
-        if np.abs(raw.astype(np.int32)).max() >= 32767 and attempt < 7:
+        if speaker.engine == "festival":
+            raw, rate = festival_wav(tools["festival"], speaker.voice, text, stretch=170 / speed)
+        else:
+            raw, rate = _espeak_wav(tools["espeak-ng"], text, voice, speed, pitch, speaker.pitch_range, amplitude)
+        if speaker.engine == "espeak-ng" and np.abs(raw.astype(np.int32)).max() >= 32767 and attempt < 7:
             amplitude = max(5, int(amplitude * 0.6))  # espeak clipped its own output: say it softer
             continue
         speech = soxr.resample(_trim(raw / 32768.0, rate), rate * factor, SAMPLE_RATE)
@@ -306,10 +363,10 @@ def mic_colour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def render_utterance(espeak: str, speaker: Speaker, word: str, n: int, seed: int) -> np.ndarray:
+def render_utterance(tools: dict[str, str], speaker: Speaker, word: str, n: int, seed: int) -> np.ndarray:
     """The finished clip for (speaker, word, n): waveform int16 [16000]."""
     rng = np.random.default_rng([seed, int(speaker.id, 16), (COMMAND_WORDS + AUX_WORDS).index(word), n])
-    speech = speak(espeak, speaker, word, rng)
+    speech = speak(tools, speaker, word, rng)
     speech = speech / np.abs(speech).max()
     speech_power = np.mean(speech ** 2)  # before reverb: the SNR refers to the dry voice
 
@@ -354,12 +411,12 @@ def _relpath(speaker: Speaker, word: str, n: int) -> str:
     return f"{word}/{speaker.id}_nohash_{n}.wav"
 
 
-def _render_job(job: tuple[str, str, dict, str, int, int]) -> str:
+def _render_job(job: tuple[str, dict, dict, str, int, int]) -> str:
     """Pool worker: render one clip and write it atomically, so a crash never leaves half a WAV."""
-    root, espeak, speaker, word, n, seed = job
+    root, tools, speaker, word, n, seed = job
     speaker = Speaker(**speaker)
     path = Path(root) / _relpath(speaker, word, n)
-    atomic_write_bytes(path, wav_bytes(render_utterance(espeak, speaker, word, n, seed)))
+    atomic_write_bytes(path, wav_bytes(render_utterance(tools, speaker, word, n, seed)))
     return path.name
 
 
@@ -387,7 +444,7 @@ def aux_words_of(speaker: Speaker, count: int, seed: int) -> list[str]:
     return [AUX_WORDS[i] for i in sorted(rng.choice(len(AUX_WORDS), size=min(count, len(AUX_WORDS)), replace=False))]
 
 
-def write_background(out: Path, espeak: str, speakers: list[Speaker], seconds: float, seed: int) -> list[str]:
+def write_background(out: Path, tools: dict[str, str], speakers: list[Speaker], seconds: float, seed: int) -> list[str]:
     """Write _background_noise_/<name>.wav for every BACKGROUND_RECORDINGS name; returns the file names.
 
     The babble is made of auxiliary words said by training speakers, so no command and no test voice is in it.
@@ -396,7 +453,7 @@ def write_background(out: Path, espeak: str, speakers: list[Speaker], seconds: f
     todo = [name for name in BACKGROUND_RECORDINGS if not (folder / f"{name}.wav").exists()]
     if todo:
         rng = np.random.default_rng([seed, _BACKGROUND_STREAM])
-        words = [speak(espeak, speakers[rng.integers(len(speakers))], AUX_WORDS[rng.integers(len(AUX_WORDS))], rng)
+        words = [speak(tools, speakers[rng.integers(len(speakers))], AUX_WORDS[rng.integers(len(AUX_WORDS))], rng)
                  for _ in range(24)] if "speech_babble" in todo else []
         for name in BACKGROUND_RECORDINGS:  # every recording its own stream: resuming gives the same bytes
             if name in todo:
@@ -406,19 +463,30 @@ def write_background(out: Path, espeak: str, speakers: list[Speaker], seconds: f
     return [f"{name}.wav" for name in BACKGROUND_RECORDINGS]
 
 
+def find_engines(engines: tuple[str, ...]) -> dict[str, str]:
+    """{engine: executable} for each of `engines` (of ENGINES), or a one-line UserError naming what is missing."""
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or "espeak-ng" not in engines:
+        raise UserError(f"engines={','.join(engines)}: must include espeak-ng, and only of {', '.join(ENGINES)}")
+    return {engine: find_espeak() if engine == "espeak-ng" else find_festival() for engine in engines}
+
+
 def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: bool = True,
-                  workers: int = 2, aux_per_speaker: int = 8, background_seconds: float = 60.0) -> dict:
+                  workers: int = 2, aux_per_speaker: int = 8, background_seconds: float = 60.0,
+                  engines: tuple[str, ...] = ENGINES) -> dict:
     """Generate the spoken-commands dataset into out (Speech Commands layout; see the module docstring).
 
-    per_word speakers each say every command once (more takes per speaker only once every
-    voice+variant is used), and `aux_per_speaker` of the AUX_WORDS into their own folders (0: none).
+    per_word (speaker, take) pairs each say every command once (pick_voicings: Festival voices say
+    FESTIVAL_SHARE of them when "festival" is in `engines`), and `aux_per_speaker` of the AUX_WORDS into
+    their own folders (0: none).
     `background_seconds` of each BACKGROUND_RECORDINGS noise go to _background_noise_/ (0: none).
     An interrupted run resumes: finished WAVs are kept, since a rerun with the same parameters
     would write the same bytes.
 
     Returns {root, words, aux_words, background, files, counts: {split: files}, speakers: {split: speakers}, seconds}.
     """
-    espeak = find_espeak()
+    engines = tuple(engines)
+    tools = find_engines(engines)
     if per_word < 3:
         raise UserError(f"per_word={per_word}: need at least 3 (one speaker each for train, validation and test)")
     if seed < 0:
@@ -429,26 +497,27 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
         raise UserError(f"background_seconds={background_seconds:g}: must be 0 (none) or between 1 and 3600")
     out = Path(out)
     params = {"generator": "data_prep.commands", "version": FORMAT_VERSION, "per_word": per_word, "seed": seed,
-              "aux_per_speaker": aux_per_speaker, "background_seconds": background_seconds}
+              "aux_per_speaker": aux_per_speaker, "background_seconds": background_seconds, "engines": list(engines)}
     _check_out_dir(out, params)
 
     started = time.perf_counter()
-    voices, variants = _installed(espeak)
-    speakers = pick_speakers(per_word, seed, voices, variants)
+    voices, variants = _installed(tools["espeak-ng"])
+    festival_voices = installed_voices(tools["festival"]) if "festival" in tools else []
+    if "festival" in tools and not festival_voices:
+        raise UserError("festival has none of its voices installed: install them with `apt-get install "
+                        "festvox-kdlpc16k festvox-czech-ph ...` (see data_prep/festival_voices.py), or use --engines espeak-ng")
+    speakers, voicings = pick_voicings(per_word, seed, voices, variants, festival_voices)
     if len(speakers) < 3:
         raise UserError(f"espeak-ng offers only {len(speakers)} voice+variant pair(s); 3 are needed for train/val/test")
-    takes = -(-per_word // len(speakers))  # ceil: > 1 only when per_word exceeds the voice+variant pairs
-    # (speaker, take) pairs in a fixed order; the first per_word of them say each word
-    voicings = [(s, n) for n in range(takes) for s in speakers][:per_word]
     split_of = split_speakers(speakers, seed)
     utterances = [(word, s, n) for word in COMMAND_WORDS for s, n in voicings]
     utterances += [(word, s, n) for s, n in voicings for word in aux_words_of(s, aux_per_speaker, seed)]
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "commands.json", {**params, "espeak": espeak_version(espeak),
+    atomic_write_json(out / "commands.json", {**params, "espeak": espeak_version(tools["espeak-ng"]),
                                               "speakers": [asdict(s) for s in speakers]})
     # A resumed run keeps the WAVs it finds: they hold the bytes this run would write.
-    todo = [(str(out), espeak, asdict(s), word, n, seed) for word, s, n in utterances if not (out / _relpath(s, word, n)).exists()]
+    todo = [(str(out), tools, asdict(s), word, n, seed) for word, s, n in utterances if not (out / _relpath(s, word, n)).exists()]
     total = len(utterances)
     bar = progress_bar(total=total, initial=total - len(todo), desc="spoken commands", unit="wav", disable=not progress)
     if workers <= 1 or len(todo) < 16:  # starting a pool costs seconds: not worth it for a few files
@@ -463,7 +532,7 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
     bar.close()
     background = []
     if background_seconds:
-        background = write_background(out, espeak, [s for s in speakers if split_of[s.id] == "train"], background_seconds, seed)
+        background = write_background(out, tools, [s for s in speakers if split_of[s.id] == "train"], background_seconds, seed)
 
     lists = {"val": [], "test": []}
     counts = {"train": 0, "val": 0, "test": 0}

@@ -23,7 +23,7 @@ and ship the model to a phone as TFLite.
 
 Typical session on the embedded data:
   actrec data actions --out data/actions          # synthetic action clips (MP4, H.264 + AAC)
-  actrec data commands --out data/commands        # spoken commands (espeak-ng, 16 kHz WAV)
+  actrec data commands --out data/commands        # spoken commands (espeak-ng and Festival, 16 kHz WAV)
   actrec index data/actions --out manifest.csv    # see what a dataset holds and what is broken
   actrec config show --config configs/actions_av.yaml --set train.epochs=5
 """
@@ -61,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_argument("--with-faults", action="store_true", help="also write broken files a real dataset has (empty, truncated, no audio, not a video, unknown class)")
     actions.add_argument("--workers", type=int, default=2, metavar="N", help="parallel render processes (default 2)")
     commands = data_sub.add_parser(
-        "commands", help="spoken commands (espeak-ng) in the Speech Commands layout",
+        "commands", help="spoken commands (espeak-ng and Festival) in the Speech Commands layout",
         description="Speak the 10 Speech Commands words, and other words that are not commands (the `_unknown_` of a "
-        "12-label keyword spotter), with many espeak-ng voices, speeds and pitches, add noise and room colour, and save "
-        "1-second 16 kHz WAVs as DIR/<word>/<speaker>_nohash_<n>.wav plus validation_list.txt and testing_list.txt "
-        "(split by speaker), and long noise recordings in DIR/_background_noise_/ (the `_silence_`). Needs espeak-ng.",
+        "12-label keyword spotter), with many espeak-ng voices, speeds and pitches and Festival's voices (made from recordings "
+        "of people), add noise and room colour, and save 1-second 16 kHz WAVs as DIR/<word>/<speaker>_nohash_<n>.wav plus "
+        "validation_list.txt and testing_list.txt (split by speaker), and long noise recordings in DIR/_background_noise_/ "
+        "(the `_silence_`). Needs espeak-ng, and festival with its festvox voices unless --engines espeak-ng.",
     )
     commands.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     commands.add_argument("--per-word", type=int, default=200, metavar="N", help="utterances per word (default 200: what configs/commands.yaml needs to generalise to unseen speakers)")
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="other (non-command) words each speaker says, into their own folders (default 8; 0 = none)")
     commands.add_argument("--background-seconds", type=float, default=60.0, metavar="S",
                           help="seconds of each _background_noise_/ recording (default 60; 0 = none)")
+    commands.add_argument("--engines", default="espeak-ng,festival", metavar="LIST",
+                          help="synthesisers, comma-separated (default espeak-ng,festival; espeak-ng alone: voices of one "
+                          "synthesiser, which unseen voices are recognised worse after)")
 
     # actrec index
     index = sub.add_parser(
@@ -258,7 +262,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         from data_prep.commands import make_commands
 
         summary = make_commands(args.out, per_word=args.per_word, seed=args.seed, workers=args.workers,
-                                aux_per_speaker=args.aux_per_speaker, background_seconds=args.background_seconds)
+                                aux_per_speaker=args.aux_per_speaker, background_seconds=args.background_seconds,
+                                engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()))
         counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
         print(f"wrote {summary['files']} utterances of {len(summary['words'])} commands and {len(summary['aux_words'])} other words "
               f"and {len(summary['background'])} background recordings to {summary['root']} ({counts}) in {summary['seconds']:.1f} s")

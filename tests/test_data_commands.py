@@ -6,6 +6,7 @@ runs are the smallest that still test what they name.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 import soundfile as sf
 
 from data_prep.command_noise import BACKGROUND_RECORDINGS
-from data_prep.commands import AUX_WORDS, COMMAND_WORDS, make_commands
+from data_prep.commands import AUX_WORDS, COMMAND_WORDS, FESTIVAL_SHARE, FESTIVAL_TAKES, VARIANTS, make_commands, pick_voicings
+from data_prep.festival_voices import HELD_OUT_VOICES, VOICE_LANGUAGES
 from pipeline.errors import UserError
 
 PER_WORD = 12
@@ -183,6 +185,53 @@ def test_missing_espeak_is_a_one_line_error_saying_how_to_install(tmp_path, monk
     assert not (tmp_path / "out").exists()
 
 
+def test_festival_voices_say_their_share_of_every_word_and_never_the_held_out_speakers():
+    festival_voices = list(VOICE_LANGUAGES)
+    speakers, voicings = pick_voicings(100, 0, {"en-us", "en-gb", "de"}, set(VARIANTS), festival_voices)
+    assert len(voicings) == 100 and len(set(voicings)) == 100
+    festival = [s for s, _ in voicings if s.engine == "festival"]
+    assert len(festival) == int(100 * FESTIVAL_SHARE) // FESTIVAL_TAKES * FESTIVAL_TAKES  # 30 of each word's 100
+    assert all(festival.count(s) == FESTIVAL_TAKES for s in festival)
+    assert {s.voice for s in festival} <= set(VOICE_LANGUAGES) and not {s.voice for s in festival} & set(HELD_OUT_VOICES)
+    assert all(0.8 < s.tract < 1.25 for s in festival) and len({s.tract for s in festival}) > 1
+    assert len({s.id for s in speakers}) == len(speakers) == len({s for s, _ in voicings})
+    assert pick_voicings(100, 0, {"en-us"}, set(VARIANTS), festival_voices) == pick_voicings(
+        100, 0, {"en-us"}, set(VARIANTS), festival_voices)
+    # without Festival, or with too few utterances for one voice's takes, espeak-ng says them all
+    for n, voices in ((100, []), (8, festival_voices)):
+        _, voicings = pick_voicings(n, 0, {"en-us"}, set(VARIANTS), voices)
+        assert len(voicings) == n and all(s.engine == "espeak-ng" for s, _ in voicings)
+    # fewer utterances than all voices' takes: the English voice comes first
+    _, voicings = pick_voicings(30, 0, {"en-us"}, set(VARIANTS), festival_voices)
+    assert [s.voice for s, _ in voicings if s.engine == "festival"][::FESTIVAL_TAKES] == festival_voices[:3]
+    assert festival_voices[0] == "ked_diphone"
+
+
+@pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed")
+def test_the_dataset_has_festival_speakers_split_like_the_others(dataset):
+    root, _ = dataset
+    speakers = json.loads((root / "commands.json").read_text())["speakers"]
+    festival = [s["id"] for s in speakers if s["engine"] == "festival"]
+    assert len(festival) == int(PER_WORD * FESTIVAL_SHARE) // FESTIVAL_TAKES
+    assert all(splits(root)[rel] == "train" for rel in wav_files(root) if NAME.match(rel).group(2) in festival)
+    for word in COMMAND_WORDS:  # every take of a Festival voice is a file of its own
+        assert len([p for p in (root / word).glob("*.wav") if p.name.split("_")[0] in festival]) == len(festival) * FESTIVAL_TAKES
+
+
+def test_missing_festival_is_a_one_line_error_naming_the_opt_out(tmp_path, monkeypatch):
+    only_espeak = tmp_path / "bin"
+    only_espeak.mkdir()
+    (only_espeak / "espeak-ng").symlink_to(shutil.which("espeak-ng"))
+    monkeypatch.setenv("PATH", str(only_espeak))
+    with pytest.raises(UserError) as err:
+        make_commands(tmp_path / "out", per_word=PER_WORD, progress=False)
+    message = str(err.value)
+    assert "festival" in message and "apt-get install" in message and "--engines espeak-ng" in message
+    assert "\n" not in message and not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="engines=flite"):
+        make_commands(tmp_path / "out", per_word=PER_WORD, progress=False, engines=("flite",))
+
+
 def test_the_index_reads_it_as_speech_commands(dataset):
     index = pytest.importorskip("pipeline.datasets")
     root, summary = dataset
@@ -192,3 +241,33 @@ def test_the_index_reads_it_as_speech_commands(dataset):
     assert idx.counts() == summary["counts"]
     groups = {s: {r.group for r in idx.rows if r.split == s} for s in ("train", "val", "test")}
     assert not groups["train"] & (groups["val"] | groups["test"])
+
+
+def test_run_sh_installs_the_festival_voices_the_generator_names():
+    from data_prep.festival_voices import DEBIAN_PACKAGES
+
+    run_sh = (Path(__file__).parents[1] / "run.sh").read_text()
+    packages = re.search(r"SPEECH_PACKAGES=\(([^)]*)\)", run_sh).group(1).split()
+    assert set(DEBIAN_PACKAGES) <= set(packages) and "espeak-ng" in packages
+
+
+def test_other_words_are_neither_commands_nor_the_held_out_sets_words():
+    from data_prep.flite_voices import OTHER_WORDS
+
+    assert len(set(AUX_WORDS)) == len(AUX_WORDS) >= 25
+    assert not set(AUX_WORDS) & set(COMMAND_WORDS) and not set(AUX_WORDS) & set(OTHER_WORDS)
+
+
+@pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed")
+def test_a_festival_utterance_is_the_same_bytes_whatever_was_said_before():
+    from data_prep.festival_voices import festival_wav, find_festival, installed_voices
+
+    festival = find_festival()
+    voices = installed_voices(festival)
+    assert voices, "festival has none of the generator's voices"
+    for voice in voices:
+        first, rate = festival_wav(festival, voice, "stop", 1.0)
+        festival_wav(festival, voice, "jes", 1.25)
+        again, rate_again = festival_wav(festival, voice, "stop", 1.0)
+        assert rate == rate_again and np.array_equal(first, again), voice
+        assert len(first) > 0.2 * rate and np.abs(first.astype(np.int32)).max() > 1000, voice  # speech, not silence

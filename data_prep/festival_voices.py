@@ -1,0 +1,121 @@
+"""Festival speaks some of the embedded commands: a second synthesiser beside espeak-ng.
+
+A keyword spotter trained on one synthesiser learns that synthesiser (espeak-ng's formant voices); voices
+built from recordings of people (Festival's diphone, cluster-unit and HTS voices) widen what "a voice" is.
+Debian ships a dozen Festival voices; the ones whose speakers CMU Flite also ships are left out, so that
+data_prep.flite_voices stays a set of voices never heard in training.
+
+    text (respelled for the voice's language) --one festival --pipe per process, Duration_Stretch--> WAV int16 at the
+    voice's rate
+
+Install: `apt-get install festival` and the festvox-* voice packages (run.sh installs them).
+"""
+
+from __future__ import annotations
+
+import atexit
+import select
+import shutil
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+# voice -> language of its letter-to-sound rules (a key of data_prep.commands.ACCENT_SPELLINGS, "en": as written)
+VOICE_LANGUAGES = {
+    "ked_diphone": "en",
+    "lp_diphone": "it", "pc_diphone": "it",
+    "czech_dita": "cs", "czech_krb": "cs", "czech_machac": "cs", "czech_ph": "cs",
+    "suo_fi_lj_diphone": "fi", "hy_fi_mv_diphone": "fi",
+    "msu_ru_nsh_clunits": "ru",
+    "upc_ca_ona_hts": "ca",
+}
+# Voices whose second utterance in a process differs from the same utterance in a fresh one: one process each.
+FRESH_PROCESS_VOICES = ("czech_dita", "czech_krb", "czech_machac", "czech_ph")
+# Festival voices of speakers that Flite also has (kal, slt): never trained on, the held-out set's voices.
+HELD_OUT_VOICES = ("kal_diphone", "cmu_us_slt_arctic_hts")
+DEBIAN_PACKAGES = ("festival", "festvox-kdlpc16k", "festvox-italp16k", "festvox-itapc16k", "festvox-czech-dita",
+                   "festvox-czech-krb", "festvox-czech-machac", "festvox-czech-ph", "festvox-suopuhe-lj",
+                   "festvox-suopuhe-mv", "festvox-ru", "festvox-ca-ona-hts")
+
+
+def find_festival() -> str:
+    """The festival executable on PATH, or a one-line UserError saying how to install it and how to do without."""
+    path = shutil.which("festival")
+    if path is None:
+        raise UserError("festival not found on PATH: install it with `apt-get install " + " ".join(DEBIAN_PACKAGES)
+                        + "` (Debian/Ubuntu), or generate espeak-ng voices only with `--engines espeak-ng`")
+    return path
+
+
+def installed_voices(festival: str) -> list[str]:
+    """The VOICE_LANGUAGES voices this Festival installation has, in VOICE_LANGUAGES order."""
+    out = subprocess.run([festival, "--pipe"], input='(format t "%l\\n" (voice.list))\n', capture_output=True,
+                         text=True, timeout=60).stdout
+    have = set(out.strip().strip("()").split())
+    return [voice for voice in VOICE_LANGUAGES if voice in have]
+
+
+class FestivalSession:
+    """One `festival --pipe` process of one voice that says many utterances: starting Festival costs about 0.15 s,
+    a word 10 ms. One voice per process: a voice leaves settings behind that change what the next voice says.
+    """
+
+    def __init__(self, festival: str, voice: str):
+        if voice not in VOICE_LANGUAGES:
+            raise ValueError(f"festival: unknown voice {voice!r}")
+        self.voice = voice
+        self._folder = tempfile.TemporaryDirectory(prefix="festival-")
+        self._process = subprocess.Popen([festival, "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
+        self._count = 0
+
+    def say(self, text: str, stretch: float) -> tuple[np.ndarray, int]:
+        """The voice says text, `stretch` times its normal duration. Returns (samples int16 [N], sample rate)."""
+        if '"' in text or "\\" in text:
+            raise ValueError(f"festival: unquotable text {text!r}")
+        self._count += 1
+        wav = Path(self._folder.name) / f"{self._count}.wav"
+        # (fflush nil): Festival buffers its output in pipe mode; the marker line must arrive now
+        self._process.stdin.write(f"(voice_{self.voice})\n(Parameter.set 'Duration_Stretch {stretch:.3f})\n"
+                                  f'(set! utt (Utterance Text "{text}"))\n(utt.synth utt)\n'
+                                  f'(utt.save.wave utt "{wav}" \'riff)\n(format t "done {self._count}\\n")\n(fflush nil)\n')
+        self._process.stdin.flush()
+        ready, _, _ = select.select([self._process.stdout], [], [], 60)
+        line = self._process.stdout.readline() if ready else ""
+        if line.strip() != f"done {self._count}" or not wav.is_file():
+            self.close()
+            raise RuntimeError(f"festival gave no WAV for voice {self.voice!r}, text {text!r}")
+        with wave.open(str(wav)) as w:
+            rate, samples = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        wav.unlink()
+        return samples, rate
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            self._process.wait(timeout=10)
+        self._folder.cleanup()
+
+
+_SESSIONS: dict[tuple[str, str], FestivalSession] = {}
+
+
+def festival_wav(festival: str, voice: str, text: str, stretch: float) -> tuple[np.ndarray, int]:
+    """FestivalSession.say through this process's session of the voice (started on first use, closed at exit),
+    or a session of its own for FRESH_PROCESS_VOICES: the same bytes whatever was said before."""
+    if voice in FRESH_PROCESS_VOICES:
+        session = FestivalSession(festival, voice)
+        try:
+            return session.say(text, stretch)
+        finally:
+            session.close()
+    session = _SESSIONS.get((festival, voice))
+    if session is None or session._process.poll() is not None:
+        session = _SESSIONS[festival, voice] = FestivalSession(festival, voice)
+        atexit.register(session.close)
+    return session.say(text, stretch)
