@@ -5,8 +5,8 @@ built from recordings of people (Festival's diphone, cluster-unit and HTS voices
 Debian ships a dozen Festival voices; the ones whose speakers CMU Flite also ships are left out, so that
 data_prep.flite_voices stays a set of voices never heard in training.
 
-    text (respelled for the voice's language) --one festival --pipe per process, Duration_Stretch--> WAV int16 at the
-    voice's rate
+    text (respelled for the voice's language) --festival --pipe (one process per voice and worker, kept open;
+        per utterance for FRESH_PROCESS_VOICES), Duration_Stretch--> WAV int16 at the voice's rate
 
 Install: `apt-get install festival` and the festvox-* voice packages (run.sh installs them).
 """
