@@ -496,16 +496,15 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
     if background_seconds != 0 and not 1 <= background_seconds <= 3600:
         raise UserError(f"background_seconds={background_seconds:g}: must be 0 (none) or between 1 and 3600")
     out = Path(out)
+    started = time.perf_counter()
+    festival_voices = installed_voices(tools["festival"]) if "festival" in tools else []
+    # the Festival voices installed are a parameter: resuming with others would mix two datasets in one folder
     params = {"generator": "data_prep.commands", "version": FORMAT_VERSION, "per_word": per_word, "seed": seed,
-              "aux_per_speaker": aux_per_speaker, "background_seconds": background_seconds, "engines": list(engines)}
+              "aux_per_speaker": aux_per_speaker, "background_seconds": background_seconds, "engines": list(engines),
+              "festival_voices": festival_voices}
     _check_out_dir(out, params)
 
-    started = time.perf_counter()
     voices, variants = _installed(tools["espeak-ng"])
-    festival_voices = installed_voices(tools["festival"]) if "festival" in tools else []
-    if "festival" in tools and not festival_voices:
-        raise UserError("festival has none of its voices installed: install them with `apt-get install "
-                        "festvox-kdlpc16k festvox-czech-ph ...` (see data_prep/festival_voices.py), or use --engines espeak-ng")
     speakers, voicings = pick_voicings(per_word, seed, voices, variants, festival_voices)
     if len(speakers) < 3:
         raise UserError(f"espeak-ng offers only {len(speakers)} voice+variant pair(s); 3 are needed for train/val/test")

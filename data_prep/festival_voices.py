@@ -43,21 +43,28 @@ DEBIAN_PACKAGES = ("festival", "festvox-kdlpc16k", "festvox-italp16k", "festvox-
                    "festvox-suopuhe-mv", "festvox-ru", "festvox-ca-ona-hts")
 
 
+_INSTALL = ("install it with `apt-get install " + " ".join(DEBIAN_PACKAGES) + "` (Debian/Ubuntu), "
+            "or generate espeak-ng voices only with `--engines espeak-ng`")
+
+
 def find_festival() -> str:
     """The festival executable on PATH, or a one-line UserError saying how to install it and how to do without."""
     path = shutil.which("festival")
     if path is None:
-        raise UserError("festival not found on PATH: install it with `apt-get install " + " ".join(DEBIAN_PACKAGES)
-                        + "` (Debian/Ubuntu), or generate espeak-ng voices only with `--engines espeak-ng`")
+        raise UserError(f"festival not found on PATH: {_INSTALL}")
     return path
 
 
 def installed_voices(festival: str) -> list[str]:
-    """The VOICE_LANGUAGES voices this Festival installation has, in VOICE_LANGUAGES order."""
+    """The VOICE_LANGUAGES voices this Festival installation has, in VOICE_LANGUAGES order; a one-line UserError
+    when it has none of them."""
     out = subprocess.run([festival, "--pipe"], input='(format t "%l\\n" (voice.list))\n', capture_output=True,
                          text=True, timeout=60).stdout
     have = set(out.strip().strip("()").split())
-    return [voice for voice in VOICE_LANGUAGES if voice in have]
+    voices = [voice for voice in VOICE_LANGUAGES if voice in have]
+    if not voices:
+        raise UserError(f"festival has none of the generator's voices ({', '.join(VOICE_LANGUAGES)}): {_INSTALL}")
+    return voices
 
 
 class FestivalSession:

@@ -271,3 +271,30 @@ def test_a_festival_utterance_is_the_same_bytes_whatever_was_said_before():
         again, rate_again = festival_wav(festival, voice, "stop", 1.0)
         assert rate == rate_again and np.array_equal(first, again), voice
         assert len(first) > 0.2 * rate and np.abs(first.astype(np.int32)).max() > 1000, voice  # speech, not silence
+
+
+def test_a_festival_without_the_generators_voices_is_a_one_line_error(tmp_path):
+    from data_prep.festival_voices import installed_voices
+
+    fake = tmp_path / "festival"  # answers (voice.list) with voices the generator does not use
+    fake.write_text("#!/bin/sh\necho '(kal_diphone cmu_us_slt_arctic_hts)'\n")
+    fake.chmod(0o755)
+    with pytest.raises(UserError) as err:
+        installed_voices(str(fake))
+    message = str(err.value)
+    assert "none of the generator's voices" in message and "apt-get install festival" in message
+    assert "\n" not in message
+
+
+@pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed")
+def test_resuming_with_other_festival_voices_installed_is_refused(dataset, tmp_path, monkeypatch):
+    import data_prep.commands as commands
+
+    root, _ = dataset
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    fewer = commands.installed_voices(commands.find_festival())[:-1]
+    monkeypatch.setattr(commands, "installed_voices", lambda festival: fewer)  # as on a machine with one voice less
+    with pytest.raises(UserError, match="holds a commands dataset made with"):
+        make_commands(copy, per_word=PER_WORD, seed=0, progress=False, aux_per_speaker=AUX_PER_SPEAKER,
+                      background_seconds=BACKGROUND_SECONDS)
