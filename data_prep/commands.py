@@ -3,7 +3,7 @@
 A model trained on this data should also recognise other voices (other TTS engines,
 real people), so the generator aims for wide variation rather than clean TTS:
 
-  speaker   = an espeak-ng voice (8 English accents, 8 other languages speaking the
+  speaker   = an espeak-ng voice (espeak_voices.py: 8 English accents, 8 other languages speaking the
               English words, respelled so they sound like accented English) + a voice
               variant (+m1..+m8, +f1..+f5, +croak, +klatt.., +whisper, named voices ...),
               with its own base speed, pitch, pitch range and amplitude;
@@ -42,8 +42,6 @@ import hashlib
 import io
 import json
 import multiprocessing
-import shutil
-import subprocess
 import time
 import wave
 from dataclasses import asdict, dataclass
@@ -54,6 +52,18 @@ import soxr
 from scipy import signal
 
 from data_prep.command_noise import BACKGROUND_RECORDINGS, NOISE_KINDS, background_recording, noise
+from data_prep.espeak_voices import (
+    ENGLISH_SHARE,
+    ENGLISH_VOICES,
+    ESPEAK_ACCENTS,
+    PITCH_RANGE,
+    SPEED_RANGE,
+    VARIANTS,
+    espeak_version,
+    espeak_wav,
+    find_espeak,
+    installed_voices_and_variants,
+)
 from data_prep.festival_voices import VOICE_LANGUAGES, festival_wav, find_festival, installed_voices
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -80,12 +90,6 @@ FORMAT_VERSION = 3  # bump when the audio recipe changes: old folders are then r
 
 # ----------------------------------------------------------------------------- voices
 
-# English accents espeak-ng ships; they read the words as written.
-ENGLISH_VOICES = (
-    "en-us", "en-us-nyc", "en-gb", "en-gb-x-rp", "en-gb-scotland",
-    "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
-)
-
 # Other languages speaking the English words. Read with the language's own spelling
 # rules some words come out as a different word (Swedish "go" -> [ɡuː]), so those are
 # respelled to sound like the English word said with that accent (to see how a voice
@@ -108,41 +112,11 @@ ACCENT_SPELLINGS: dict[str, dict[str, str]] = {
            "off": "оф", "stop": "стоп", "go": "гоу"},
     "ca": {"yes": "ies", "no": "nou", "up": "ap", "down": "daun", "right": "rait", "go": "gou"},
 }
-ESPEAK_ACCENTS = ("de", "nl", "sv", "es", "fr-fr", "it", "pt-br", "pl")  # espeak-ng voices of ACCENT_SPELLINGS
 
 # Share of each word's utterances said by Festival voices, each voice FESTIVAL_TAKES times (with its own jitter).
 FESTIVAL_SHARE = 1 / 3  # 100 per word: all 11 voices
 FESTIVAL_TAKES = 3
 ENGINES = ("espeak-ng", "festival")
-
-# Share of espeak-ng speakers drawn from the English accents; the rest speak the words with another
-# language's accent (most people a deployed model hears are native English speakers).
-ENGLISH_SHARE = 0.65
-
-# Voice variants (`espeak-ng --voices=variant`, file names under voices/!v). "" is the
-# voice's own default. Every variant is allowed, odd ones included: wide variation is the point.
-VARIANTS = (
-    "",
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8",
-    "f1", "f2", "f3", "f4", "f5",
-    "croak", "whisper", "whisperf", "grandma", "grandpa", "aunty",
-    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
-    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2",
-    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Storm",
-    "adam", "anika", "antonio", "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward",
-    "edward2", "gustave", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "linda",
-    "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob",
-    "robert", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
-    # synthetic-sounding ones: few real voices sound like them, but they widen the spread of timbres
-    "Demonic", "RicishayMax", "RicishayMax2", "RicishayMax3", "Tweaky", "UniRobot", "anikaRobot",
-    "announcer", "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6",
-    "robosoft7", "robosoft8",
-)
-
-# Bounds of an utterance's jittered speed (words per minute) and pitch (espeak-ng's 0-99 scale);
-# a word too long for the 1-s window is then said faster still.
-SPEED_RANGE = (110, 230)
-PITCH_RANGE = (10, 90)
 
 # Fixed tags that give choosing speakers and splitting them random streams of their own,
 # apart from the per-speaker (seed, speaker id) and per-utterance streams.
@@ -150,34 +124,6 @@ _PICK_STREAM = 0x91C4
 _SPLIT_STREAM = 0x5B17
 _AUX_STREAM = 0xA0C5
 _BACKGROUND_STREAM = 0xB6A9
-
-
-def find_espeak() -> str:
-    """The espeak-ng executable on PATH, or a one-line UserError saying how to install it."""
-    path = shutil.which("espeak-ng")
-    if path is None:
-        raise UserError(
-            "espeak-ng not found on PATH: install it with `apt-get install espeak-ng` (Debian/Ubuntu) "
-            "or `brew install espeak-ng` (macOS); it speaks the embedded spoken-commands dataset"
-        )
-    return path
-
-
-def espeak_version(espeak: str) -> str:
-    out = subprocess.run([espeak, "--version"], capture_output=True, text=True).stdout
-    return out.split("Data at")[0].strip()
-
-
-def _installed(espeak: str) -> tuple[set[str], set[str]]:
-    """(language voices, variant names) this espeak-ng installation has."""
-    def listing(arg: str) -> list[list[str]]:
-        out = subprocess.run([espeak, arg], capture_output=True, text=True, check=True).stdout
-        return [line.split() for line in out.splitlines()[1:] if line.strip()]
-
-    voices = {cols[1] for cols in listing("--voices")}
-    # variant rows: "5 variant --/M Name !v/file"; the file name is what goes after "+"
-    variants = {cols[4][len("!v/"):] for cols in listing("--voices=variant") if len(cols) >= 5}
-    return voices, variants | {""}
 
 
 # ----------------------------------------------------------------------------- speakers and splits
@@ -272,24 +218,6 @@ def split_speakers(speakers: list[Speaker], seed: int) -> dict[str, str]:
 # ----------------------------------------------------------------------------- speech
 
 
-def _espeak_wav(espeak: str, text: str, voice: str, speed: int, pitch: int, pitch_range: int,
-                amplitude: int) -> tuple[np.ndarray, int]:
-    """Run espeak-ng once. Returns (samples: int16 [N], sample rate: 22050 for espeak-ng)."""
-    # SSML only to reach the pitch range, which has no command-line flag. There is no
-    # word gap (-g) to vary: each utterance is a single word.
-    ssml = f'<speak><prosody range="{pitch_range}%">{text}</prosody></speak>'
-    cmd = [espeak, "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude),
-           "-z", "-m", "--stdout", ssml]
-    wav = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
-    # espeak-ng streams to stdout, so the RIFF/data sizes in its header are placeholders
-    # (0x7fffffff): read the rate from the fmt chunk and take everything after "data".
-    fmt = wav.index(b"fmt ")
-    rate = int.from_bytes(wav[fmt + 12:fmt + 16], "little")
-    data = wav.index(b"data", fmt) + 8
-    n = (len(wav) - data) // 2
-    return np.frombuffer(wav, dtype="<i2", count=n, offset=data), rate
-
-
 def _trim(x: np.ndarray, sr: int, top_db: float = 40.0) -> np.ndarray:
     """The spoken part of x (float [N]): 5-ms frames within top_db of the loudest, plus 10 ms each side."""
     hop = sr // 200
@@ -319,7 +247,7 @@ def speak(tools: dict[str, str], speaker: Speaker, word: str, rng: np.random.Gen
         if speaker.engine == "festival":
             raw, rate = festival_wav(tools["festival"], speaker.voice, text, stretch=170 / speed)
         else:
-            raw, rate = _espeak_wav(tools["espeak-ng"], text, voice, speed, pitch, speaker.pitch_range, amplitude)
+            raw, rate = espeak_wav(tools["espeak-ng"], text, voice, speed, pitch, speaker.pitch_range, amplitude)
         if speaker.engine == "espeak-ng" and np.abs(raw.astype(np.int32)).max() >= 32767 and attempt < 7:
             amplitude = max(5, int(amplitude * 0.6))  # espeak clipped its own output: say it softer
             continue
@@ -504,7 +432,7 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
               "festival_voices": festival_voices}
     _check_out_dir(out, params)
 
-    voices, variants = _installed(tools["espeak-ng"])
+    voices, variants = installed_voices_and_variants(tools["espeak-ng"])
     speakers, voicings = pick_voicings(per_word, seed, voices, variants, festival_voices)
     if len(speakers) < 3:
         raise UserError(f"espeak-ng offers only {len(speakers)} voice+variant pair(s); 3 are needed for train/val/test")

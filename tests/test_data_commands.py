@@ -16,7 +16,8 @@ import pytest
 import soundfile as sf
 
 from data_prep.command_noise import BACKGROUND_RECORDINGS
-from data_prep.commands import AUX_WORDS, COMMAND_WORDS, FESTIVAL_SHARE, FESTIVAL_TAKES, VARIANTS, make_commands, pick_voicings
+from data_prep.commands import AUX_WORDS, COMMAND_WORDS, FESTIVAL_SHARE, FESTIVAL_TAKES, make_commands, pick_voicings
+from data_prep.espeak_voices import VARIANTS
 from data_prep.festival_voices import HELD_OUT_VOICES, VOICE_LANGUAGES
 from pipeline.errors import UserError
 
