@@ -52,6 +52,8 @@ LEVERS = {
     "speed_change": ["train.time_shift=0", "train.background_mix=0"],
     "background_mix": ["train.time_shift=0", "train.speed_change=0"],
     "speed_change_wide": ["train.speed_change=0.25"],  # +-25%: vocal tracts and speaking rates further apart
+    "unknown_20": ["data.unknown_fraction=0.2"],  # twice the other words per epoch, with the waveform augmentations
+    "two_layers": ["model.num_layers=2", "model.units=128"],  # deeper, about the same parameters
     "no_specaugment": ["train.time_masks=0", "train.freq_masks=0"],
     "mfcc_13": ["preprocess.n_mfcc=13"],
     "bidirectional": [],  # configs/commands_bidirectional.yaml (the whole-window recipe; see CONFIGS)

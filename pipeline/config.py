@@ -169,7 +169,7 @@ class ModelConfig:
     dropout: float = option(0.3, "Dropout on RNN inputs and before the classifier.", minimum=0.0, below=1.0)
     recurrent_dropout: float = option(0.0, "Dropout on the recurrent state (slower: disables the fused kernel).", minimum=0.0, below=1.0)
     pooling: str = option("attention", "How the sequence of states becomes one vector: `last` state, `mean` over valid steps, or learned `attention` weights over steps.", ["last", "mean", "attention"])
-    fusion: str = option("mid", "Audio-visual fusion: `late` averages the two heads' probabilities, `mid` concatenates their pooled states and classifies.", ["late", "mid"])
+    fusion: str = option("mid", "Audio-visual fusion: `late` averages the two heads' probabilities, `mid` concatenates their pooled states and classifies, `backoff` is mid with both modalities and each modality's own classifier when it is alone (a video without sound, `evaluate --drop`).", ["late", "mid", "backoff"])
     audio_stack: int = option(1, "MFCC frames stacked into one audio RNN step (low frame rate: 3-4 = 30-40 ms steps, a 3-4x shorter RNN).", minimum=1, maximum=64)
     l2: float = option(1e-4, "L2 penalty on kernel weights (0 = off).", minimum=0.0, maximum=1.0)
     encoder_trainable: str = option("false", "Hybrid model: train the CNN `false` (frozen), `true` (all layers) or `last_n` layers.", ["false", "true", "last_n"])

@@ -53,6 +53,7 @@ def predict(model, inputs):
 
 
 @pytest.mark.parametrize("fusion, name, audio_length", [("mid", "av_fusion", "mfcc_length"), ("late", "av_fusion", "mfcc_length"),
+                                                       ("backoff", "av_fusion", "mfcc_length"),
                                                        ("mid", "hybrid", "num_samples")])
 def test_a_modality_of_length_zero_is_gated_out(fusion, name, audio_length):
     """With its length 0, a modality's values do not reach the output; with its length > 0 they do."""
@@ -72,6 +73,7 @@ def test_a_modality_of_length_zero_is_gated_out(fusion, name, audio_length):
 
 
 @pytest.mark.parametrize("fusion, name, audio_length", [("mid", "av_fusion", "mfcc_length"), ("late", "av_fusion", "mfcc_length"),
+                                                       ("backoff", "av_fusion", "mfcc_length"),
                                                        ("mid", "hybrid", "num_samples")])
 def test_the_modality_loss_trains_what_evaluate_drop_feeds(fusion, name, audio_length):
     """The trainer's alone outputs are the model's output on the same clip with the other modality removed."""
@@ -88,6 +90,16 @@ def test_the_modality_loss_trains_what_evaluate_drop_feeds(fusion, name, audio_l
     np.testing.assert_allclose(audio_alone, predict(model, {**inputs, "frame_lengths": np.zeros(2, np.int32)}), atol=1e-6)
     assert not np.allclose(video_alone, audio_alone, atol=1e-4)
     np.testing.assert_array_equal(np.concatenate([video_present, audio_present], axis=1), np.ones((2, 2)))
+
+
+def test_backoff_answers_with_the_fused_classifier_only_when_both_modalities_are_present():
+    from pipeline.models.fusion import Backoff
+
+    fused, video, audio = (np.full((4, 2), v, np.float32) for v in (1.0, 2.0, 3.0))
+    v = np.array([[1], [1], [0], [0]], np.float32)  # clips: both, video only, audio only, neither
+    a = np.array([[1], [0], [1], [0]], np.float32)
+    out = np.asarray(Backoff()(fused, [video, audio], [v, a]))
+    np.testing.assert_array_equal(out[:, 0], [1.0, 2.0, 3.0, 1.0])
 
 
 def test_the_modality_loss_adds_each_present_modality_alone_in_training_only():

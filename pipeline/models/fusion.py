@@ -5,8 +5,10 @@ Inputs are named as the cached features are (see preprocess.feature_schema):
     mfcc           float32 [B, F, C] + mfcc_length   int [B]    (audio)
 Output: class probabilities float32 [B, num_classes].
 
-    late fusion: each modality has its own classifier; their probabilities are averaged.
-    mid fusion:  the pooled states are concatenated and one classifier decides.
+    late fusion:    each modality has its own classifier; their probabilities are averaged.
+    mid fusion:     the pooled states are concatenated and one classifier decides.
+    backoff fusion: mid fusion's classifier when both modalities are present, and each modality's own classifier
+                    when it is alone (its weights and the fused classifier's are not shared).
 
 A modality is present in a clip when its length input is > 0. An absent one (a video without a sound
 track, `actrec evaluate --drop`, modality dropout in training) is gated out: its pooled state becomes
@@ -54,6 +56,18 @@ class Presence(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="actrec")
+class Backoff(layers.Layer):
+    """fused [B, K] when both modalities are present, else the present one's own probabilities [B, K] (video first).
+
+    present [B, 1] each; with neither present the fused classifier answers (on zeros, as mid fusion does).
+    """
+
+    def call(self, fused, alone, present):
+        (video, audio), (v, a) = alone, present
+        return (v * a + (1.0 - v) * (1.0 - a)) * fused + v * (1.0 - a) * video + (1.0 - v) * a * audio
+
+
+@keras.saving.register_keras_serializable(package="actrec")
 class PresentAverage(layers.Layer):
     """Late fusion over the present modalities: probs [B, K] each, present [B, 1] each -> sum(p * w) / sum(w)."""
 
@@ -72,7 +86,13 @@ def fuse(pooled: list, cfg, num_classes: int, lengths: list | None = None):
         probs = [classifier(p, cfg, num_classes, name) for p, name in zip(pooled, names)]
         return PresentAverage(name="late_fusion")(probs, present)
     gated = [layers.Multiply(name=f"{name}_gate")([p, w]) for p, w, name in zip(pooled, present, names)]
-    return classifier(layers.Concatenate(name="mid_fusion")(gated), cfg, num_classes, "fusion")
+    fused = classifier(layers.Concatenate(name="mid_fusion")(gated), cfg, num_classes, "fusion")
+    if cfg.fusion == "backoff":
+        # a linear classifier on [video, audio] adds one logit term per modality: a term trained to decide with the
+        # other's help cannot also decide alone, so a modality alone gets a classifier of its own
+        alone = [classifier(p, cfg, num_classes, name) for p, name in zip(gated, names)]
+        return Backoff(name="backoff_fusion")(fused, alone, present)
+    return fused
 
 
 def video_rnn(spec: ModelSpec, cfg) -> keras.Model:

@@ -6,8 +6,8 @@ chance (some clips lose one modality); these losses answer it on every clip. The
 model and adds no weight:
 
     inputs --the model's branches--> video pooled [B, H], audio pooled [B, H] (each gated by its presence [B, 1])
-        mid fusion:  the fusion classifier on [video, 0] and on [0, audio]: what `evaluate --drop audio|video` feeds it
-        late fusion: each modality's own classifier
+        mid fusion:           the fusion classifier on [video, 0] and on [0, audio]: what `evaluate --drop audio|video` feeds it
+        late, backoff fusion: each modality's own classifier
         --> fused probabilities [B, K] and, per modality, alone probabilities [B, K] with its presence [B, 1]
 
     loss = loss(fused) + modality_loss x sum over modalities of loss(alone), each clip weighted by its presence
@@ -36,7 +36,7 @@ class Absent(layers.Layer):
 def alone_outputs(model: keras.Model) -> list:
     """[(alone probabilities [B, K], presence [B, 1]) per modality] of a two-modality model built by fusion.fuse."""
     present = [model.get_layer(f"{name}_present").output for name in MODALITIES]
-    if any(layer.name == "late_fusion" for layer in model.layers):
+    if any(layer.name in ("late_fusion", "backoff_fusion") for layer in model.layers):
         return [(model.get_layer(f"{name}_probs").output, p) for name, p in zip(MODALITIES, present)]
     gated = [model.get_layer(f"{name}_gate").output for name in MODALITIES]
     concatenate, dropout, classify = (model.get_layer(name) for name in ("mid_fusion", "fusion_dropout", "fusion_probs"))
