@@ -317,6 +317,24 @@ def test_int8_is_close_and_calibrated_on_training_clips(fusion_run):
     assert all(fmt in parity["formats"][f] for f in parity["formats"] for fmt in ("latency_ms", "bytes", "ops"))
 
 
+@pytest.mark.slow  # trains and exports a backoff model (~40 s)
+def test_int8_of_a_backoff_model_answers_with_one_modality_removed(dataset, tmp_path_factory):  # noqa: F811
+    """Calibration clips with a modality removed calibrate the paths a clip without it takes: calibrated on whole
+    clips only, the int8 file of a backoff model answered all-zero probabilities to every clip without frames."""
+    run = trained(dataset, tmp_path_factory, "model.name=av_fusion", "model.fusion=backoff", "train.modality_loss=1",
+                  "train.epochs=20")
+    export(run, "int8", progress=False)
+    cfg = RunDir(run).config()
+    clips = [Path(cfg.data.root) / r.path for r in resolve_rows(cfg)[0] if r.split == "test"]
+    for drop in ("audio", "video"):
+        keras_runner = RunModel(run, drop=drop)
+        int8_runner = RunModel(run, model=str(run / "export/model_int8.tflite"), drop=drop)
+        int8 = np.concatenate([int8_runner.predict_clip(c) for c in clips])  # [clips, K]
+        assert (int8.sum(-1) > 0.8).all(), (drop, int8.sum(-1))  # int8 rounds the probabilities; uncalibrated, they were 0
+        agree = int8.argmax(-1) == np.concatenate([keras_runner.predict_clip(c) for c in clips]).argmax(-1)
+        assert agree.mean() >= 0.75, (drop, agree)
+
+
 @pytest.mark.slow  # the fusion_run fixture trains and exports (~1 min)
 def test_evaluate_with_tflite_gives_the_keras_top1(fusion_run):
     run, _ = fusion_run

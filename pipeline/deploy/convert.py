@@ -51,6 +51,7 @@ from pipeline.runtime.stream import clip_steps
 from pipeline.runtime.tflite import OUTPUT, SIGNATURE, STREAM_SIGNATURE, clip_inputs, raw_input_config
 
 REPRESENTATIVE_FILE = "representative.npz"  # the int8 calibration inputs, in the work folder
+ABSENT_EVERY = 4  # audio-visual runs: every 4th calibration clip also without its sound and without its frames
 STREAM_REPRESENTATIVE_FILE = "stream_representative.npz"  # the streaming int8 file's: hops and states
 STATUS_FILE = "status.jsonl"  # the child's progress, in the work folder
 LOG_FILE = "convert.log"  # what the converter printed, in the work folder
@@ -213,11 +214,14 @@ def calibratable_while_loops():
 def write_representative_data(cfg: Config, path: Path, count: int) -> int:
     """Decode up to `count` raw training clips (the int8 calibration set) into an .npz of batch-free inputs.
 
-    Raises UserError naming what is missing when no clip can be decoded.
+    An audio-visual model also sees every ABSENT_EVERY-th clip once without its sound and once without its frames
+    (decode.without_modality): the paths a video without a sound track takes (the presence gates, a modality's own
+    classifier under backoff fusion) are calibrated too, or int8 rounds them to zero.
+    Returns the number of inputs written. Raises UserError naming what is missing when no clip can be decoded.
     """
     from pipeline.datasets import resolve_rows
     from pipeline.media import MediaError
-    from pipeline.runtime.decode import decode_clip
+    from pipeline.runtime.decode import decode_clip, without_modality
 
     root = Path(cfg.data.root)
     if not root.is_dir():
@@ -228,18 +232,24 @@ def write_representative_data(cfg: Config, path: Path, count: int) -> int:
         raise UserError(f"int8 needs training clips to calibrate on: {e}") from None
     rows = [r for r in rows if r.split == "train"]
     raw_cfg = raw_input_config(cfg)
+    audio_visual = cfg.model.name in ("av_fusion", "hybrid") and set(cfg.preprocess.modalities) == {"video", "audio"}
     samples: dict[str, list] = {}
-    tried = 0
+    tried = decoded_clips = 0
     for row in rows:
-        if len(next(iter(samples.values()), [])) >= count:
+        if decoded_clips >= count:
             break
         tried += 1
         try:
             decoded = decode_clip(root / row.path, raw_cfg, start=row.start)
         except MediaError:
             continue
-        for name, value in clip_inputs(decoded).items():
-            samples.setdefault(name, []).append(value)
+        variants = [decoded]
+        if audio_visual and decoded_clips % ABSENT_EVERY == 0:
+            variants += [without_modality(decoded, modality, raw_cfg) for modality in ("audio", "video")]
+        decoded_clips += 1
+        for variant in variants:
+            for name, value in clip_inputs(variant).items():
+                samples.setdefault(name, []).append(value)
     if not samples:
         raise UserError(f"int8 needs training clips to calibrate on: none of {tried} training clips under {root} could be decoded")
     np.savez(path, **{name: np.stack(values) for name, values in samples.items()})

@@ -101,7 +101,7 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
                 try:
                     count = write_representative_data(cfg, work / REPRESENTATIVE_FILE, cfg.export.representative_samples)
                     if progress:
-                        print(f"export: int8 calibration on {count} training clips", flush=True)
+                        print(f"export: int8 calibration on {count} inputs from training clips", flush=True)
                 except UserError as e:
                     errors["int8"] = str(e)
                     targets = [t for t in targets if t not in ("int8", "stream_int8")]
