@@ -12,7 +12,7 @@ Output: class probabilities float32 [B, num_classes].
 
 A modality is present in a clip when its length input is > 0. An absent one (a video without a sound
 track, `actrec evaluate --drop`, modality dropout in training) is gated out: its pooled state becomes
-zeros (mid) or its probabilities leave the average (late), so the other modality decides alone.
+zeros (mid), its probabilities leave the average (late), or the other modality's own classifier answers (backoff).
 """
 
 from __future__ import annotations
