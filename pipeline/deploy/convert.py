@@ -211,15 +211,16 @@ def calibratable_while_loops():
 # ----------------------------------------------------------------------------- int8 calibration data
 
 
-def write_representative_data(cfg: Config, path: Path, count: int) -> int:
+def write_representative_data(cfg: Config, path: Path, count: int, input_names: Sequence[str] = ()) -> int:
     """Decode up to `count` raw training clips (the int8 calibration set) into an .npz of batch-free inputs.
 
-    An audio-visual model also sees every ABSENT_EVERY-th clip once without its sound and once without its frames
-    (decode.without_modality): the paths a video without a sound track takes (the presence gates, a modality's own
+    A model whose inputs (`input_names`, the deployable graph's) hold both modalities also sees every
+    ABSENT_EVERY-th clip once without its sound and once without its frames (decode.without_modality): the paths a video without a sound track takes (the presence gates, a modality's own
     classifier under backoff fusion) are calibrated too, or int8 rounds them to zero.
     Returns the number of inputs written. Raises UserError naming what is missing when no clip can be decoded.
     """
     from pipeline.datasets import resolve_rows
+    from pipeline.features.records import modalities_of
     from pipeline.media import MediaError
     from pipeline.runtime.decode import decode_clip, without_modality
 
@@ -232,7 +233,7 @@ def write_representative_data(cfg: Config, path: Path, count: int) -> int:
         raise UserError(f"int8 needs training clips to calibrate on: {e}") from None
     rows = [r for r in rows if r.split == "train"]
     raw_cfg = raw_input_config(cfg)
-    audio_visual = cfg.model.name in ("av_fusion", "hybrid") and set(cfg.preprocess.modalities) == {"video", "audio"}
+    audio_visual = len(modalities_of(input_names)) == 2
     samples: dict[str, list] = {}
     tried = decoded_clips = 0
     for row in rows:

@@ -99,7 +99,8 @@ def export(run_dir: str | Path, formats: Sequence[str] | str | None = None, prog
             targets = [t for t in TARGETS if t in formats or t in companions(graphs, formats)]
             if "int8" in targets:
                 try:
-                    count = write_representative_data(cfg, work / REPRESENTATIVE_FILE, cfg.export.representative_samples)
+                    count = write_representative_data(cfg, work / REPRESENTATIVE_FILE, cfg.export.representative_samples,
+                                                      [spec.name for spec in graphs.inputs()])
                     if progress:
                         print(f"export: int8 calibration on {count} inputs from training clips", flush=True)
                 except UserError as e:
