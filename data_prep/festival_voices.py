@@ -102,8 +102,11 @@ class FestivalSession:
         wav.unlink()
         return samples, rate
 
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
     def close(self) -> None:
-        if self._process.poll() is None:
+        if self.alive():
             self._process.stdin.close()
             self._process.wait(timeout=10)
         self._folder.cleanup()
@@ -122,7 +125,7 @@ def festival_wav(festival: str, voice: str, text: str, stretch: float) -> tuple[
         finally:
             session.close()
     session = _SESSIONS.get((festival, voice))
-    if session is None or session._process.poll() is not None:
+    if session is None or not session.alive():
         session = _SESSIONS[festival, voice] = FestivalSession(festival, voice)
         atexit.register(session.close)
     return session.say(text, stretch)
