@@ -41,6 +41,13 @@ def test_train_learns_above_chance(dataset, feature_run, tmp_path, name):
     assert train(None, run, config_args(dataset, f"model.name={name}", "train.epochs=12"), progress=False)["epochs"] == 12
     with pytest.raises(UserError, match="--overwrite"):
         train(None, run, config_args(dataset, f"model.name={name}", "train.epochs=13"), progress=False)
+    # model.fusion changes a fusion model; a model of one modality has nothing to fuse and is reused
+    other_fusion = config_args(dataset, f"model.name={name}", "train.epochs=12", "model.fusion=late")
+    if name == "av_fusion":
+        with pytest.raises(UserError, match="--overwrite"):
+            train(None, run, other_fusion, progress=False)
+    else:
+        assert train(None, run, other_fusion, progress=False)["epochs"] == 12
 
 
 def test_mismatched_features_fail_before_training(dataset, tmp_path):

@@ -144,4 +144,5 @@ class RunModel:
             views = len(decoded.get("frame_lengths", [0]))
             return np.stack([self.tflite.predict(clip_inputs(decoded, v)) for v in range(views)])
         arrays = self.encoder.encode([decoded])[0]
-        return np.asarray(self.model.predict(self.model_inputs(arrays), verbose=0))
+        # predict_on_batch, not predict: predict builds a tf.data pipeline per call, several times the model's own time
+        return np.asarray(self.model.predict_on_batch(self.model_inputs(arrays)))

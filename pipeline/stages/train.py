@@ -13,6 +13,7 @@ run resumes from its last finished epoch when the same command is run again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.config import Config, features_hash, section_hash, to_yaml
+from pipeline.config import Config, ModelConfig, features_hash, section_hash, to_yaml
 from pipeline.datasets import check_splits
 from pipeline.errors import UserError
 from pipeline.features.augment import (
@@ -274,7 +275,10 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
 
 
 def train_hash(cfg: Config) -> str:
-    return section_hash(cfg.model, cfg.train) + "-" + features_hash(cfg)
+    """What decides the trained model: the model and train sections and the features. model.fusion does not count
+    for a model of one modality (it has nothing to fuse), so a run of one is reused across fusion settings."""
+    model = dataclasses.replace(cfg.model, fusion=ModelConfig().fusion) if cfg.model.name in ("video_rnn", "audio_rnn") else cfg.model
+    return section_hash(model, cfg.train) + "-" + features_hash(cfg)
 
 
 # ----------------------------------------------------------------------------- tf.distribute
