@@ -61,6 +61,7 @@ LEVERS = {
     # each utterance's own MFCC mean and variance (a synthesiser's or microphone's spectral tilt removed); it needs the
     # whole utterance, so it cannot stream: the upper bound of a causal running normaliser
     "utterance_norm": ["preprocess.normalize=utterance"],
+    "cepstral_shift": ["train.cepstral_shift=0.5"],  # a random smooth equaliser per utterance (another microphone or timbre)
     "no_specaugment": ["train.time_masks=0", "train.freq_masks=0"],
     "mfcc_13": ["preprocess.n_mfcc=13"],
     "bidirectional": [],  # configs/commands_bidirectional.yaml (the whole-window recipe; see CONFIGS)

@@ -192,6 +192,7 @@ class TrainConfig:
     speed_change: float = option(0.1, "Runs with cached waveforms: play each training utterance up to this fraction faster or slower, pitch and tempo together (0 = off).", minimum=0.0, below=0.5)
     background_mix: float = option(0.8, "Runs with cached waveforms and `_silence_` windows: probability of adding a random training background window to a training utterance (0 = off).", minimum=0.0, maximum=1.0)
     background_snr_db: List[float] = option([0.0, 20.0], "[low, high]: the signal-to-noise ratio (dB) of that background, drawn uniformly.")
+    cepstral_shift: float = option(0.0, "Add to each MFCC coefficient but c0 one random offset per training utterance, up to this many of the training set's standard deviations of it: a random microphone or voice timbre (0 = off).", minimum=0.0, maximum=10.0)
     time_masks: int = option(2, "SpecAugment: time masks per MFCC sequence.", minimum=0, maximum=100)
     time_mask_width: int = option(10, "SpecAugment: maximum width of a time mask (frames).", minimum=0, maximum=10_000)
     freq_masks: int = option(2, "SpecAugment: frequency masks per MFCC sequence.", minimum=0, maximum=100)

@@ -200,6 +200,33 @@ def test_augmentations_keep_shapes_and_meaning():
     assert np.allclose(masked[replaced], float(tf.reduce_mean(mfcc)))
 
 
+def test_cepstral_shift_adds_one_bounded_offset_per_coefficient_and_keeps_c0():
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.features.augment import cepstral_shift
+    from pipeline.stages.train import cepstral_shift_scale
+
+    mfcc = tf.random.normal([40, 5], seed=1)
+    scale = [0.0, 2.0, 1.0, 0.5, 0.0]
+    offsets = []
+    for k in range(30):
+        out = cepstral_shift(mfcc, scale, (2, k)).numpy()
+        offset = out - mfcc.numpy()
+        assert np.allclose(offset, offset[:1], atol=1e-5)  # the same in every frame: a filter, not noise
+        assert np.all(np.abs(offset[0]) <= np.array(scale) + 1e-6) and offset[0, 0] == 0 and offset[0, 4] == 0
+        offsets.append(offset[0])
+    assert np.std(np.array(offsets)[:, 1]) > 0.5  # it draws across the range, differently per seed
+    # the scale: the training set's standard deviation of each coefficient times the key, c0 kept; off by default
+    from pipeline.config import load_config
+
+    index = {"mfcc_stats": {"mean": [0, 0, 0], "std": [10.0, 4.0, 2.0]}}
+    assert cepstral_shift_scale(index, load_config(None, ["train.cepstral_shift=0.5"])) == [0.0, 2.0, 1.0]
+    assert cepstral_shift_scale(index, load_config(None, [])) is None
+    with pytest.raises(UserError, match="train.cepstral_shift needs"):
+        cepstral_shift_scale({}, load_config(None, ["train.cepstral_shift=0.5"]))
+
+
 def test_waveform_augmentations_shift_stretch_and_mix_as_asked():
     import numpy as np
     import tensorflow as tf

@@ -105,6 +105,18 @@ def spec_augment(mfcc, seed, time_masks: int, time_width: int, freq_masks: int, 
     return tf.where(keep, mfcc, fill)
 
 
+def cepstral_shift(mfcc, scale, seed):
+    """Another microphone or voice timbre: mfcc [F, C] + one random offset per coefficient, the same in every frame.
+
+    A filter that does not change over time (a microphone, a room's colour, a vocal tract's average shape) adds its
+    log spectrum to the sound's, so it adds a constant to each cepstral coefficient: a random offset per coefficient
+    is a random smooth equaliser. scale: float32 [C], the largest offset of each coefficient (0 keeps c0, loudness).
+    """
+    import tensorflow as tf
+
+    return mfcc + uniform(seed, -1.0, 1.0, shape=[1, len(scale)]) * tf.constant(scale, tf.float32)[None]
+
+
 def time_shift(waveform, max_shift: int, seed):
     """Move the sound by a random -max_shift..+max_shift samples: float32 [N] -> [N], the vacated part silent."""
     import tensorflow as tf

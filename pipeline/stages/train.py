@@ -28,6 +28,7 @@ from pipeline.config import Config, ModelConfig, features_hash, section_hash, to
 from pipeline.datasets import check_splits
 from pipeline.errors import UserError
 from pipeline.features.augment import (
+    cepstral_shift,
     change_speed,
     drop_modality,
     mix_background,
@@ -94,6 +95,7 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
         else:
             spec[name] = tf.io.FixedLenFeature(shape, tf.float32 if dtype == "float32" else tf.int64)
     augment_sound = audio_augmentation(run_dir, index, cfg) if sound else None
+    shift_scale = cepstral_shift_scale(index, cfg) if training and t.augment and "mfcc" in input_names else None
 
     def parse(record):
         ex = tf.io.parse_single_example(record, spec)
@@ -122,6 +124,8 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
             x["frames"] = spatial_augment(x["frames"], spatial)
         if augment_sound is not None:
             x["mfcc"] = augment_sound(x.pop("waveform"), sound)
+        if shift_scale is not None:  # its seed is drawn from the masks' own, so the other draws stay what they were
+            x["mfcc"] = cepstral_shift(x["mfcc"], shift_scale, split_seed(masks, 1)[0])
         if "mfcc" in x:
             x["mfcc"] = spec_augment(x["mfcc"], masks, t.time_masks, t.time_mask_width, t.freq_masks, t.freq_mask_width)
         return x
@@ -163,6 +167,18 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
     if not with_ids:
         ds = ds.map(lambda x, y, clip_id: (x, y))
     return ds.batch(batch_size or t.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def cepstral_shift_scale(index: dict, cfg: Config) -> list[float] | None:
+    """train.cepstral_shift in MFCC units: the training set's standard deviation of each coefficient times it, 0 for
+    c0 (loudness); None when off."""
+    if cfg.train.cepstral_shift <= 0:
+        return None
+    stats = index.get("mfcc_stats") or {}
+    if not stats.get("std"):
+        raise UserError("train.cepstral_shift needs the training set's MFCC statistics in features/index.json; "
+                        "re-run `actrec preprocess`")
+    return [0.0] + [cfg.train.cepstral_shift * float(s) for s in stats["std"][1:]]
 
 
 def audio_augmentation(run_dir, index: dict, cfg: Config):
