@@ -191,3 +191,62 @@ def test_a_video_run_streams_video_files_only(video_stream_run, tmp_path):
     sf.write(sound, np.zeros(16000, np.float32), 16000)
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "stream", "--run-dir", str(run), str(sound)], capture_output=True, text=True)
     assert done.returncode == 2 and str(sound) in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+AV_CAUSAL = ["preprocess.modalities=[video,audio]", "preprocess.audio_seconds=1.0", "preprocess.mfcc_framing=causal",
+             "preprocess.normalize=dataset", "preprocess.num_frames=8", "model.name=av_fusion", "model.bidirectional=false",
+             "model.dropout=0.0", "model.units=8", "model.audio_stack=2"]
+
+
+@pytest.mark.parametrize("cell,pooling,fusion", [("gru", "mean", "backoff"), ("lstm", "last", "mid"), ("gru", "last", "late")])
+def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_opens(cell, pooling, fusion):
+    """From zero states, a frame and the hops since the frame before per step: after the last step the probabilities
+    are the whole-clip model's (random weights), with both modalities, without sound and without frames."""
+    import tensorflow as tf
+
+    from pipeline.features.mfcc import MFCCParams
+    from pipeline.features.mfcc_layers import MFCC
+    from pipeline.models import ModelSpec, build_model
+    from pipeline.models.streaming import AVStepper
+
+    cfg = load_config(None, AV_CAUSAL + [f"model.cell={cell}", f"model.pooling={pooling}", f"model.fusion={fusion}"])
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (1, 8, 32, 32, 3), dtype=np.uint8)
+    projection = tf.constant(rng.standard_normal((3, 6)), tf.float32)
+
+    def encode_frames(clip):  # uint8 [1, t, S, S, 3] -> [1, t, 6]: any per-frame encoder streams
+        return tf.einsum("btc,cd->btd", tf.reduce_mean(tf.cast(clip, tf.float32), axis=(2, 3)) / 255.0, projection)
+
+    waveform = (0.1 * rng.standard_normal((1, 16000)) * np.sin(np.arange(16000) / 700)).astype(np.float32)
+    mfcc = MFCC.from_params(MFCCParams.from_config(cfg.preprocess))(waveform)  # [1, 100, 20]
+    stats = {"mean": mfcc.numpy().mean((0, 1)).tolist(), "std": mfcc.numpy().std((0, 1)).tolist()}
+    spec = ModelSpec(num_classes=5, frame_features=(8, 6), mfcc=(100, 20), mfcc_stats=stats, preprocess=cfg.preprocess, seed=1)
+    model = build_model(spec, cfg.model)
+    features = encode_frames(frames)
+
+    stepper = AVStepper(model, cfg, encode_frames, hops_per_step=9)
+    assert [s.name for s in stepper.inputs()] == ["frame", "frame_valid", "samples", "audio_hops"]
+    assert stepper.inputs()[2].shape == (1, 9 * 320)
+    names = [s.name for s in stepper.states()]
+    assert names[-2:] == ["video_present", "audio_present"] and "audio_context" in names and f"video_{cell}0_h" in names
+    step = tf.function(stepper.step)
+    hop = stepper.hop_samples
+
+    def stream(num_frames: int, num_hops: int) -> np.ndarray:
+        states = {s.name: s.zeros() for s in stepper.states()}
+        for j in range(max(num_frames, -(-num_hops // 9))):  # frame j, then the hops up to the next frame
+            first, last = min(j * 9, num_hops), min((j + 1) * 9, num_hops)
+            samples = np.zeros((1, 9 * hop), np.float32)
+            samples[:, : (last - first) * hop] = waveform[:, first * hop : last * hop]
+            out = step({"frame": frames[:, min(j, 7)], "frame_valid": np.full((1, 1), float(j < num_frames), np.float32),
+                        "samples": samples, "audio_hops": np.full((1, 1), float(last - first), np.float32), **states})
+            states = {name: out[name].numpy() for name in states}
+        return out["probabilities"].numpy()[0]
+
+    def whole(num_frames: int, mfcc_frames: int) -> np.ndarray:
+        return model([features, tf.constant([num_frames]), mfcc, tf.constant([mfcc_frames])]).numpy()[0]
+
+    np.testing.assert_allclose(stream(6, 50), whole(6, 100), atol=1e-5)  # 6 of 8 frames, all 50 hops (100 MFCC frames)
+    np.testing.assert_allclose(stream(8, 0), whole(8, 0), atol=1e-5)  # a video without sound
+    np.testing.assert_allclose(stream(0, 50), whole(0, 100), atol=1e-5)  # sound without frames
+    assert not np.allclose(whole(8, 0), whole(8, 100), atol=1e-3)  # the cases differ: the check can fail

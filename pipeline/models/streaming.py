@@ -25,6 +25,11 @@ Both then:
           <modality>_mean_window [1, W, units] and <modality>_mean_count [1, 1]; W = the training window's steps)--> [1, units]
         --the classifier--> probabilities [1, K] for "now", plus every state's new value under its name
 
+Audio and video (av_fusion with both branches causal, AVStepper), one step per frame: the frame and the audio hops
+since the frame before, each branch stepped as above only on what it was given, then the model's own fusion layers on
+the two pooled states (a branch that has had no step yet is absent, as a length of 0 is in the whole-clip model).
+It is not exported yet: pipeline.derived still names av_fusion as not streamable.
+
 Fed an utterance (clip) step by step from zero states, the probabilities after the last step are the whole-window
 model's: nothing looks ahead (causal MFCC framing or per-frame encoding, unidirectional RNN, `last` or `mean` pooling).
 States are plain tensors, at most 4-D, so a TFLite file of `step` holds no variables: an app keeps them between
@@ -44,6 +49,7 @@ from pipeline.runtime.tflite import FRAME, SAMPLES, STREAM_SIGNATURE  # noqa: F4
 from pipeline.runtime.tflite import OUTPUT as PROBABILITIES
 
 CONTEXT = "audio_context"  # the samples before the newest hop
+FRAME_VALID, AUDIO_HOPS = "frame_valid", "audio_hops"  # an audio-visual step's: is there a frame, how many hops
 PREVIOUS_FRAME, FRAMES_SEEN = "video_previous_frame", "video_frames_seen"
 
 
@@ -79,27 +85,31 @@ def needs_previous_frame(cfg) -> bool:
     return cfg.preprocess.encoder == "motion" or cfg.preprocess.frame_difference
 
 
-def step_input(cfg) -> StateSpec:
-    """The step's newest input: one hop of audio, or one frame."""
+def step_input(cfg, modality: str | None = None) -> StateSpec:
+    """The step's newest input: one hop of audio, or one frame (of the config's, or `modality`'s, branch)."""
     p = cfg.preprocess
-    if stream_modality(cfg) == "video":
+    if (modality or stream_modality(cfg)) == "video":
         return StateSpec(FRAME, (1, p.image_size, p.image_size, 3),
                          f"the newest RGB frame, resized (short side {p.image_size}) and centre-cropped as the whole-clip model's", "uint8")
     hop = hop_samples(cfg)
     return StateSpec(SAMPLES, (1, hop), f"the newest {hop} samples, mono at {p.sample_rate} Hz in [-1, 1]")
 
 
-def window_steps(cfg) -> int:
-    """W: steps in the training window (audio_seconds of hops; num_frames frames)."""
-    if stream_modality(cfg) == "video":
+def window_steps(cfg, modality: str | None = None) -> int:
+    """W: steps in the training window (audio_seconds of hops; num_frames frames) of the config's (or `modality`'s) branch."""
+    if (modality or stream_modality(cfg)) == "video":
         return cfg.preprocess.num_frames
     return round(cfg.preprocess.audio_seconds * cfg.preprocess.sample_rate) // hop_samples(cfg)
 
 
 def stream_states(cfg) -> list[StateSpec]:
     """Every state tensor of a streamable config's step, in signature order (no model needed)."""
+    return branch_states(cfg, stream_modality(cfg))
+
+
+def branch_states(cfg, modality: str) -> list[StateSpec]:
+    """The states of one modality's branch: its input's memory (audio context, previous frame), RNN states, pooling."""
     p, m = cfg.preprocess, cfg.model
-    modality = stream_modality(cfg)
     specs = []
     if modality == "audio":
         context = p.n_fft - p.hop_length
@@ -113,7 +123,7 @@ def stream_states(cfg) -> list[StateSpec]:
         if m.cell == "lstm":
             specs.append(StateSpec(f"{name}_c", (1, m.units), f"RNN layer {i}: cell state"))
     if m.pooling == "mean":
-        steps = window_steps(cfg)
+        steps = window_steps(cfg, modality)
         specs.append(StateSpec(f"{modality}_mean_window", (1, steps, m.units), f"the last RNN outputs, oldest first ({steps}: the training window's steps)"))
         specs.append(StateSpec(f"{modality}_mean_count", (1, 1), f"how many of them are real (counts up to {steps})"))
     return specs
@@ -128,21 +138,23 @@ class Stepper:
     {'probabilities': [1, K], state name: new value}
     """
 
-    def __init__(self, model, cfg):
+    def __init__(self, model, cfg, branch: str | None = None):
+        """branch: None for a model of one modality (its classifier answers); 'video' or 'audio' for that branch of an
+        audio-visual model (AVStepper steps it and fuses)."""
         from pipeline.derived import streaming_blockers
 
-        blockers = streaming_blockers(cfg)
+        blockers = [] if branch else streaming_blockers(cfg)
         if blockers:
             raise ValueError(f"this model cannot stream: {'; '.join(blockers)}")
         m = cfg.model
-        self.cfg, self.model, self.modality = cfg, model, stream_modality(cfg)
-        self.input = step_input(cfg)
+        self.cfg, self.model, self.modality = cfg, model, branch or stream_modality(cfg)
+        self.input = step_input(cfg, self.modality)
         self.hop_samples = hop_samples(cfg) if self.modality == "audio" else None  # samples per step (audio)
         self.cells = [model.get_layer(f"{self.modality}_{m.cell}{i}").cell for i in range(m.num_layers)]
-        self.classifier = model.get_layer("head_probs")
+        self.classifier = None if branch else model.get_layer("head_probs")
 
     def states(self) -> list[StateSpec]:
-        return stream_states(self.cfg)
+        return branch_states(self.cfg, self.modality)
 
     def features(self, inputs: dict, out: dict):
         """This step's RNN input [1, features] from the newest input and the states; the new states go in `out`."""
@@ -150,6 +162,21 @@ class Stepper:
 
     def step(self, inputs: dict) -> dict:
         """One step: {newest input, every state} -> {'probabilities' [1, K], every new state}. TensorFlow ops."""
+        out = self.advance(inputs)
+        out[PROBABILITIES] = self.classifier(self.pooled(out))
+        return out
+
+    def pooled(self, states: dict):
+        """The branch's pooled state [1, units] after a step, from its new states: what the whole-clip model pools."""
+        import tensorflow as tf
+
+        if self.cfg.model.pooling == "mean":  # MaskedMean over the valid steps of the window (none yet: zeros)
+            ring, count = states[f"{self.modality}_mean_window"], states[f"{self.modality}_mean_count"]
+            return tf.reduce_sum(ring, axis=1) / tf.maximum(count, 1.0)
+        return states[f"{self.modality}_{self.cfg.model.cell}{self.cfg.model.num_layers - 1}_h"]  # the last layer's output
+
+    def advance(self, inputs: dict) -> dict:
+        """The branch's new states after one step of its newest input: {state name: new value}."""
         import tensorflow as tf
 
         out = {}
@@ -165,22 +192,19 @@ class Stepper:
                 out[f"{name}_h"] = new[0] if isinstance(new, (list, tuple)) else new
         if self.cfg.model.pooling == "mean":  # MaskedMean over the window: the ring of the last W outputs
             ring, count = f"{self.modality}_mean_window", f"{self.modality}_mean_count"
-            window = tf.concat([inputs[ring][:, 1:], x[:, None]], axis=1)  # [1, W, units]
-            out[count] = tf.minimum(inputs[count] + 1.0, float(window.shape[1]))  # [1, 1]
-            out[ring] = window
-            x = tf.reduce_sum(window, axis=1) / out[count]
-        out[PROBABILITIES] = self.classifier(x)
+            out[ring] = tf.concat([inputs[ring][:, 1:], x[:, None]], axis=1)  # [1, W, units]
+            out[count] = tf.minimum(inputs[count] + 1.0, float(out[ring].shape[1]))  # [1, 1]
         return out
 
 
 class AudioStepper(Stepper):
     """One hop of audio per step: causal MFCC frames of the hop, normalised and stacked."""
 
-    def __init__(self, model, cfg):
+    def __init__(self, model, cfg, branch: str | None = None):
         from pipeline.features.mfcc import MFCCParams
         from pipeline.features.mfcc_layers import MFCC
 
-        super().__init__(model, cfg)
+        super().__init__(model, cfg, branch)
         self.params = MFCCParams.from_config(cfg.preprocess)
         self.context_samples = self.params.n_fft - self.params.hop_length
         self.mfcc = MFCC.from_params(self.params, name="mfcc")
@@ -203,8 +227,8 @@ class AudioStepper(Stepper):
 class VideoStepper(Stepper):
     """One frame per step: the run's frame encoder on it (and on the frame before, for motion), normalised."""
 
-    def __init__(self, model, cfg, encode_frames):
-        super().__init__(model, cfg)
+    def __init__(self, model, cfg, encode_frames, branch: str | None = None):
+        super().__init__(model, cfg, branch)
         self.encode_frames = encode_frames
         self.normalization = model.get_layer("video_norm")
         self.with_previous = needs_previous_frame(cfg)
@@ -226,6 +250,70 @@ class VideoStepper(Stepper):
         else:
             features = self.encode_frames(frame[:, None])  # [1, 1, D]
         return tf.reshape(self.normalization(features), [1, -1])  # [1, D]
+
+
+class AVStepper:
+    """One step of an audio-visual model (av_fusion, both branches causal): one frame and the audio hops since the
+    frame before, each branch's states updated only by what it was given this step, then the model's fusion.
+
+        frame        uint8   [1, S, S, 3]   the newest frame              frame_valid  float32 [1, 1]  1 if there is one
+        samples      float32 [1, k H]       up to k hops of audio, oldest first    audio_hops   float32 [1, 1]  how many (0..k)
+            --VideoStepper's step of the frame (states kept where frame_valid is 0)-->
+            --AudioStepper's step of each of the first audio_hops hops (the others change no state)-->
+        video_present, audio_present  float32 [1, 1]   1 once the branch has had a step (the whole-clip model's
+                                                      length > 0: a video without sound never opens the audio branch)
+            --each branch's pooled state [1, units]--> the model's own fusion layers (mid, late or backoff)--> [1, K]
+
+    Fed a clip's frames and its audio's whole hops from zero states, in any interleaving, the probabilities after the
+    last step are the whole-clip model's on those frames and hops: each branch sees its own steps in order.
+    AVStepper(model, cfg, encode_frames, hops_per_step); inputs(), states(), step() as Stepper's.
+    """
+
+    def __init__(self, model, cfg, encode_frames, hops_per_step: int):
+        self.cfg, self.model, self.hops_per_step = cfg, model, int(hops_per_step)
+        self.video = VideoStepper(model, cfg, encode_frames, branch="video")
+        self.audio = AudioStepper(model, cfg, branch="audio")
+        self.hop_samples = self.audio.hop_samples
+
+    def inputs(self) -> list[StateSpec]:
+        k, h = self.hops_per_step, self.hop_samples
+        return [self.video.input, StateSpec(FRAME_VALID, (1, 1), "1 when `frame` is a new frame, 0 when this step has none"),
+                StateSpec(SAMPLES, (1, k * h), f"up to {k} hops of {h} samples since the last step, oldest first, the unused ones zero"),
+                StateSpec(AUDIO_HOPS, (1, 1), f"how many hops of `samples` are real (0..{k}; 0 for a video without sound)")]
+
+    def states(self) -> list[StateSpec]:
+        present = [StateSpec(f"{branch}_present", (1, 1), f"1 once the {branch} branch has had a step") for branch in ("video", "audio")]
+        return self.video.states() + self.audio.states() + present
+
+    def step(self, inputs: dict) -> dict:
+        import tensorflow as tf
+
+        def keep(new: dict, valid, old: dict) -> dict:  # the new states where valid is 1, the old ones where it is 0
+            return {name: valid * value + (1.0 - valid) * old[name] for name, value in new.items()}
+
+        frame_valid, hops = inputs[FRAME_VALID], inputs[AUDIO_HOPS]
+        out = keep(self.video.advance(inputs), frame_valid, inputs)
+        audio = {s.name: inputs[s.name] for s in self.audio.states()}
+        h = self.hop_samples
+        for i in range(self.hops_per_step):
+            hop = {SAMPLES: inputs[SAMPLES][:, i * h : (i + 1) * h], **audio}
+            audio = keep(self.audio.advance(hop), tf.cast(hops > i, tf.float32), audio)
+        out.update(audio)
+        out["video_present"] = tf.maximum(inputs["video_present"], frame_valid)
+        out["audio_present"] = tf.maximum(inputs["audio_present"], tf.cast(hops > 0, tf.float32))
+        out[PROBABILITIES] = self.fuse([self.video.pooled(out), self.audio.pooled(out)], [out["video_present"], out["audio_present"]])
+        return out
+
+    def fuse(self, pooled: list, present: list):
+        """The model's fusion (models.fusion.fuse) on pooled states [1, units] and presence [1, 1], video first."""
+        layer = self.model.get_layer
+        if self.cfg.model.fusion == "late":
+            return layer("late_fusion")([layer("video_probs")(pooled[0]), layer("audio_probs")(pooled[1])], present)
+        gated = [p * w for p, w in zip(pooled, present)]
+        fused = layer("fusion_probs")(layer("mid_fusion")(gated))
+        if self.cfg.model.fusion == "backoff":
+            return layer("backoff_fusion")(fused, [layer("video_probs")(gated[0]), layer("audio_probs")(gated[1])], present)
+        return fused
 
 
 def make_stepper(model, cfg, encode_frames=None) -> Stepper:
