@@ -208,6 +208,7 @@ def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_op
     from pipeline.features.mfcc_layers import MFCC
     from pipeline.models import ModelSpec, build_model
     from pipeline.models.streaming import AVStepper
+    from pipeline.runtime.stream import interleave
 
     cfg = load_config(None, AV_CAUSAL + [f"model.cell={cell}", f"model.pooling={pooling}", f"model.fusion={fusion}"])
     rng = np.random.default_rng(0)
@@ -232,13 +233,12 @@ def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_op
     step = tf.function(stepper.step)
     hop = stepper.hop_samples
 
-    def stream(num_frames: int, num_hops: int) -> np.ndarray:
+    def stream(num_frames: int, num_hops: int, hops_per_step: int = 9) -> np.ndarray:
         states = {s.name: s.zeros() for s in stepper.states()}
-        for j in range(max(num_frames, -(-num_hops // 9))):  # frame j, then the hops up to the next frame
-            first, last = min(j * 9, num_hops), min((j + 1) * 9, num_hops)
+        for j, first, last in interleave(num_frames, num_hops, hops_per_step):
             samples = np.zeros((1, 9 * hop), np.float32)
             samples[:, : (last - first) * hop] = waveform[:, first * hop : last * hop]
-            out = step({"frame": frames[:, min(j, 7)], "frame_valid": np.full((1, 1), float(j < num_frames), np.float32),
+            out = step({"frame": frames[:, j or 0], "frame_valid": np.full((1, 1), float(j is not None), np.float32),
                         "samples": samples, "audio_hops": np.full((1, 1), float(last - first), np.float32), **states})
             states = {name: out[name].numpy() for name in states}
         return out["probabilities"].numpy()[0]
@@ -247,6 +247,21 @@ def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_op
         return model([features, tf.constant([num_frames]), mfcc, tf.constant([mfcc_frames])]).numpy()[0]
 
     np.testing.assert_allclose(stream(6, 50), whole(6, 100), atol=1e-5)  # 6 of 8 frames, all 50 hops (100 MFCC frames)
+    np.testing.assert_allclose(stream(6, 50, hops_per_step=2), whole(6, 100), atol=1e-5)  # most hops after the frames
     np.testing.assert_allclose(stream(8, 0), whole(8, 0), atol=1e-5)  # a video without sound
     np.testing.assert_allclose(stream(0, 50), whole(0, 100), atol=1e-5)  # sound without frames
     assert not np.allclose(whole(8, 0), whole(8, 100), atol=1e-3)  # the cases differ: the check can fail
+
+
+def test_interleave_gives_every_frame_and_hop_once_in_order():
+    from pipeline.runtime.stream import interleave
+
+    for frames, hops, k in [(32, 100, 4), (32, 37, 4), (6, 50, 2), (0, 7, 3), (5, 0, 3), (3, 3, 1)]:
+        steps = interleave(frames, hops, k)
+        assert [j for j, _, _ in steps if j is not None] == list(range(frames))
+        assert [first for _, first, _ in steps] == [0] + [end for _, _, end in steps[:-1]] if steps else hops == 0
+        assert (steps[-1][2] if steps else 0) == hops and all(0 <= end - first <= k for _, first, end in steps)
+    assert interleave(4, 8, 4) == [(0, 0, 2), (1, 2, 4), (2, 4, 6), (3, 6, 8)]  # in proportion, not all up front
+    assert interleave(2, 9, 3) == [(0, 0, 3), (1, 3, 6), (None, 6, 9)]  # what does not fit follows without frames
+    with pytest.raises(ValueError, match="hops_per_step"):
+        interleave(2, 2, 0)

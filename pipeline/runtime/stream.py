@@ -150,6 +150,25 @@ def clip_steps(clip: dict, modality: str, hop_samples: int | None) -> list[np.nd
     return whole_hops(clip["waveform"], hop_samples)
 
 
+def interleave(num_frames: int, num_hops: int, hops_per_step: int) -> list[tuple[int | None, int, int]]:
+    """An audio-visual clip's steps: (frame index or None, first hop, end hop) per step, each frame with the hops that
+    fall between it and the next one in proportion (at most hops_per_step per step; what does not fit follows in
+    steps without a frame). Each branch sees its own inputs in order, so any such interleaving streams the clip exactly.
+    """
+    if hops_per_step < 1:
+        raise ValueError(f"hops_per_step must be at least 1, got {hops_per_step}")
+    steps, done = [], 0
+    for j in range(num_frames):
+        end = min(num_hops * (j + 1) // num_frames, done + hops_per_step)
+        steps.append((j, done, end))
+        done = end
+    while done < num_hops:
+        end = min(done + hops_per_step, num_hops)
+        steps.append((None, done, end))
+        done = end
+    return steps
+
+
 # ----------------------------------------------------------------------------- detections
 
 
