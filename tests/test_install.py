@@ -99,7 +99,7 @@ def test_wheel_in_a_fresh_venv_runs_from_anywhere(tmp_path):
 
     show = _run([actrec, "config", "show", "--config", "commands", "--set", "train.epochs=3"], elsewhere, env)
     assert show.returncode == 0, show.stderr[-2000:]
-    assert "kind: speech" in show.stdout and "units: 192" in show.stdout and "epochs: 3" in show.stdout
+    assert "kind: speech" in show.stdout and "units: 128" in show.stdout and "num_layers: 2" in show.stdout and "epochs: 3" in show.stdout
     assert "#   model.streamable: true" in show.stdout  # the derived key, from the installed package
 
     unknown = _run([actrec, "config", "show", "--config", "comands"], elsewhere, env)
