@@ -24,6 +24,8 @@ from pipeline.models.audio import audio_branch
 from pipeline.models.heads import rnn_head
 from pipeline.models.spec import ModelSpec, require_feature
 
+MODALITIES = ("video", "audio")  # the order of pooled states and presences in fusion
+
 
 def classifier(x, cfg, num_classes: int, name: str):
     """Dropout + softmax Dense (float32 output even under mixed precision)."""
@@ -80,18 +82,26 @@ def fuse(pooled: list, cfg, num_classes: int, lengths: list | None = None):
     """One pooled state [B, H] per modality (video first), with its length input [B] -> probabilities [B, num_classes]."""
     if len(pooled) == 1:
         return classifier(pooled[0], cfg, num_classes, "head")
-    names = ("video", "audio")
-    present = [Presence(name=f"{name}_present")(n) for n, name in zip(lengths, names)]
-    if cfg.fusion == "late":
-        probs = [classifier(p, cfg, num_classes, name) for p, name in zip(pooled, names)]
-        return PresentAverage(name="late_fusion")(probs, present)
-    gated = [layers.Multiply(name=f"{name}_gate")([p, w]) for p, w, name in zip(pooled, present, names)]
-    fused = classifier(layers.Concatenate(name="mid_fusion")(gated), cfg, num_classes, "fusion")
-    if cfg.fusion == "backoff":
+    present = [Presence(name=f"{name}_present")(n) for n, name in zip(lengths, MODALITIES)]
+    return fusion_head(pooled, present, cfg.fusion, lambda x, name: classifier(x, cfg, num_classes, name),
+                       lambda kind, name: kind(name=name))
+
+
+def fusion_head(pooled: list, present: list, fusion: str, classify, layer):
+    """The fusion of two pooled states [B, H] (video first), each with its presence [B, 1] -> probabilities [B, K].
+
+    classify(x, name): the classifier `name` (video, audio or fusion) on x; layer(kind, name): the layer `name` of class
+    `kind`. `fuse` makes them new; a streaming step (models.streaming.AVStepper) takes the trained model's.
+    """
+    if fusion == "late":
+        return layer(PresentAverage, "late_fusion")([classify(p, name) for p, name in zip(pooled, MODALITIES)], present)
+    gated = [layer(layers.Multiply, f"{name}_gate")([p, w]) for p, w, name in zip(pooled, present, MODALITIES)]
+    fused = classify(layer(layers.Concatenate, "mid_fusion")(gated), "fusion")
+    if fusion == "backoff":
         # a linear classifier on [video, audio] adds one logit term per modality: a term trained to decide with the
         # other's help cannot also decide alone, so a modality alone gets a classifier of its own
-        alone = [classifier(p, cfg, num_classes, name) for p, name in zip(gated, names)]
-        return Backoff(name="backoff_fusion")(fused, alone, present)
+        alone = [classify(p, name) for p, name in zip(gated, MODALITIES)]
+        return layer(Backoff, "backoff_fusion")(fused, alone, present)
     return fused
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-MODALITIES = ("video", "audio")
+from pipeline.models.fusion import MODALITIES
 
 
 class Absent(layers.Layer):

@@ -305,15 +305,12 @@ class AVStepper:
         return out
 
     def fuse(self, pooled: list, present: list):
-        """The model's fusion (models.fusion.fuse) on pooled states [1, units] and presence [1, 1], video first."""
-        layer = self.model.get_layer
-        if self.cfg.model.fusion == "late":
-            return layer("late_fusion")([layer("video_probs")(pooled[0]), layer("audio_probs")(pooled[1])], present)
-        gated = [p * w for p, w in zip(pooled, present)]
-        fused = layer("fusion_probs")(layer("mid_fusion")(gated))
-        if self.cfg.model.fusion == "backoff":
-            return layer("backoff_fusion")(fused, [layer("video_probs")(gated[0]), layer("audio_probs")(gated[1])], present)
-        return fused
+        """The model's fusion (models.fusion.fusion_head) on pooled states [1, units] and presence [1, 1], video first."""
+        from pipeline.models.fusion import fusion_head
+
+        get = self.model.get_layer
+        # a classifier's dropout passes its input through at inference: its softmax Dense alone
+        return fusion_head(pooled, present, self.cfg.model.fusion, lambda x, name: get(f"{name}_probs")(x), lambda kind, name: get(name))
 
 
 def make_stepper(model, cfg, encode_frames=None) -> Stepper:
