@@ -2,7 +2,8 @@
 models that only ever had that modality, over several seeds.
 
     data_prep.actions (--clips-per-class, per seed) --configs/actions_av.yaml (--encoder motion: the demo's optical-flow
-      encoder; --encoder random: the same with a random small CNN, the demo's before) or configs/actions_av_trained_cnn.yaml
+      encoder; --encoder random: the same with a random small CNN, the demo's before; --encoder causal: the motion
+      recipe made streamable) or configs/actions_av_trained_cnn.yaml
       (--encoder trained: the small CNN of a video-only hybrid run trained first on the seed's training split), per seed-->
       preprocess once (cached frame features + MFCCs), then on the same features:
         video_rnn, audio_rnn                            single-modality models
@@ -13,7 +14,7 @@ models that only ever had that modality, over several seeds.
 A fusion model passes when, with audio dropped, it scores at least the video-only model, and with video dropped
 at least the audio-only model (chance is 1 / 9 classes).
 
-Usage: python benchmarks/modalities.py [--encoder motion|random|trained] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--fusions mid,late] [--losses 0,1]
+Usage: python benchmarks/modalities.py [--encoder motion|random|trained|causal] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--fusions mid,late] [--losses 0,1]
                                       [--clips-per-class 32]
 Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json and .md.
 """
@@ -47,6 +48,9 @@ RECIPES = {
     "motion": ("actions_av", []),
     "random": ("actions_av", ["preprocess.encoder=small_cnn", "preprocess.image_size=112", "preprocess.num_frames=16"]),
     "trained": ("actions_av_trained_cnn", []),
+    # the motion recipe made streamable (model.streamable): unidirectional GRUs, mean pooling, causal MFCC frames
+    "causal": ("actions_av", ["model.bidirectional=false", "model.pooling=mean", "preprocess.mfcc_framing=causal",
+                              "preprocess.normalize=dataset"]),
 }
 STAGE1 = ["preprocess.modalities=[video]", "train.epochs=80"]  # the video-only hybrid whose CNN encodes the frames (its config says)
 

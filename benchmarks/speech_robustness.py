@@ -64,6 +64,8 @@ LEVERS = {
     # whole utterance, so it cannot stream: the upper bound of a causal running normaliser
     "utterance_norm": ONE_LAYER + ["preprocess.normalize=utterance"],
     "cepstral_shift": ONE_LAYER + ["train.cepstral_shift=0.5"],  # a random smooth equaliser per utterance (another microphone or timbre)
+    "dropout_0": ["model.dropout=0"],  # the augmented training set is fitted to 0.58 only: less regularisation
+    "units_256": ["model.units=256"],  # or more capacity: two GRU layers of 256
     "no_specaugment": ["train.time_masks=0", "train.freq_masks=0"],
     "mfcc_13": ["preprocess.n_mfcc=13"],
     "bidirectional": [],  # configs/commands_bidirectional.yaml (the whole-window recipe; see CONFIGS)

@@ -15,19 +15,19 @@ def streaming_blockers(cfg: Config) -> list[str]:
 
     Streaming (pipeline.models.streaming) needs every step causal: a unidirectional RNN pooled causally (last state,
     or mean); for audio_rnn, MFCC frames that end at their hop, fixed normalisation statistics and a window of whole
-    hops; for video_rnn, a frame encoder that reads one frame (and the one before it) at a time.
+    hops; for video_rnn, a frame encoder that reads one frame (and the one before it) at a time; av_fusion needs both.
     """
     m, p = cfg.model, cfg.preprocess
     reasons = []
-    if m.name not in ("audio_rnn", "video_rnn"):
-        reasons.append(f"model.name is {m.name} (streaming is built for audio_rnn and video_rnn)")
+    if m.name not in ("audio_rnn", "video_rnn", "av_fusion"):
+        reasons.append(f"model.name is {m.name} (streaming is built for audio_rnn, video_rnn and av_fusion)")
     if m.bidirectional:
         reasons.append("model.bidirectional is true (the backward RNN needs the future)")
     if m.pooling not in ("last", "mean"):
         reasons.append(f"model.pooling is {m.pooling} (needs `last`, the state now, or `mean`, over the last window of states)")
+    if m.name in ("video_rnn", "av_fusion") and p.encoder == "none":
+        reasons.append(f"preprocess.encoder is none ({m.name} streams cached-feature runs: a frame encoder per frame)")
     if m.name == "video_rnn":
-        if p.encoder == "none":
-            reasons.append("preprocess.encoder is none (video_rnn streams cached-feature runs: a frame encoder per frame)")
         return reasons
     if p.mfcc_framing != "causal":
         reasons.append("preprocess.mfcc_framing is centred (frames reach half an FFT into the future, and the dB floor follows the whole utterance)")

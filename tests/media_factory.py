@@ -26,8 +26,9 @@ def index_frame(i: int, width: int, height: int) -> np.ndarray:
 
 def write_video(path: str | Path, num_frames: int = 30, fps: int = 15, width: int = 96, height: int = 64,
                 audio_seconds: float | None = None, sample_rate: int = 22050, codec: str | None = None,
-                tone_hz: float = 440.0, frames: np.ndarray | None = None) -> Path:
-    """Write a clip whose frame i has brightness i*8 (or `frames`, RGB uint8 [T, H, W, 3]); optional sine audio at tone_hz."""
+                tone_hz: float = 440.0, frames: np.ndarray | None = None, sound: np.ndarray | None = None) -> Path:
+    """Write a clip whose frame i has brightness i*8 (or `frames`, RGB uint8 [T, H, W, 3]); optional sine audio at tone_hz
+    for audio_seconds (or `sound`, mono float32 samples at sample_rate)."""
     path = Path(path)
     if frames is not None:
         num_frames, height, width = frames.shape[:3]
@@ -40,6 +41,8 @@ def write_video(path: str | Path, num_frames: int = 30, fps: int = 15, width: in
         if vcodec == "libx264":
             stream.options = {"crf": "10"}
         audio = None
+        if sound is not None:
+            audio_seconds = len(sound) / sample_rate
         if audio_seconds:
             audio = container.add_stream(acodec, rate=48000 if acodec == "libopus" else sample_rate)
             audio.layout = "mono"
@@ -52,7 +55,8 @@ def write_video(path: str | Path, num_frames: int = 30, fps: int = 15, width: in
         if audio is not None:
             rate = audio.rate
             t = np.arange(int(audio_seconds * rate)) / rate
-            samples = (0.5 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
+            samples = (0.5 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32) if sound is None else \
+                np.interp(t, np.arange(len(sound)) / sample_rate, sound).astype(np.float32)
             frame_size = audio.codec_context.frame_size or 1024
             for start in range(0, len(samples), frame_size):
                 chunk = samples[start : start + frame_size]

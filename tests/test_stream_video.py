@@ -22,11 +22,14 @@ from tests.conftest import FAST, TINY
 CAUSAL_VIDEO = ["model.name=video_rnn", "preprocess.modalities=[video]", "model.bidirectional=false", "model.pooling=last"]
 
 
-def test_a_causal_video_rnn_streams_and_fusion_does_not():
+def test_causal_video_and_audio_visual_models_stream_and_the_bidirectional_one_does_not():
     assert streaming_blockers(load_config(None, FAST + CAUSAL_VIDEO)) == []
     assert streaming_blockers(load_config("actions_av", ["model.name=video_rnn", "model.bidirectional=false", "model.pooling=mean"])) == []
+    causal_av = ["model.bidirectional=false", "model.pooling=mean", "preprocess.mfcc_framing=causal", "preprocess.normalize=dataset"]
+    assert streaming_blockers(load_config("actions_av", causal_av)) == []
     reasons = streaming_blockers(load_config("actions_av"))
-    assert any("av_fusion" in r for r in reasons) and any("bidirectional" in r for r in reasons)
+    assert [r.split(" is ")[0] for r in reasons] == ["model.bidirectional", "model.pooling", "preprocess.mfcc_framing", "preprocess.normalize"]
+    assert any("encoder is none" in r for r in streaming_blockers(load_config("actions_av", causal_av + ["preprocess.encoder=none"])))
     # a video model does not care how audio would be framed
     assert streaming_blockers(load_config(None, FAST + CAUSAL_VIDEO + ["preprocess.mfcc_framing=centred"])) == []
 
@@ -96,21 +99,27 @@ def bar_frames(direction: int, seconds: float, fps: int, seed: int, size: int = 
     return frames
 
 
-@pytest.fixture(scope="module")
-def bar_clips(tmp_path_factory):
-    """Up and Down: 3 groups x 3 clips of 2 s at 10 fps, UCF101 layout, no sound; group 1 is the test split."""
+def write_bar_clips(root, sound=None):
+    """Up and Down: 3 groups x 3 clips of 2 s at 10 fps, UCF101 layout; group 1 is the test split. sound(class name,
+    seed) -> mono float32 samples at 16 kHz gives each clip a sound track (none by default)."""
     from tests.media_factory import write_ucf101_lists, write_video
 
-    root = tmp_path_factory.mktemp("bars")
     train, test = [], []
     for c, (name, direction) in enumerate((("Up", -1), ("Down", 1))):
         (root / name).mkdir()
         for g in (1, 2, 3):
             for k in (1, 2, 3):
-                rel = f"{name}/v_{name}_g{g:02d}_c{k:02d}.mp4"
-                write_video(root / rel, fps=10, frames=bar_frames(direction, 2.0, 10, seed=10 * g + k + 100 * c, start=5.0 * k))
+                rel, seed = f"{name}/v_{name}_g{g:02d}_c{k:02d}.mp4", 10 * g + k + 100 * c
+                write_video(root / rel, fps=10, frames=bar_frames(direction, 2.0, 10, seed=seed, start=5.0 * k),
+                            sound=None if sound is None else sound(name, seed), sample_rate=16000)
                 (test if g == 1 else train).append(rel)
     return write_ucf101_lists(root, ["Up", "Down"], train, test)
+
+
+@pytest.fixture(scope="module")
+def bar_clips(tmp_path_factory):
+    """Up and Down bars without sound (write_bar_clips)."""
+    return write_bar_clips(tmp_path_factory.mktemp("bars"))
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +217,7 @@ def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_op
     from pipeline.features.mfcc_layers import MFCC
     from pipeline.models import ModelSpec, build_model
     from pipeline.models.streaming import AVStepper
-    from pipeline.runtime.stream import interleave
+    from pipeline.runtime.stream import clip_feeds
 
     cfg = load_config(None, AV_CAUSAL + [f"model.cell={cell}", f"model.pooling={pooling}", f"model.fusion={fusion}"])
     rng = np.random.default_rng(0)
@@ -233,24 +242,32 @@ def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_op
     step = tf.function(stepper.step)
     hop = stepper.hop_samples
 
-    def stream(num_frames: int, num_hops: int, hops_per_step: int = 9) -> np.ndarray:
+    def stream(num_frames: int, num_samples: int, hops_per_step: int = 9) -> np.ndarray:
+        """The clip as an app streams it (runtime.stream.clip_feeds): each frame with its share of the hops."""
         states = {s.name: s.zeros() for s in stepper.states()}
-        for j, first, last in interleave(num_frames, num_hops, hops_per_step):
-            samples = np.zeros((1, 9 * hop), np.float32)
-            samples[:, : (last - first) * hop] = waveform[:, first * hop : last * hop]
-            out = step({"frame": frames[:, j or 0], "frame_valid": np.full((1, 1), float(j is not None), np.float32),
-                        "samples": samples, "audio_hops": np.full((1, 1), float(last - first), np.float32), **states})
+        clip = {"frames": frames[0], "frame_lengths": np.int32(num_frames), "num_samples": np.int32(num_samples),
+                "waveform": np.where(np.arange(16000) < num_samples, waveform[0], 0.0).astype(np.float32)}
+        for feed in clip_feeds(clip, "av", hop, hops_per_step):
+            if hops_per_step < 9:  # the step file takes 9 hops; a stream of fewer per step leaves the rest zero
+                feed["samples"] = np.pad(feed["samples"], [(0, 0), (0, (9 - hops_per_step) * hop)])
+            out = step({**feed, **states})
             states = {name: out[name].numpy() for name in states}
         return out["probabilities"].numpy()[0]
 
-    def whole(num_frames: int, mfcc_frames: int) -> np.ndarray:
-        return model([features, tf.constant([num_frames]), mfcc, tf.constant([mfcc_frames])]).numpy()[0]
+    def whole(num_frames: int, num_samples: int) -> np.ndarray:
+        padded = np.where(np.arange(16000) < num_samples, waveform, 0.0).astype(np.float32)
+        mfcc_frames = num_samples // cfg.preprocess.hop_length  # causal framing: a frame per whole hop_length
+        return model([features, tf.constant([num_frames]), MFCC.from_params(MFCCParams.from_config(cfg.preprocess))(padded),
+                      tf.constant([mfcc_frames])]).numpy()[0]
 
-    np.testing.assert_allclose(stream(6, 50), whole(6, 100), atol=1e-5)  # 6 of 8 frames, all 50 hops (100 MFCC frames)
-    np.testing.assert_allclose(stream(6, 50, hops_per_step=2), whole(6, 100), atol=1e-5)  # most hops after the frames
+    np.testing.assert_allclose(stream(6, 16000), whole(6, 16000), atol=1e-5)  # 6 of 8 frames, all 50 hops (100 MFCC frames)
+    np.testing.assert_allclose(stream(6, 16000, hops_per_step=2), whole(6, 16000), atol=1e-5)  # most hops after the frames
+    # sound that ends inside a hop: the last hop zero-padded, as the whole-clip model's waveform is
+    for ended in (16000 - 3 * hop // 2, 16000 - hop + 100):  # the last hop: one of its two MFCC frames, none (100 samples)
+        np.testing.assert_allclose(stream(6, ended), whole(6, ended), atol=1e-5)
     np.testing.assert_allclose(stream(8, 0), whole(8, 0), atol=1e-5)  # a video without sound
-    np.testing.assert_allclose(stream(0, 50), whole(0, 100), atol=1e-5)  # sound without frames
-    assert not np.allclose(whole(8, 0), whole(8, 100), atol=1e-3)  # the cases differ: the check can fail
+    np.testing.assert_allclose(stream(0, 16000), whole(0, 16000), atol=1e-5)  # sound without frames
+    assert not np.allclose(whole(8, 0), whole(8, 16000), atol=1e-3)  # the cases differ: the check can fail
 
 
 def test_interleave_gives_every_frame_and_hop_once_in_order():

@@ -47,7 +47,7 @@ from pipeline.deploy.tflite_edit import (
     widen_small_float16_constants,
 )
 from pipeline.errors import UserError
-from pipeline.runtime.stream import clip_steps
+from pipeline.runtime.stream import clip_feeds
 from pipeline.runtime.tflite import OUTPUT, SIGNATURE, STREAM_SIGNATURE, clip_inputs, raw_input_config
 
 REPRESENTATIVE_FILE = "representative.npz"  # the int8 calibration inputs, in the work folder
@@ -98,7 +98,7 @@ def save_step_model(stepper, path: Path) -> None:
     import keras
     import tensorflow as tf
 
-    signature = {s.name: tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in (stepper.input, *stepper.states())}
+    signature = {s.name: tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in (*stepper.inputs(), *stepper.states())}
     archive = keras.export.ExportArchive()
     archive.track(stepper.model)
     archive.add_endpoint(STREAM_SIGNATURE, stepper.step, input_signature=[signature])
@@ -112,20 +112,19 @@ def write_stream_representative(stepper, clips: Path, path: Path, every: int = 2
 
     step = tf.function(stepper.step)
     arrays = dict(np.load(clips))
-    name = stepper.input.name
     kept: dict[str, list] = {}
     for i in range(len(next(iter(arrays.values())))):
         states = {s.name: s.zeros() for s in stepper.states()}
         clip = {key: values[i] for key, values in arrays.items()}
-        for k, newest in enumerate(clip_steps(clip, stepper.modality, stepper.hop_samples)):
-            inputs = {name: newest[None].astype(stepper.input.dtype), **states}
+        for k, feed in enumerate(clip_feeds(clip, stepper.modality, stepper.hop_samples, stepper.hops_per_step)):
+            inputs = {**{s.name: feed[s.name].astype(s.dtype) for s in stepper.inputs()}, **states}
             if k % every == every - 1:
                 for key, value in inputs.items():
                     kept.setdefault(key, []).append(value[0])
             out = step(inputs)
             states = {key: out[key].numpy() for key in states}
     np.savez(path, **{key: np.stack(values) for key, values in kept.items()})
-    return len(kept[name])
+    return len(kept[stepper.inputs()[0].name])
 
 
 def convert(saved_model: Path, mode: str, representative: Path | None = None, signature: str = SIGNATURE) -> bytes:

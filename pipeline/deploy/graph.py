@@ -21,6 +21,7 @@ and their lengths), for apps with their own encoder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,51 +202,68 @@ class InferenceGraphs:
                     "and the labels; the classifier cuts the audio into windows of the model's length"),
         }
 
+    @functools.cached_property
+    def stream_frame_rate(self) -> float | None:
+        """Frames per second a video or audio-visual stream is sampled at: export.stream_fps, or the training frames' rate."""
+        from pipeline.models.streaming import stream_modality
+
+        return (self.cfg.export.stream_fps or training_frame_rate(self.cfg)) if stream_modality(self.cfg) != "audio" else None
+
     def stepper(self):
         """The streaming step of a streamable run (pipeline.models.streaming) on the rebuilt model."""
         from pipeline.models.streaming import make_stepper, stream_modality
 
-        return make_stepper(self.rebuilt(), self.cfg, self.frame_encoder() if stream_modality(self.cfg) == "video" else None)
+        encoder = self.frame_encoder() if stream_modality(self.cfg) != "audio" else None
+        return make_stepper(self.rebuilt(), self.cfg, encoder, self.stream_frame_rate)
 
     def stream_spec(self, classes: list[str]) -> dict:
         """preprocessing.json's "stream" entry: the step signature's inputs and outputs, and how an app calls it."""
         from pipeline.models.streaming import (
             PROBABILITIES,
             STREAM_SIGNATURE,
+            av_hops_per_step,
             hop_samples,
-            step_input,
+            stream_inputs,
             stream_modality,
             stream_states,
             window_steps,
         )
 
         cfg, p = self.cfg, self.cfg.preprocess
-        states = [s.to_json() for s in stream_states(cfg)]
-        newest = step_input(cfg)
-        modality = stream_modality(cfg)
-        video = modality == "video"
-        step = "frame" if video else "hop"
-        rate = (cfg.export.stream_fps or training_frame_rate(cfg)) if video else None  # probes training clips: video only
-        timing = ({"frame_size": p.image_size, "frame_rate": rate, "hop_seconds": 1 / rate}
-                  if video else {"hop_samples": hop_samples(cfg), "hop_seconds": hop_samples(cfg) / p.sample_rate, "sample_rate": p.sample_rate})
+        modality, rate = stream_modality(cfg), self.stream_frame_rate
+        k = av_hops_per_step(cfg, rate) if modality == "av" else None
+        newest, states = stream_inputs(cfg, k), [s.to_json() for s in stream_states(cfg)]
+        step = "hop" if modality == "audio" else "frame"
+        timing = {}
+        if modality != "audio":
+            timing.update(frame_size=p.image_size, frame_rate=rate, hop_seconds=1 / rate)
+        if modality != "video":
+            timing.update(hop_samples=hop_samples(cfg), sample_rate=p.sample_rate, **({} if k else {"hop_seconds": hop_samples(cfg) / p.sample_rate}))
+        if k:
+            timing["hops_per_step"] = k
+        what = {"audio": "samples", "video": "frame",
+                "av": ("frame (frame_valid 1) and the audio hops of hop_samples since the frame before (up to hops_per_step, "
+                       "oldest first in `samples`, their count in audio_hops: 0 for a video without sound)")}[modality]
+        whole = {"audio": "window", "video": "clip", "av": "clip"}[modality]
         return {
             "files": {fmt: TFLITE_FILES[target] for fmt, target in STREAM_FORMATS.items()},
             "signature": STREAM_SIGNATURE,
             "modality": modality,
-            "input": newest.name,
+            "input": newest[0].name,
+            "step_inputs": [s.name for s in newest],
             **timing,
             "window_hops": window_steps(cfg),
-            "inputs": [newest.to_json(), *states],
+            "inputs": [*(s.to_json() for s in newest), *states],
             "outputs": [{"name": PROBABILITIES, "shape": [1, len(classes)], "dtype": "float32", "doc": "class probabilities now, in labels.txt order"}, *states],
-            "how": (f"call `step` once per {step} with the newest {'frame' if video else 'samples'} and every state; feed each state "
+            "how": (f"call `step` once per {step} with the newest {what} and every state; feed each state "
                     f"output back under its name at the next call; start (and restart) with all states zero. After window_hops "
-                    f"{step}s from zero states the probabilities equal the whole-{'clip' if video else 'window'} model's on those "
-                    f"{'frames' if video else 'samples'}. The model was trained on windows of window_hops {step}s: on a long stream "
+                    f"{step}s from zero states the probabilities equal the whole-{whole} model's on those "
+                    f"{'samples' if modality == 'audio' else 'frames'}. The model was trained on windows of window_hops {step}s: on a long stream "
                     "keep two copies of the states, restart each from zeros every window_hops steps, half a window apart, and read "
                     "the probabilities of the copy that has heard more than half a window (what `actrec stream` does; measured in "
                     "docs/streaming.md)." + (f" Frames: sample the camera or file at frame_rate ({rate:g}) frames per second, the "
                                               f"rate of the model's training frames ({p.num_frames} spread over each training clip)."
-                                              if video else "")),
+                                              if rate else "")),
         }
 
 

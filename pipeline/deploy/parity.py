@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.deploy.graph import TFLITE_FILES, InferenceGraphs
 from pipeline.errors import UserError
-from pipeline.runtime.stream import StreamingClassifier, clip_steps
+from pipeline.runtime.stream import StreamingClassifier, clip_feeds
 from pipeline.runtime.tflite import (
     OUTPUT,
     SIGNATURE,
@@ -144,13 +144,13 @@ def measure_parity(graphs: InferenceGraphs, export_dir: Path, tflite_targets: li
         for threads in (1, 2):
             if is_stream(target):
                 timed = StreamingClassifier(path, threads=threads)
-                newest = clip_steps(sample, timed.modality, timed.hop_samples)[0]
-                latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, newest=newest: timed.step(newest), runs)
+                feed = clip_feeds(sample, timed.modality, timed.hop_samples, timed.hops_per_step)[0]
+                latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, feed=feed: timed.feed(feed), runs)
             else:
                 timed = TFLiteClassifier(path, threads=threads)
                 latency[f"threads_{threads}"] = _latency_ms(lambda timed=timed, sample=sample: timed.predict(sample), runs)
         result["formats"][target] = {"file": path.name, "bytes": path.stat().st_size, **compare(probs[target]), "latency_ms": latency,
-                                     **({"latency_of": f"one {'frame' if timed.modality == 'video' else 'hop'}"} if is_stream(target) else {})}
+                                     **({"latency_of": f"one {'hop' if timed.modality == 'audio' else 'frame'}"} if is_stream(target) else {})}
     return result
 
 

@@ -28,7 +28,7 @@ Both then:
 Audio and video (av_fusion with both branches causal, AVStepper), one step per frame: the frame and the audio hops
 since the frame before, each branch stepped as above only on what it was given, then the model's own fusion layers on
 the two pooled states (a branch that has had no step yet is absent, as a length of 0 is in the whole-clip model).
-It is not exported yet: pipeline.derived still names av_fusion as not streamable.
+k, the hops a step can carry, is one more than the hops per frame at the stream's frame rate (av_hops_per_step).
 
 Fed an utterance (clip) step by step from zero states, the probabilities after the last step are the whole-window
 model's: nothing looks ahead (causal MFCC framing or per-frame encoding, unidirectional RNN, `last` or `mean` pooling).
@@ -45,11 +45,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.runtime.tflite import FRAME, SAMPLES, STREAM_SIGNATURE  # noqa: F401  (re-exported: the step's names in one place)
+from pipeline.runtime.tflite import AUDIO_HOPS, FRAME, FRAME_VALID, SAMPLES, STREAM_SIGNATURE  # noqa: F401  (re-exported: the step's names in one place)
 from pipeline.runtime.tflite import OUTPUT as PROBABILITIES
 
 CONTEXT = "audio_context"  # the samples before the newest hop
-FRAME_VALID, AUDIO_HOPS = "frame_valid", "audio_hops"  # an audio-visual step's: is there a frame, how many hops
+VALID_FRAMES = "valid_frames"  # inside an audio-visual step: the MFCC frames of a hop that hold sound [1, 1] (not an input)
 PREVIOUS_FRAME, FRAMES_SEEN = "video_previous_frame", "video_frames_seen"
 
 
@@ -71,8 +71,15 @@ class StateSpec:
 
 
 def stream_modality(cfg) -> str:
-    """'audio' or 'video': what a streamable config's step reads."""
-    return "video" if cfg.model.name == "video_rnn" else "audio"
+    """'audio', 'video' or 'av' (a frame and the audio hops since the one before): what a streamable config's step reads."""
+    return {"video_rnn": "video", "av_fusion": "av"}.get(cfg.model.name, "audio")
+
+
+def av_hops_per_step(cfg, frame_rate: float) -> int:
+    """k: the audio hops an audio-visual step carries, one more than a frame's interval holds at `frame_rate` frames per
+    second (a frame's hops vary by one with rounding; a clip played faster than that streams in extra frameless steps)."""
+    hops_per_second = cfg.preprocess.sample_rate / hop_samples(cfg)
+    return int(np.ceil(hops_per_second / frame_rate - 1e-9)) + 1
 
 
 def hop_samples(cfg) -> int:
@@ -96,15 +103,31 @@ def step_input(cfg, modality: str | None = None) -> StateSpec:
 
 
 def window_steps(cfg, modality: str | None = None) -> int:
-    """W: steps in the training window (audio_seconds of hops; num_frames frames) of the config's (or `modality`'s) branch."""
-    if (modality or stream_modality(cfg)) == "video":
+    """W: steps in the training window (audio_seconds of hops; num_frames frames, one audio-visual step per frame) of the
+    config's (or `modality`'s) branch."""
+    if (modality or stream_modality(cfg)) in ("video", "av"):
         return cfg.preprocess.num_frames
     return round(cfg.preprocess.audio_seconds * cfg.preprocess.sample_rate) // hop_samples(cfg)
 
 
+def stream_inputs(cfg, hops_per_step: int | None = None) -> list[StateSpec]:
+    """The step's newest inputs, in signature order: one (a hop or a frame), or an audio-visual step's four (k =
+    hops_per_step, see av_hops_per_step)."""
+    if stream_modality(cfg) != "av":
+        return [step_input(cfg)]
+    k, h = hops_per_step, hop_samples(cfg)
+    return [step_input(cfg, "video"), StateSpec(FRAME_VALID, (1, 1), "1 when `frame` is a new frame, 0 when this step has none"),
+            StateSpec(SAMPLES, (1, k * h), f"up to {k} hops of {h} samples since the last step, oldest first, the unused ones zero"),
+            StateSpec(AUDIO_HOPS, (1, 1), f"how many hops of `samples` are real (0..{k}; 0 for a video without sound; a "
+                      "fraction, samples / hop_samples, when the sound ends inside the last one)")]
+
+
 def stream_states(cfg) -> list[StateSpec]:
     """Every state tensor of a streamable config's step, in signature order (no model needed)."""
-    return branch_states(cfg, stream_modality(cfg))
+    if stream_modality(cfg) != "av":
+        return branch_states(cfg, stream_modality(cfg))
+    present = [StateSpec(f"{branch}_present", (1, 1), f"1 once the {branch} branch has had a step") for branch in ("video", "audio")]
+    return branch_states(cfg, "video") + branch_states(cfg, "audio") + present
 
 
 def branch_states(cfg, modality: str) -> list[StateSpec]:
@@ -138,6 +161,8 @@ class Stepper:
     {'probabilities': [1, K], state name: new value}
     """
 
+    hops_per_step = None  # an audio-visual step's (AVStepper)
+
     def __init__(self, model, cfg, branch: str | None = None):
         """branch: None for a model of one modality (its classifier answers); 'video' or 'audio' for that branch of an
         audio-visual model (AVStepper steps it and fuses)."""
@@ -152,6 +177,9 @@ class Stepper:
         self.hop_samples = hop_samples(cfg) if self.modality == "audio" else None  # samples per step (audio)
         self.cells = [model.get_layer(f"{self.modality}_{m.cell}{i}").cell for i in range(m.num_layers)]
         self.classifier = None if branch else model.get_layer("head_probs")
+
+    def inputs(self) -> list[StateSpec]:
+        return [self.input]
 
     def states(self) -> list[StateSpec]:
         return branch_states(self.cfg, self.modality)
@@ -221,7 +249,11 @@ class AudioStepper(Stepper):
             frames = frame_signal(signal, self.params.n_fft, self.params.hop_length)  # [1, k, n_fft]
             mfcc = self.mfcc.frames_to_mfcc(frames)  # [1, k, C]
             out[CONTEXT] = tf.identity(signal[:, -self.context_samples:])
-        return tf.reshape(self.normalization(mfcc), [1, -1])  # [1, k C]: StackSteps' order (frame-major)
+        normalised = self.normalization(mfcc)
+        if VALID_FRAMES in inputs:  # the sound ended inside this hop: the frames past its end are padding, zero (as masked)
+            k = normalised.shape[1]
+            normalised *= tf.cast(tf.range(k, dtype=tf.float32)[None, :, None] < inputs[VALID_FRAMES][:, :, None], tf.float32)
+        return tf.reshape(normalised, [1, -1])  # [1, k C]: StackSteps' order (frame-major)
 
 
 class VideoStepper(Stepper):
@@ -259,7 +291,8 @@ class AVStepper:
         frame        uint8   [1, S, S, 3]   the newest frame              frame_valid  float32 [1, 1]  1 if there is one
         samples      float32 [1, k H]       up to k hops of audio, oldest first    audio_hops   float32 [1, 1]  how many (0..k)
             --VideoStepper's step of the frame (states kept where frame_valid is 0)-->
-            --AudioStepper's step of each of the first audio_hops hops (the others change no state)-->
+            --AudioStepper's step of each of the first audio_hops hops (the others change no state; in a last partial
+              hop, the MFCC frames past the sound's end are zero, as the whole-clip model masks them)-->
         video_present, audio_present  float32 [1, 1]   1 once the branch has had a step (the whole-clip model's
                                                       length > 0: a video without sound never opens the audio branch)
             --each branch's pooled state [1, units]--> the model's own fusion layers (mid, late or backoff)--> [1, K]
@@ -269,6 +302,8 @@ class AVStepper:
     AVStepper(model, cfg, encode_frames, hops_per_step); inputs(), states(), step() as Stepper's.
     """
 
+    modality = "av"
+
     def __init__(self, model, cfg, encode_frames, hops_per_step: int):
         self.cfg, self.model, self.hops_per_step = cfg, model, int(hops_per_step)
         self.video = VideoStepper(model, cfg, encode_frames, branch="video")
@@ -276,14 +311,10 @@ class AVStepper:
         self.hop_samples = self.audio.hop_samples
 
     def inputs(self) -> list[StateSpec]:
-        k, h = self.hops_per_step, self.hop_samples
-        return [self.video.input, StateSpec(FRAME_VALID, (1, 1), "1 when `frame` is a new frame, 0 when this step has none"),
-                StateSpec(SAMPLES, (1, k * h), f"up to {k} hops of {h} samples since the last step, oldest first, the unused ones zero"),
-                StateSpec(AUDIO_HOPS, (1, 1), f"how many hops of `samples` are real (0..{k}; 0 for a video without sound)")]
+        return stream_inputs(self.cfg, self.hops_per_step)
 
     def states(self) -> list[StateSpec]:
-        present = [StateSpec(f"{branch}_present", (1, 1), f"1 once the {branch} branch has had a step") for branch in ("video", "audio")]
-        return self.video.states() + self.audio.states() + present
+        return stream_states(self.cfg)
 
     def step(self, inputs: dict) -> dict:
         import tensorflow as tf
@@ -294,13 +325,15 @@ class AVStepper:
         frame_valid, hops = inputs[FRAME_VALID], inputs[AUDIO_HOPS]
         out = keep(self.video.advance(inputs), frame_valid, inputs)
         audio = {s.name: inputs[s.name] for s in self.audio.states()}
-        h = self.hop_samples
+        h, stack = self.hop_samples, self.cfg.model.audio_stack
         for i in range(self.hops_per_step):
-            hop = {SAMPLES: inputs[SAMPLES][:, i * h : (i + 1) * h], **audio}
-            audio = keep(self.audio.advance(hop), tf.cast(hops > i, tf.float32), audio)
+            # the hop's MFCC frames that hold sound (the whole-clip model's frames end at whole multiples of hop_length)
+            valid = tf.clip_by_value(tf.floor((hops - i) * stack + 1e-3), 0.0, float(stack))  # [1, 1]
+            hop = {SAMPLES: inputs[SAMPLES][:, i * h : (i + 1) * h], VALID_FRAMES: valid, **audio}
+            audio = keep(self.audio.advance(hop), tf.cast(valid > 0, tf.float32), audio)
         out.update(audio)
         out["video_present"] = tf.maximum(inputs["video_present"], frame_valid)
-        out["audio_present"] = tf.maximum(inputs["audio_present"], tf.cast(hops > 0, tf.float32))
+        out["audio_present"] = tf.maximum(inputs["audio_present"], tf.cast(hops * stack >= 1.0 - 1e-3, tf.float32))
         out[PROBABILITIES] = self.fuse([self.video.pooled(out), self.audio.pooled(out)], [out["video_present"], out["audio_present"]])
         return out
 
@@ -313,8 +346,17 @@ class AVStepper:
         return fusion_head(pooled, present, self.cfg.model.fusion, lambda x, name: get(f"{name}_probs")(x), lambda kind, name: get(name))
 
 
-def make_stepper(model, cfg, encode_frames=None) -> Stepper:
-    """The stepper of a streamable config's modality (video runs: with the run's frame encoder)."""
-    if stream_modality(cfg) == "video":
+def make_stepper(model, cfg, encode_frames=None, frame_rate: float | None = None) -> Stepper | AVStepper:
+    """The stepper of a streamable config's modality (video and audio-visual runs: with the run's frame encoder;
+    audio-visual ones also with the stream's frame rate, which sets the hops per step)."""
+    from pipeline.derived import streaming_blockers
+
+    modality = stream_modality(cfg)
+    if modality == "av":
+        blockers = streaming_blockers(cfg)
+        if blockers:
+            raise ValueError(f"this model cannot stream: {'; '.join(blockers)}")
+        return AVStepper(model, cfg, encode_frames, av_hops_per_step(cfg, frame_rate))
+    if modality == "video":
         return VideoStepper(model, cfg, encode_frames)
     return AudioStepper(model, cfg)

@@ -8,6 +8,9 @@
     video stream (file, camera), frames sampled at the export's frame_rate, RGB, centre-cropped to S x S
     StreamingClassifier.step(frame uint8 [S, S, 3]) --the same `step`--> probabilities [K] --the same detector-->
 
+    audio-visual stream (a video file and its sound): per frame, the frame and the hops since the frame before
+    StreamingClassifier.step_av(frame uint8 [S, S, 3] | None, samples float32 [n H], n <= hops_per_step) --> [K] -->
+
 kws_streaming's post-processing: the mean of the last `smoothing` seconds of probabilities per class; a
 keyword fires when its smoothed probability reaches `threshold`, no keyword fired in the last `refractory`
 seconds, and it is armed: a keyword that fired re-arms only once its smoothed probability has fallen below the
@@ -30,7 +33,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.labels import REJECT_LABELS
-from pipeline.runtime.tflite import OUTPUT, SAMPLES, STREAM_SIGNATURE, load_interpreter
+from pipeline.runtime.tflite import AUDIO_HOPS, FRAME, FRAME_VALID, OUTPUT, SAMPLES, STREAM_SIGNATURE, load_interpreter
 
 
 class StreamingClassifier:
@@ -38,9 +41,11 @@ class StreamingClassifier:
 
     StreamingClassifier(path, threads=1, refresh=False) reads preprocessing.json and labels.txt beside the file.
     step(samples float32 [H] | frame uint8 [S, S, 3]) -> probabilities float32 [K] for "now"; reset() zeroes every state.
+    step_av(frame uint8 [S, S, 3] | None, samples float32 [n H]): an audio-visual step (n from 0 to hops_per_step).
     run(waveform float32 [N] | frames uint8 [T, S, S, 3]) -> probabilities [steps, K], one row per hop (a last partial
     hop is dropped) or frame.
-    run_clip(clip_inputs dict) -> the probabilities after the clip's last step: its waveform, or its valid frames.
+    run_clip(clip_inputs dict) -> the probabilities after the clip's last step: its waveform, or its valid frames, or
+    (audio-visual) both, each frame with its share of the hops (clip_feeds).
 
     refresh=True bounds what the model remembers to what it was trained on (one window, W hops): two copies of the
     states run side by side, each restarted from zeros every W hops, half a window apart, and the answer comes from
@@ -54,11 +59,13 @@ class StreamingClassifier:
         self.spec = preprocessing["stream"]
         self.labels = (self.path.parent / preprocessing["labels_file"]).read_text().splitlines()
         self.modality = self.spec.get("modality", "audio")
-        self.input = next(s for s in self.spec["inputs"] if s["name"] == self.spec.get("input", SAMPLES))
+        step_inputs = self.spec.get("step_inputs", [self.spec.get("input", SAMPLES)])
+        self.input = next(s for s in self.spec["inputs"] if s["name"] == step_inputs[0])
         self.hop_samples = int(self.spec.get("hop_samples", 0))  # audio
         self.sample_rate = int(self.spec.get("sample_rate", 0))
         self.frame_size, self.frame_rate = int(self.spec.get("frame_size", 0)), float(self.spec.get("frame_rate", 0))  # video
-        self.states = {s["name"]: s for s in self.spec["inputs"] if s["name"] != self.input["name"]}
+        self.hops_per_step = int(self.spec.get("hops_per_step", 0))  # audio-visual
+        self.states = {s["name"]: s for s in self.spec["inputs"] if s["name"] not in step_inputs}
         self.refresh = refresh
         self.window_hops = int(self.spec["window_hops"])
         try:
@@ -99,30 +106,48 @@ class StreamingClassifier:
         self._copies = [self.zero_states(), self.zero_states()]  # the second one runs only with refresh
         self._hops = 0
 
-    def _call(self, newest: np.ndarray, copy: int) -> np.ndarray:
-        out = self.runner(**{self.input["name"]: newest}, **self._copies[copy])
+    def _call(self, feed: dict, copy: int) -> np.ndarray:
+        out = self.runner(**feed, **self._copies[copy])
         self._copies[copy] = {name: out[name] for name in self.states}
         return out[OUTPUT][0]
 
     def step(self, newest: np.ndarray) -> np.ndarray:
         """One step: a hop of samples (float32 [H]) or one frame (uint8 [S, S, 3]) -> probabilities [K]."""
+        if self.modality == "av":
+            raise UserError(f"{self.path.name}: an audio-visual step takes a frame and its hops: call step_av")
         shape = tuple(self.input["shape"])
         newest = np.asarray(newest)
         if newest.size != int(np.prod(shape)) or (self.modality == "video" and newest.shape[-3:] != shape[1:]):
             what = f"a hop is {self.hop_samples} samples" if self.modality == "audio" else f"a frame is {'x'.join(map(str, shape[1:]))}"
             raise UserError(f"{self.path.name}: {what}, got an array of shape {newest.shape}")
-        newest = newest.reshape(shape).astype(self.input["dtype"])
+        return self.feed({self.input["name"]: newest.reshape(shape).astype(self.input["dtype"])})
+
+    def step_av(self, frame: np.ndarray | None, samples: np.ndarray) -> np.ndarray:
+        """One audio-visual step: the newest frame (uint8 [S, S, 3], None when this step has none) and the hops of
+        audio since the last step (float32 [n H], n from 0, no sound, to hops_per_step; the sound's end may cut the last
+        one short) -> probabilities [K]."""
+        shape = tuple(self.input["shape"][1:])
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        if frame is not None and np.shape(frame) != shape:
+            raise UserError(f"{self.path.name}: a frame is {'x'.join(map(str, shape))}, got an array of shape {np.shape(frame)}")
+        if len(samples) > self.hops_per_step * self.hop_samples:
+            raise UserError(f"{self.path.name}: a step takes at most {self.hops_per_step} hops of {self.hop_samples} samples; "
+                            f"got {len(samples)} samples")
+        return self.feed(av_feed(frame, samples, shape, self.hop_samples, self.hops_per_step))
+
+    def feed(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """One step of the newest inputs (each with its batch axis, by name) -> probabilities [K]; the states kept."""
         k, self._hops = self._hops, self._hops + 1
         if not self.refresh:
-            return self._call(newest, 0)
+            return self._call(feed, 0)
         window, half = self.window_hops, self.window_hops // 2
         for copy, offset in ((0, 0), (1, half)):
             if k >= offset and (k - offset) % window == 0 and k > 0:
                 self._copies[copy] = self.zero_states()
-        first = self._call(newest, 0)
+        first = self._call(feed, 0)
         if k < half:  # only the first copy has started
             return first
-        second = self._call(newest, 1)
+        second = self._call(feed, 1)
         return first if k % window >= half else second
 
     def run(self, stream: np.ndarray) -> np.ndarray:
@@ -134,7 +159,7 @@ class StreamingClassifier:
         """The whole-clip model's inputs (runtime.tflite.clip_inputs: waveform, or frames and frame_lengths) streamed
         from zero states -> the probabilities [K] after the last step, what the whole-clip model answers."""
         self.reset()
-        return np.stack([self.step(x) for x in clip_steps(inputs, self.modality, self.hop_samples)])[-1]
+        return [self.feed(feed) for feed in clip_feeds(inputs, self.modality, self.hop_samples, self.hops_per_step)][-1]
 
 
 def whole_hops(waveform: np.ndarray, hop_samples: int) -> list[np.ndarray]:
@@ -148,6 +173,34 @@ def clip_steps(clip: dict, modality: str, hop_samples: int | None) -> list[np.nd
     if modality == "video":
         return list(clip["frames"][: int(clip["frame_lengths"])])
     return whole_hops(clip["waveform"], hop_samples)
+
+
+def clip_feeds(clip: dict, modality: str, hop_samples: int | None, hops_per_step: int | None = None) -> list[dict[str, np.ndarray]]:
+    """A whole clip's inputs (runtime.tflite.clip_inputs) as the streaming step's newest inputs, one dict per step, each
+    array with its batch axis: {samples [1, H]} or {frame [1, S, S, 3]} (clip_steps), or an audio-visual clip's frames,
+    each with the hops that fall before the next one (interleave; the last partial hop zero-padded, as the whole-clip
+    model's waveform is: its last RNN step reads those zeros too)."""
+    if modality != "av":
+        name = FRAME if modality == "video" else SAMPLES
+        return [{name: newest[None]} for newest in clip_steps(clip, modality, hop_samples)]
+    frames = clip["frames"][: int(clip["frame_lengths"])]
+    valid = int(clip["num_samples"])
+    num_hops = -(-valid // hop_samples)
+    waveform = clip["waveform"][:valid]
+    return [av_feed(None if j is None else frames[j], waveform[first * hop_samples : end * hop_samples], clip["frames"].shape[1:],
+                    hop_samples, hops_per_step)
+            for j, first, end in interleave(len(frames), num_hops, hops_per_step)]
+
+
+def av_feed(frame: np.ndarray | None, samples: np.ndarray, frame_shape: tuple, hop_samples: int, hops_per_step: int) -> dict[str, np.ndarray]:
+    """An audio-visual step's inputs: {frame [1, S, S, 3] uint8, frame_valid [1, 1], samples [1, k H] (the given
+    samples first, zeros after), audio_hops [1, 1]} from a frame (None: none this step) and up to k H samples (n whole
+    hops; sound that ends inside the last one gives a fraction, which the step reads as its end)."""
+    padded = np.zeros((1, hops_per_step * hop_samples), np.float32)
+    padded[0, : len(samples)] = samples
+    return {FRAME: (np.zeros(frame_shape, np.uint8) if frame is None else np.asarray(frame, np.uint8))[None],
+            FRAME_VALID: np.full((1, 1), float(frame is not None), np.float32), SAMPLES: padded,
+            AUDIO_HOPS: np.full((1, 1), len(samples) / hop_samples, np.float32)}
 
 
 def interleave(num_frames: int, num_hops: int, hops_per_step: int) -> list[tuple[int | None, int, int]]:

@@ -33,6 +33,7 @@ OUTPUT = "probabilities"  # its one output: float32 [B, K]
 STREAM_SIGNATURE = "step"  # the one signature of a streaming file (model_stream_*.tflite)
 SAMPLES = "samples"  # its audio input: the newest hop, float32 [1, H]
 FRAME = "frame"  # or its video input: the newest frame, uint8 [1, S, S, 3]
+FRAME_VALID, AUDIO_HOPS = "frame_valid", "audio_hops"  # an audio-visual step's: is there a frame, how many hops in `samples`
 
 
 def raw_input_config(cfg: Config) -> Config:

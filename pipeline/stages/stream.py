@@ -4,6 +4,8 @@
                  at the export's sample rate, on stdin) | --mic (the default microphone, with the optional `sounddevice`
                  package) --hops of H samples-->
     action runs: SOURCE a video file --its frames at the export's frame_rate, RGB, centre-cropped to S x S-->
+                 (audio-visual runs: each frame with the hops of its sound up to the next frame; a video without a
+                 sound track is streamed from its frames alone, with a one-line warning)
         StreamingClassifier (RUN/export/model_stream_<float|int8>.tflite, states fed back)
         --probabilities [K] per step--> KeywordDetector (smoothing, threshold, refractory)
         --> "12.34 s  yes  0.97" per detection: a keyword, or an action starting (one JSON object per line with --json)
@@ -43,21 +45,27 @@ def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic
     """
     out = out or sys.stdout
     path = stream_model_path(run_dir, model)
-    if StreamingClassifier.read_preprocessing(path)["stream"].get("modality") == "video":
-        check_video_source(source, mic)  # before the interpreter: a wrong source is the one line printed
+    modality = StreamingClassifier.read_preprocessing(path)["stream"].get("modality", "audio")
+    if modality != "audio":
+        has_audio = check_video_source(source, mic)  # before the interpreter: a wrong source is the one line printed
     classifier = StreamingClassifier(path, threads=threads, refresh=refresh)
     # a keyword said twice fires twice; an action going on fires once, when it starts
     detector = KeywordDetector(classifier.labels, classifier.hop_seconds, threshold, smoothing, refractory, classifier.warmup_seconds,
-                               rearm="change" if classifier.modality == "video" else "below")
+                               rearm="below" if modality == "audio" else "change")
     if timeline is not None and Path(timeline).suffix.lower() != ".png":
         raise UserError(f"--timeline {timeline}: the plot is written as PNG; name the file *.png")
     history: list[np.ndarray] | None = [] if timeline is not None else None
     detections: list[Detection] = []
     started = time.monotonic()
-    steps = video_steps(source, classifier) if classifier.modality == "video" else \
-        ((None, samples) for samples in hops(source_blocks(source, mic, classifier.sample_rate), classifier.hop_samples))
+    if modality == "av":
+        steps = av_steps(source, classifier, has_audio)
+    elif modality == "video":
+        steps = ((now, (frame,)) for now, frame in video_steps(source, classifier))
+    else:
+        steps = ((None, (samples,)) for samples in hops(source_blocks(source, mic, classifier.sample_rate), classifier.hop_samples))
+    advance = classifier.step_av if modality == "av" else classifier.step
     for hop, (now, newest) in enumerate(steps):
-        probabilities = classifier.step(newest)
+        probabilities = advance(*newest)
         if history is not None:
             history.append(probabilities.astype(np.float16))
         detection = detector.update(probabilities, now)
@@ -89,8 +97,8 @@ def stream_model_path(run_dir: str | Path, model: str) -> Path:
     raise UserError(f"{path}: missing; run `actrec export --run-dir {run_dir}` (formats float and int8 write the streaming files)")
 
 
-def check_video_source(source: str | None, mic: bool) -> None:
-    """A one-line error unless `source` is a file with a video stream."""
+def check_video_source(source: str | None, mic: bool) -> bool:
+    """A one-line error unless `source` is a file with a video stream; whether it has a sound track too."""
     if mic or source in (None, STDIN):
         raise UserError("this run streams video: give a video file as SOURCE (stdin PCM and --mic are for speech runs)")
     from pipeline.media import MediaError
@@ -102,6 +110,7 @@ def check_video_source(source: str | None, mic: bool) -> None:
         raise UserError(f"{source}: {e}") from None
     if not info.has_video:
         raise UserError(f"{source}: no video stream: the file holds only audio (this run classifies actions in video)")
+    return info.has_audio
 
 
 def video_steps(source: str, classifier: StreamingClassifier) -> Iterator[tuple[float, np.ndarray]]:
@@ -114,6 +123,41 @@ def video_steps(source: str, classifier: StreamingClassifier) -> Iterator[tuple[
             yield seconds, frame
     except MediaError as e:
         raise UserError(f"{source}: {e}") from None
+
+
+def av_steps(source: str, classifier: StreamingClassifier, has_audio: bool) -> Iterator[tuple[float, tuple]]:
+    """(time in s, (frame, samples)) of a video file and its sound: each frame at the export's frame rate with the
+    whole hops of audio that end before the next frame (at most hops_per_step; the rest wait for the next step), then
+    the hops after the last frame in steps without one. A video without a sound track: frames only, and a warning."""
+    k, hop_seconds = classifier.hops_per_step, classifier.hop_samples / classifier.sample_rate
+    if has_audio:
+        audio = hops(source_blocks(source, False, classifier.sample_rate), classifier.hop_samples)
+    else:
+        from pipeline.media.audio import NO_AUDIO_WARNING
+
+        print(f"actrec: warning: {source}: {NO_AUDIO_WARNING}", file=sys.stderr, flush=True)
+        audio = iter(())
+    pending: list[np.ndarray] = []
+    heard = 0  # hops taken from the sound so far
+
+    def take() -> np.ndarray:
+        nonlocal pending
+        chunk, pending = pending[:k], pending[k:]
+        return np.concatenate(chunk) if chunk else np.zeros(0, np.float32)
+
+    for now, frame in video_steps(source, classifier):
+        now += classifier.hop_seconds  # the frame's interval ends at the next frame
+        while (heard + 1) * hop_seconds <= now + 1e-9 and (samples := next(audio, None)) is not None:
+            pending.append(samples)
+            heard += 1
+        yield now, (frame, take())
+    for samples in audio:  # after the last frame: the sound that outlasts the frames, in steps without one
+        pending.append(samples)
+        heard += 1
+        while len(pending) >= k:
+            yield heard * hop_seconds, (None, take())
+    while pending:
+        yield heard * hop_seconds, (None, take())
 
 
 def source_blocks(source: str | None, mic: bool, sample_rate: int) -> Iterator[np.ndarray]:
