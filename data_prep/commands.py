@@ -401,13 +401,15 @@ def find_engines(engines: tuple[str, ...]) -> dict[str, str]:
 
 def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: bool = True,
                   workers: int = 2, aux_per_speaker: int = 8, background_seconds: float = 60.0,
-                  engines: tuple[str, ...] = ENGINES) -> dict:
+                  engines: tuple[str, ...] = ENGINES, held_out_voices: bool = False) -> dict:
     """Generate the spoken-commands dataset into out (Speech Commands layout; see the module docstring).
 
     per_word (speaker, take) pairs each say every command once (pick_voicings: Festival voices say
     FESTIVAL_SHARE of them when "festival" is in `engines`), and `aux_per_speaker` of the AUX_WORDS into
     their own folders (0: none).
     `background_seconds` of each BACKGROUND_RECORDINGS noise go to _background_noise_/ (0: none).
+    held_out_voices: Festival's English voices of speakers Flite also has (festival_voices.HELD_OUT_VOICES) speak
+    too, first; an experiment's (benchmarks/speech_robustness.py), whose held-out set then leaves those speakers out.
     An interrupted run resumes: finished WAVs are kept, since a rerun with the same parameters
     would write the same bytes.
 
@@ -425,7 +427,7 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
         raise UserError(f"background_seconds={background_seconds:g}: must be 0 (none) or between 1 and 3600")
     out = Path(out)
     started = time.perf_counter()
-    festival_voices = installed_voices(tools["festival"]) if "festival" in tools else []
+    festival_voices = installed_voices(tools["festival"], held_out_voices) if "festival" in tools else []
     # the Festival voices installed are a parameter: resuming with others would mix two datasets in one folder
     params = {"generator": "data_prep.commands", "version": FORMAT_VERSION, "per_word": per_word, "seed": seed,
               "aux_per_speaker": aux_per_speaker, "background_seconds": background_seconds, "engines": list(engines),

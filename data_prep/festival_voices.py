@@ -27,6 +27,7 @@ from pipeline.errors import UserError
 
 # voice -> language of its letter-to-sound rules (a key of data_prep.commands.ACCENT_SPELLINGS, "en": as written)
 VOICE_LANGUAGES = {
+    "kal_diphone": "en", "cmu_us_slt_arctic_hts": "en",  # HELD_OUT_VOICES: spoken only when asked for (see installed_voices)
     "ked_diphone": "en",
     "lp_diphone": "it", "pc_diphone": "it",
     "czech_dita": "cs", "czech_krb": "cs", "czech_machac": "cs", "czech_ph": "cs",
@@ -55,13 +56,13 @@ def find_festival() -> str:
     return path
 
 
-def installed_voices(festival: str) -> list[str]:
-    """The VOICE_LANGUAGES voices this Festival installation has, in VOICE_LANGUAGES order; a one-line UserError
-    when it has none of them."""
+def installed_voices(festival: str, held_out: bool = False) -> list[str]:
+    """The VOICE_LANGUAGES voices this Festival installation has, in VOICE_LANGUAGES order (held_out: with the
+    HELD_OUT_VOICES, first); a one-line UserError when it has none of them."""
     out = subprocess.run([festival, "--pipe"], input='(format t "%l\\n" (voice.list))\n', capture_output=True,
                          text=True, timeout=60).stdout
     have = set(out.strip().strip("()").split())
-    voices = [voice for voice in VOICE_LANGUAGES if voice in have]
+    voices = [voice for voice in VOICE_LANGUAGES if voice in have and (held_out or voice not in HELD_OUT_VOICES)]
     if not voices:
         raise UserError(f"festival has none of the generator's voices ({', '.join(VOICE_LANGUAGES)}): {_INSTALL}")
     return voices

@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "audio (speech runs) or one frame (causal action runs) per call, its states fed back. For a speech run SOURCE is "
         "a sound or video file played as a stream (as fast as possible, or --realtime), - for raw 16-bit mono PCM at the "
         "model's sample rate on stdin (e.g. `arecord -f S16_LE -r 16000 -c 1 | actrec stream --run-dir RUN -`), or --mic; "
-        "for an action run, a video file, its frames taken at the export's frame rate (export.stream_fps). Prints one "
+        "for an action run, a video file, its frames taken at the export's frame rate (export.stream_fps), and for an "
+        "audio-visual one each frame with its sound (a video without a sound track: its frames alone). Prints one "
         "line per detection, `12.34 s  yes  0.97` (time in seconds of input from its start), after posterior smoothing, "
         "a threshold and a refractory period, so one spoken word fires once and an action once when it starts. Memory "
         "stays flat over any length of input.",
