@@ -107,15 +107,15 @@ def lever_data(lever: str, work: Path, per_word: int) -> Path:
 
 
 def held_out_subset(held_out: Path, voices: tuple[str, ...]) -> Path:
-    """A folder of links to the held-out set's files spoken by `voices` (file names start with the voice), and all
-    of its background noise."""
+    """A folder of hard links to the held-out set's files spoken by `voices` (file names start with the voice), and
+    all of its background noise (hard: indexing a dataset skips symbolic links)."""
     subset = held_out.parent / f"{held_out.name}-{'+'.join(voices)}"
     for wav in held_out.glob("*/*.wav"):
         if wav.parent.name == "_background_noise_" or wav.name.split("-")[0] in voices:
             link = subset / wav.parent.name / wav.name
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(wav)
+                link.hardlink_to(wav)
     return subset
 
 

@@ -150,7 +150,7 @@ class PreprocessConfig:
     deltas: bool = option(False, "Append delta and delta-delta coefficients (3 x n_mfcc features per frame).")
     mfcc_framing: str = option("centred", "MFCC frames `centred` on each hop (librosa's default; dB floor 80 below the utterance's loudest bin) or `causal`: each frame ends at its hop and has a fixed floor, so a streaming model computes the same frames from the newest samples (see model.streamable).", ["centred", "causal"])
     keep_waveform: bool = option(False, "Also cache each audio window's samples (float32 [N]), so training can augment the sound itself (train.time_shift, speed_change, background_mix) and compute its MFCCs in tf.data; `encoder: none` always keeps them.")
-    normalize: str = option("utterance", "MFCC normalisation: per `utterance` (zero mean, unit variance per coefficient), over the training `dataset` (stats saved in index.json), or `none`.", ["utterance", "dataset", "none"])
+    normalize: str = option("utterance", "MFCC normalisation: per `utterance` (zero mean, unit variance per coefficient), over the training `dataset` (stats saved in index.json), `running` (each frame with the statistics of the frames up to it, starting from the dataset's: causal, so it streams), or `none`.", ["utterance", "dataset", "running", "none"])
 
     @property
     def keeps_waveform(self) -> bool:
@@ -168,7 +168,7 @@ class ModelConfig:
     merge_mode: str = option("concat", "How a bidirectional layer merges its two directions.", ["concat", "sum", "mul", "ave"])
     dropout: float = option(0.3, "Dropout on RNN inputs and before the classifier.", minimum=0.0, below=1.0)
     recurrent_dropout: float = option(0.0, "Dropout on the recurrent state (slower: disables the fused kernel).", minimum=0.0, below=1.0)
-    pooling: str = option("attention", "How the sequence of states becomes one vector: `last` state, `mean` over valid steps, or learned `attention` weights over steps.", ["last", "mean", "attention"])
+    pooling: str = option("attention", "How the sequence of states becomes one vector: `last` state, `mean` or `max` over valid steps, or learned `attention` weights over steps.", ["last", "mean", "max", "attention"])
     fusion: str = option("mid", "Audio-visual fusion: `late` averages the two heads' probabilities, `mid` concatenates their pooled states and classifies, `backoff` is mid with both modalities and each modality's own classifier when it is alone (a video without sound, `evaluate --drop`).", ["late", "mid", "backoff"])
     audio_stack: int = option(1, "MFCC frames stacked into one audio RNN step (low frame rate: 3-4 = 30-40 ms steps, a 3-4x shorter RNN).", minimum=1, maximum=64)
     l2: float = option(1e-4, "L2 penalty on kernel weights (0 = off).", minimum=0.0, maximum=1.0)

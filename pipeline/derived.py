@@ -14,7 +14,7 @@ def streaming_blockers(cfg: Config) -> list[str]:
     """Why this config's model cannot run step by step, one line per reason (empty: `model.streamable`).
 
     Streaming (pipeline.models.streaming) needs every step causal: a unidirectional RNN pooled causally (last state,
-    or mean); for audio_rnn, MFCC frames that end at their hop, fixed normalisation statistics and a window of whole
+    mean or max); for audio_rnn, MFCC frames that end at their hop, fixed normalisation statistics and a window of whole
     hops; for video_rnn, a frame encoder that reads one frame (and the one before it) at a time; av_fusion needs both.
     """
     m, p = cfg.model, cfg.preprocess
@@ -23,8 +23,8 @@ def streaming_blockers(cfg: Config) -> list[str]:
         reasons.append(f"model.name is {m.name} (streaming is built for audio_rnn, video_rnn and av_fusion)")
     if m.bidirectional:
         reasons.append("model.bidirectional is true (the backward RNN needs the future)")
-    if m.pooling not in ("last", "mean"):
-        reasons.append(f"model.pooling is {m.pooling} (needs `last`, the state now, or `mean`, over the last window of states)")
+    if m.pooling not in ("last", "mean", "max"):
+        reasons.append(f"model.pooling is {m.pooling} (needs `last`, the state now, or `mean` or `max` over the last window of states)")
     if m.name in ("video_rnn", "av_fusion") and p.encoder == "none":
         reasons.append(f"preprocess.encoder is none ({m.name} streams cached-feature runs: a frame encoder per frame)")
     if m.name == "video_rnn":
@@ -32,7 +32,7 @@ def streaming_blockers(cfg: Config) -> list[str]:
     if p.mfcc_framing != "causal":
         reasons.append("preprocess.mfcc_framing is centred (frames reach half an FFT into the future, and the dB floor follows the whole utterance)")
     if p.normalize == "utterance":
-        reasons.append("preprocess.normalize is utterance (statistics of the whole utterance); use dataset or none")
+        reasons.append("preprocess.normalize is utterance (statistics of the whole utterance); use running, dataset or none")
     if p.deltas:
         reasons.append("preprocess.deltas is true (deltas need 4 future frames)")
     hop = m.audio_stack * p.hop_length

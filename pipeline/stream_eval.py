@@ -77,22 +77,28 @@ def assemble_stream(cfg, seed: int = 0, negative_minutes: float = 0.0, split: st
 
 
 def assemble_video(cfg, path: Path, seed: int = 0, split: str = "test", size: int = 240,
-                   fps: int = 15) -> tuple[list[tuple[float, float, str]], float]:
+                   fps: int = 15, sample_rate: int | None = None) -> tuple[list[tuple[float, float, str]], float]:
     """Write one clip of each class of the split (the first of each, in random order) back to back into an MP4 at
     `fps`, each frame centre-cropped to a `size` x `size` square as preprocessing crops it (landscape and portrait
-    clips alike); -> (events [(start s, end s, label)], seconds)."""
+    clips alike), with each clip's sound at `sample_rate` (None: no sound track; a clip without sound: silence)
+    -> (events [(start s, end s, label)], seconds)."""
     from data_prep.actions import write_mp4
+    from pipeline.media.audio import load_audio
     from pipeline.media.video import stream_frames
 
     rng = np.random.default_rng(seed)
     clips = list(first_clip_of_each_class(cfg, split).items())
-    events, frames = [], []
+    events, frames, sound = [], [], []
     for k in rng.permutation(len(clips)):
         label, clip = clips[k]
         start = len(frames) / fps
         frames += [np.ascontiguousarray(rgb[..., ::-1]) for _, _, rgb in stream_frames(clip, size, rate=fps)]  # BGR for the writer
         events.append((start, len(frames) / fps, label))
-    write_mp4(path, iter(frames), fps, (size, size), None, 0)
+        if sample_rate:  # the clip's sound, cut or padded to its frames' time
+            samples = load_audio(clip, sample_rate, absent_ok=True)[: round((len(frames) / fps - start) * sample_rate)]
+            sound.append(np.pad(samples, (0, round((len(frames) / fps - start) * sample_rate) - len(samples))))
+    audio = np.concatenate(sound)[None].astype(np.float32) if sample_rate else None
+    write_mp4(path, iter(frames), fps, (size, size), audio, sample_rate or 0)
     return events, len(frames) / fps
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402
 
 from data_prep.commands import make_commands  # noqa: E402
 from pipeline.config import PreprocessConfig  # noqa: E402
-from pipeline.features.mfcc import MFCCParams, dataset_stats, librosa_mfcc, normalize_mfcc  # noqa: E402
+from pipeline.features.mfcc import RUNNING_PRIOR_FRAMES, MFCCParams, dataset_stats, librosa_mfcc, normalize_mfcc  # noqa: E402
 from pipeline.features.mfcc_layers import MFCC, MFCCNormalization, tfio_load_audio  # noqa: E402
 from pipeline.media.audio import fit_length, load_audio  # noqa: E402
 
@@ -197,10 +197,10 @@ def mfcc_batch(speech):
     return features, [params.num_frames(valid_first), params.num_frames(valid_second)]
 
 
-@pytest.mark.parametrize("mode", ["utterance", "dataset", "none"])
+@pytest.mark.parametrize("mode", ["utterance", "dataset", "running", "none"])
 def test_normalization_numpy_and_keras_agree(mfcc_batch, mode):
     features, valid_frames = mfcc_batch
-    stats = dataset_stats(zip(features, valid_frames)) if mode == "dataset" else None
+    stats = dataset_stats(zip(features, valid_frames)) if mode in ("dataset", "running") else None
     mean, std = stats if stats else (None, None)
     layer = MFCCNormalization(mode, mean=mean, std=std)
     num_frames = features.shape[1]
@@ -222,6 +222,25 @@ def test_utterance_normalization_is_standardised(mfcc_batch):
     out = normalize_mfcc(features[1], valid_frames[1], "utterance")[: valid_frames[1]]
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
+
+
+def test_running_normalization_is_causal_starts_from_the_dataset_and_ends_near_the_utterance(mfcc_batch):
+    """Frame t depends on frames up to t only; the first frame is normalised by the training statistics (almost);
+    over a whole utterance, louder by 20 dB in c0, the running statistics catch up with the utterance's own."""
+    features, valid_frames = mfcc_batch
+    stats = dataset_stats(zip(features, valid_frames))
+    x = features[0]
+    whole = normalize_mfcc(x, len(x), "running", stats)
+    np.testing.assert_allclose(normalize_mfcc(x[:40], 40, "running", stats), whole[:40], atol=1e-5)  # causal
+    first = (x[0] - stats[0]) / stats[1]
+    np.testing.assert_allclose(whole[0], first * np.sqrt((RUNNING_PRIOR_FRAMES + 1) / RUNNING_PRIOR_FRAMES), rtol=0.2, atol=0.05)
+    louder = x.copy()
+    louder[:, 0] += 20.0  # c0 is the level
+    shift = 20.0 / stats[1][0]  # what dataset normalisation leaves of it, on every frame
+    np.testing.assert_allclose(normalize_mfcc(louder, len(x), "dataset", stats)[:, 0] - normalize_mfcc(x, len(x), "dataset", stats)[:, 0],
+                               shift, rtol=1e-3)
+    end = normalize_mfcc(louder, len(x), "running", stats)[-20:]  # after 1 s: the prior weighs 25 of 126 frames
+    assert np.abs(end - normalize_mfcc(x, len(x), "running", stats)[-20:])[:, 0].max() < 0.3 * shift
 
 
 def test_dataset_stats_ignore_padding(mfcc_batch):

@@ -13,7 +13,7 @@ def model_cfg(*overrides):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "simple_rnn"])
-@pytest.mark.parametrize("pooling", ["last", "mean", "attention"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "attention"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_padding_is_ignored(cell, pooling, bidirectional):
     """The output for a padded sequence equals the output for the same sequence unpadded."""
@@ -97,3 +97,12 @@ def test_audio_stack_shortens_the_audio_rnn_and_still_masks():
     a = model({"mfcc": mfcc, "mfcc_length": np.array([40])})
     b = model({"mfcc": noisy, "mfcc_length": np.array([40])})
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_max_pooling_takes_each_units_peak_over_the_valid_steps_only():
+    from pipeline.models.heads import MaskedMax
+
+    states = np.array([[[1.0, -3.0], [4.0, -2.0], [9.0, 9.0]], [[-1.0, -5.0], [0.0, 0.0], [0.0, 0.0]]], "float32")  # [2, 3, 2]
+    mask = np.array([[True, True, False], [True, False, False]])
+    np.testing.assert_allclose(np.asarray(MaskedMax()(states, mask)), [[4.0, -2.0], [-1.0, -5.0]])  # not 9 (padding), not 0
+    np.testing.assert_allclose(np.asarray(MaskedMax()(states, np.zeros((2, 3), bool))), np.zeros((2, 2)))  # nothing valid: zeros

@@ -51,8 +51,10 @@ def test_causal_framing_refuses_deltas():
         load_config(None, CAUSAL + ["preprocess.deltas=true"])
 
 
-@pytest.mark.parametrize("cell,layers,stack,pooling", [("gru", 1, 2, "last"), ("lstm", 1, 2, "mean"), ("gru", 2, 1, "mean"), ("lstm", 2, 4, "last")])
-def test_step_by_step_equals_the_whole_window(cell, layers, stack, pooling):
+@pytest.mark.parametrize("cell,layers,stack,pooling,normalize", [("gru", 1, 2, "last", "dataset"), ("lstm", 1, 2, "mean", "dataset"),
+                                                                 ("gru", 2, 1, "mean", "dataset"), ("lstm", 2, 4, "last", "dataset"),
+                                                                 ("gru", 2, 2, "max", "running"), ("lstm", 1, 4, "mean", "running")])
+def test_step_by_step_equals_the_whole_window(cell, layers, stack, pooling, normalize):
     """From zero states, the probabilities after the last hop are the whole-window model's (random weights)."""
     import tensorflow as tf
 
@@ -62,7 +64,7 @@ def test_step_by_step_equals_the_whole_window(cell, layers, stack, pooling):
     from pipeline.models.streaming import AudioStepper
 
     cfg = load_config(None, CAUSAL + [f"model.cell={cell}", f"model.num_layers={layers}", f"model.audio_stack={stack}", "model.units=12",
-                                   f"model.pooling={pooling}"])
+                                   f"model.pooling={pooling}", f"preprocess.normalize={normalize}"])
     params = MFCCParams.from_config(cfg.preprocess)
     rng = np.random.default_rng(0)
     waveform = (0.1 * rng.standard_normal((1, 16000)) * np.sin(np.arange(16000) / 700)).astype(np.float32)
@@ -74,8 +76,9 @@ def test_step_by_step_equals_the_whole_window(cell, layers, stack, pooling):
     stepper = AudioStepper(model, cfg)
     assert stepper.hop_samples == 160 * stack
     names = [s.name for s in stepper.states()]
-    assert names == (["audio_context"] + [f"audio_{cell}{i}_{part}" for i in range(layers) for part in ("hc" if cell == "lstm" else "h")]
-                     + ["audio_mean_window", "audio_mean_count"] * (pooling == "mean"))
+    assert names == (["audio_context"] + ["audio_norm_sum", "audio_norm_sumsq", "audio_norm_count"] * (normalize == "running")
+                     + [f"audio_{cell}{i}_{part}" for i in range(layers) for part in ("hc" if cell == "lstm" else "h")]
+                     + [f"audio_{pooling}_window", f"audio_{pooling}_count"] * (pooling in ("mean", "max")))
     states = {s.name: s.zeros() for s in stepper.states()}
     step = tf.function(stepper.step)
     for k in range(16000 // stepper.hop_samples):

@@ -25,11 +25,11 @@ CAUSAL_VIDEO = ["model.name=video_rnn", "preprocess.modalities=[video]", "model.
 def test_causal_video_and_audio_visual_models_stream_and_the_bidirectional_one_does_not():
     assert streaming_blockers(load_config(None, FAST + CAUSAL_VIDEO)) == []
     assert streaming_blockers(load_config("actions_av", ["model.name=video_rnn", "model.bidirectional=false", "model.pooling=mean"])) == []
-    causal_av = ["model.bidirectional=false", "model.pooling=mean", "preprocess.mfcc_framing=causal", "preprocess.normalize=dataset"]
-    assert streaming_blockers(load_config("actions_av", causal_av)) == []
-    reasons = streaming_blockers(load_config("actions_av"))
+    assert streaming_blockers(load_config("actions_av")) == []  # the shipped audio-visual recipe streams
+    reasons = streaming_blockers(load_config("actions_av_bidirectional"))
     assert [r.split(" is ")[0] for r in reasons] == ["model.bidirectional", "model.pooling", "preprocess.mfcc_framing", "preprocess.normalize"]
-    assert any("encoder is none" in r for r in streaming_blockers(load_config("actions_av", causal_av + ["preprocess.encoder=none"])))
+    assert any("mfcc_framing" in r for r in streaming_blockers(load_config("actions_av", ["preprocess.mfcc_framing=centred"])))
+    assert any("encoder is none" in r for r in streaming_blockers(load_config("actions_av", ["preprocess.encoder=none"])))
     # a video model does not care how audio would be framed
     assert streaming_blockers(load_config(None, FAST + CAUSAL_VIDEO + ["preprocess.mfcc_framing=centred"])) == []
 
@@ -44,7 +44,8 @@ def moving_square_frames(rng, t: int, size: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("encoder,difference,cell,pooling", [("motion", False, "gru", "last"), ("motion", False, "lstm", "mean"),
-                                                              ("small_cnn", False, "gru", "mean"), ("small_cnn", True, "lstm", "last")])
+                                                              ("small_cnn", False, "gru", "mean"), ("small_cnn", True, "lstm", "last"),
+                                                              ("motion", False, "gru", "max")])
 def test_frame_by_frame_equals_the_whole_clip(encoder, difference, cell, pooling):
     """From zero states, the probabilities after the last valid frame are the whole-clip model's, padding masked."""
     import tensorflow as tf
@@ -72,7 +73,7 @@ def test_frame_by_frame_equals_the_whole_clip(encoder, difference, cell, pooling
     names = [s.name for s in stepper.states()]
     assert names == (["video_previous_frame", "video_frames_seen"] * (encoder == "motion" or difference)
                      + [f"video_{cell}0_{part}" for part in ("hc" if cell == "lstm" else "h")]
-                     + ["video_mean_window", "video_mean_count"] * (pooling == "mean"))
+                     + [f"video_{pooling}_window", f"video_{pooling}_count"] * (pooling in ("mean", "max")))
     assert stepper.input.name == FRAME and stepper.input.shape == (1, size, size, 3) and stepper.input.dtype == "uint8"
     step = tf.function(stepper.step)
     for valid in (t, t - 2):  # a full clip, and one of fewer frames than T (zero frames after, masked)
@@ -207,8 +208,9 @@ AV_CAUSAL = ["preprocess.modalities=[video,audio]", "preprocess.audio_seconds=1.
              "model.dropout=0.0", "model.units=8", "model.audio_stack=2"]
 
 
-@pytest.mark.parametrize("cell,pooling,fusion", [("gru", "mean", "backoff"), ("lstm", "last", "mid"), ("gru", "last", "late")])
-def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_opens(cell, pooling, fusion):
+@pytest.mark.parametrize("cell,pooling,fusion,normalize", [("gru", "mean", "backoff", "dataset"), ("lstm", "last", "mid", "dataset"),
+                                                           ("gru", "last", "late", "dataset"), ("gru", "max", "backoff", "running")])
+def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_opens(cell, pooling, fusion, normalize):
     """From zero states, a frame and the hops since the frame before per step: after the last step the probabilities
     are the whole-clip model's (random weights), with both modalities, without sound and without frames."""
     import tensorflow as tf
@@ -219,7 +221,8 @@ def test_audio_visual_steps_equal_the_whole_clip_and_a_missing_modality_never_op
     from pipeline.models.streaming import AVStepper
     from pipeline.runtime.stream import clip_feeds
 
-    cfg = load_config(None, AV_CAUSAL + [f"model.cell={cell}", f"model.pooling={pooling}", f"model.fusion={fusion}"])
+    cfg = load_config(None, AV_CAUSAL + [f"model.cell={cell}", f"model.pooling={pooling}", f"model.fusion={fusion}",
+                                         f"preprocess.normalize={normalize}"])
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (1, 8, 32, 32, 3), dtype=np.uint8)
     projection = tf.constant(rng.standard_normal((3, 6)), tf.float32)

@@ -34,7 +34,13 @@ Zero padding (not librosa's former "reflect" default) is chosen on purpose: audi
 first `params.num_frames(valid_samples)` frames, so masking the rest loses nothing.
 
 Normalisation (`normalize_mfcc` in numpy for preprocessing, `mfcc_layers.MFCCNormalization` in a model)
-is per utterance (zero mean, unit variance per coefficient) or with training-set statistics.
+is per utterance (zero mean, unit variance per coefficient), with training-set statistics, or `running`: each
+frame with the mean and variance of the frames up to it, which start from the training-set statistics (worth
+RUNNING_PRIOR_FRAMES frames) and move towards the utterance's own. Running is causal, so a stream computes it
+frame by frame, and it removes a recording's level and channel as per-utterance statistics do:
+
+    x' = x - mu (training mean)    S_t = sum_{s<=t} x'_s    Q_t = sum_{s<=t} x'_s^2 + P sigma^2    n_t = t + 1
+    mean_t = S_t / (P + n_t)       var_t = Q_t / (P + n_t) - mean_t^2       out_t = (x'_t - mean_t) / (sqrt(var_t) + eps)
 
 The Keras layers (`MFCC`, `MFCCNormalization`) and `tfio_load_audio` (WAVs read and resampled
 in tf.data) live in mfcc_layers.py, so that worker processes computing MFCCs with librosa never
@@ -58,7 +64,10 @@ DELTA_WIDTH = 9
 # Added to the standard deviation before dividing, so a constant coefficient (digital
 # silence) normalises to 0 instead of NaN. Negligible against MFCC spreads of ~1-100 dB.
 NORM_EPSILON = 1e-5
-NORMALIZE_MODES = ("utterance", "dataset", "none")
+NORMALIZE_MODES = ("utterance", "dataset", "running", "none")
+# `running` normalisation: the training-set statistics count as this many frames (0.25 s at 10 ms hops) before
+# the utterance's own frames outweigh them.
+RUNNING_PRIOR_FRAMES = 25
 FRAMINGS = ("centred", "causal")
 
 
@@ -247,9 +256,9 @@ def normalize_mfcc(
         valid_frames: frames computed from real audio (params.num_frames(valid_samples)); the rest
             came from padding and are excluded from the statistics, then zeroed (in every mode,
             so padding carries no signal whatever the model does with the mask).
-        mode: "utterance" (this sequence's mean/std over its valid frames), "dataset" (`stats`),
-            or "none".
-        stats: (mean float [C], std float [C]) from `dataset_stats`, for mode "dataset".
+        mode: "utterance" (this sequence's mean/std over its valid frames), "dataset" (`stats`), "running"
+            (each frame's own causal statistics, from `stats`: the module docstring) or "none".
+        stats: (mean float [C], std float [C]) from `dataset_stats`, for modes "dataset" and "running".
 
     Returns:
         float32 [F, C]: (mfcc - mean) / (std + NORM_EPSILON) on valid frames, 0 after.
@@ -263,11 +272,18 @@ def normalize_mfcc(
         mean = valid.mean(axis=0) if valid_frames else np.zeros(mfcc.shape[1])
         std = valid.std(axis=0) if valid_frames else np.ones(mfcc.shape[1])
         out = ((mfcc - mean) / (std + NORM_EPSILON)).astype(np.float32)
-    elif mode == "dataset":
+    elif mode in ("dataset", "running"):
         if stats is None:
-            raise ValueError("normalize mode 'dataset' needs stats=(mean, std) from the training set")
+            raise ValueError(f"normalize mode {mode!r} needs stats=(mean, std) from the training set")
         mean, std = (np.asarray(s, dtype=np.float64) for s in stats)
-        out = ((mfcc - mean) / (std + NORM_EPSILON)).astype(np.float32)
+        if mode == "dataset":
+            out = ((mfcc - mean) / (std + NORM_EPSILON)).astype(np.float32)
+        else:  # the module docstring's formula, frame by frame
+            centred = mfcc.astype(np.float64) - mean
+            seen = RUNNING_PRIOR_FRAMES + np.arange(1, len(mfcc) + 1)[:, None]
+            running_mean = np.cumsum(centred, axis=0) / seen
+            running_var = np.maximum((np.cumsum(centred**2, axis=0) + RUNNING_PRIOR_FRAMES * std**2) / seen - running_mean**2, 0.0)
+            out = ((centred - running_mean) / (np.sqrt(running_var) + NORM_EPSILON)).astype(np.float32)
     else:
         raise ValueError(f"normalize mode must be one of {', '.join(NORMALIZE_MODES)}; got {mode!r}")
     out[valid_frames:] = 0.0

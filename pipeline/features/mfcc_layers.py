@@ -18,6 +18,7 @@ from pipeline.features.mfcc import (
     AMIN,
     NORM_EPSILON,
     NORMALIZE_MODES,
+    RUNNING_PRIOR_FRAMES,
     TOP_DB,
     MFCCParams,
     check_delta_frames,
@@ -261,7 +262,8 @@ class MFCCNormalization(keras.layers.Layer):
     there is no mask). In a deployed model the input is one full audio window with no padding
     (the app records `audio_seconds` of sound), so the all-frames statistics are the
     valid-frame statistics preprocessing used. mode="dataset" uses the training-set `mean`/`std`
-    stored in the config; mode="none" passes values through. Masked frames are set to 0.
+    stored in the config; mode="running" each frame's causal statistics, starting from those (`running`: also a
+    stream's hop at a time); mode="none" passes values through. Masked frames are set to 0.
     """
 
     def __init__(self, mode: str = "utterance", mean=None, std=None, epsilon: float = NORM_EPSILON, **kwargs):
@@ -269,8 +271,8 @@ class MFCCNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         if mode not in NORMALIZE_MODES:
             raise ValueError(f"normalize mode must be one of {', '.join(NORMALIZE_MODES)}; got {mode!r}")
-        if mode == "dataset" and (mean is None or std is None):
-            raise ValueError("MFCCNormalization(mode='dataset') needs the training-set mean and std")
+        if mode in ("dataset", "running") and (mean is None or std is None):
+            raise ValueError(f"MFCCNormalization(mode={mode!r}) needs the training-set mean and std")
         self.mode = mode
         self.mean = None if mean is None else [float(v) for v in np.ravel(mean)]
         self.std = None if std is None else [float(v) for v in np.ravel(std)]
@@ -293,11 +295,33 @@ class MFCCNormalization(keras.layers.Layer):
             mean = tf.constant(self.mean, dtype=tf.float32)
             std = tf.constant(self.std, dtype=tf.float32)
             out = (mfcc - mean) / (std + self.epsilon)
+        elif self.mode == "running":  # causal: the padding after the valid frames changes none of them
+            out, _ = self.running(mfcc, self.running_start(tf.shape(mfcc)[0]))
         else:
             out = mfcc
         if weights is not None:
             out = out * weights
         return out
+
+    def running_start(self, batch) -> tuple:
+        """`running` normalisation's memory before the first frame: (S [B, C], Q [B, C], n [B, 1]), zeros."""
+        c = len(self.mean)
+        return tf.zeros([batch, c]), tf.zeros([batch, c]), tf.zeros([batch, 1])
+
+    def running(self, mfcc, memory: tuple):
+        """`running` normalisation (mfcc.py's formula) of frames [B, F, C] that follow `memory` (S, Q, n) -> (out
+        [B, F, C], the memory after them): a whole utterance from running_start, or a stream's hop at a time."""
+        sums, squares, count = memory
+        mean, std = tf.constant(self.mean, tf.float32), tf.constant(self.std, tf.float32)
+        centred = mfcc - mean
+        new_sums = sums[:, None] + tf.cumsum(centred, axis=1)  # [B, F, C]
+        new_squares = squares[:, None] + tf.cumsum(tf.square(centred), axis=1)
+        frames = tf.cast(tf.range(1, tf.shape(mfcc)[1] + 1), tf.float32)[None, :, None]
+        seen = RUNNING_PRIOR_FRAMES + count[:, None] + frames  # [B, F, 1]
+        running_mean = new_sums / seen
+        running_var = tf.maximum((new_squares + RUNNING_PRIOR_FRAMES * tf.square(std)) / seen - tf.square(running_mean), 0.0)
+        out = (centred - running_mean) / (tf.sqrt(running_var) + self.epsilon)
+        return out, (new_sums[:, -1], new_squares[:, -1], count + tf.cast(tf.shape(mfcc)[1], tf.float32))
 
     def compute_mask(self, inputs, mask=None):
         return mask

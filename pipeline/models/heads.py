@@ -53,6 +53,18 @@ class MaskedMean(MaskConsumer):
 
 
 @keras.saving.register_keras_serializable(package="actrec")
+class MaskedMax(MaskConsumer):
+    """Maximum over valid steps, per unit: states [B, T, H], mask [B, T] -> [B, H] (zeros when no step is valid).
+    A short event anywhere in a long window keeps its peak, where a mean would dilute it. Padding (at the end) is
+    replaced by the first step, not by a large negative constant, so an int8 file's ranges stay those of the states."""
+
+    def call(self, states, mask):
+        valid = ops.cast(mask, "bool")[..., None]
+        peak = ops.max(ops.where(valid, states, states[:, :1]), axis=1)
+        return ops.where(ops.any(valid, axis=1), peak, ops.zeros_like(peak))
+
+
+@keras.saving.register_keras_serializable(package="actrec")
 class AttentionPooling(MaskConsumer):
     """Learned weights over time: a_t = softmax_t(v . tanh(W h_t)), pooled = sum_t a_t h_t.
 
@@ -128,6 +140,8 @@ def rnn_head(steps, lengths, cfg, name: str):
         x = rnn(x, mask=mask)
     if cfg.pooling == "mean":
         return MaskedMean(name=f"{name}_mean")(x, mask)
+    if cfg.pooling == "max":
+        return MaskedMax(name=f"{name}_max")(x, mask)
     if cfg.pooling == "attention":
         return AttentionPooling(cfg.units, name=f"{name}_attention")(x, mask)
     return x

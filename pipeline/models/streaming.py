@@ -6,7 +6,7 @@ Audio (audio_rnn), one step per hop of H samples:
     audio_context  float32 [1, n_fft - hop_length]   the samples before it (zeros at the start)
         --concat--> [1, n_fft - hop_length + H] --frames ending at each hop--> [1, k, n_fft]   (k = audio_stack)
         --MFCC (causal framing: a frame depends on its own samples only)--> [1, k, C]
-        --dataset normalisation (fixed statistics: no per-utterance state)--> [1, k, C]
+        --dataset normalisation (fixed statistics), or running (audio_norm_sum, _sumsq, _count: the frames so far)--> [1, k, C]
         --stack the k frames (the model's StackSteps)--> [1, k C]                                      = this step's input
 
 Video (video_rnn on a per-frame encoder), one step per frame:
@@ -21,8 +21,9 @@ Video (video_rnn on a per-frame encoder), one step per frame:
 Both then:
     <modality>_<cell><i>_h (and _c for LSTM)  float32 [1, units]   each RNN layer's state (zeros at the start)
         --one step of each RNN cell, the trained weights--> [1, units]
-        --pooling: `last` the state now; `mean` the mean of the last W states (a ring of them is a state:
-          <modality>_mean_window [1, W, units] and <modality>_mean_count [1, 1]; W = the training window's steps)--> [1, units]
+        --pooling: `last` the state now; `mean` (`max`) the mean (maximum) of the last W states (a ring of them is a
+          state: <modality>_<pooling>_window [1, W, units] and <modality>_<pooling>_count [1, 1]; W = the training
+          window's steps)--> [1, units]
         --the classifier--> probabilities [1, K] for "now", plus every state's new value under its name
 
 Audio and video (av_fusion with both branches causal, AVStepper), one step per frame: the frame and the audio hops
@@ -31,7 +32,7 @@ the two pooled states (a branch that has had no step yet is absent, as a length 
 k, the hops a step can carry, is one more than the hops per frame at the stream's frame rate (av_hops_per_step).
 
 Fed an utterance (clip) step by step from zero states, the probabilities after the last step are the whole-window
-model's: nothing looks ahead (causal MFCC framing or per-frame encoding, unidirectional RNN, `last` or `mean` pooling).
+model's: nothing looks ahead (causal MFCC framing or per-frame encoding, unidirectional RNN, `last`, `mean` or `max` pooling).
 States are plain tensors, at most 4-D, so a TFLite file of `step` holds no variables: an app keeps them between
 calls, as MoViNet-Stream and kws_streaming models have it.
 
@@ -49,6 +50,8 @@ from pipeline.runtime.tflite import AUDIO_HOPS, FRAME, FRAME_VALID, SAMPLES, STR
 from pipeline.runtime.tflite import OUTPUT as PROBABILITIES
 
 CONTEXT = "audio_context"  # the samples before the newest hop
+NORM = "audio_norm"  # the running MFCC normalisation's states (preprocess.normalize: running)
+WINDOW_POOLINGS = ("mean", "max")  # poolings a stream computes over a ring of the last window's RNN outputs
 VALID_FRAMES = "valid_frames"  # inside an audio-visual step: the MFCC frames of a hop that hold sound [1, 1] (not an input)
 PREVIOUS_FRAME, FRAMES_SEEN = "video_previous_frame", "video_frames_seen"
 
@@ -137,6 +140,11 @@ def branch_states(cfg, modality: str) -> list[StateSpec]:
     if modality == "audio":
         context = p.n_fft - p.hop_length
         specs.append(StateSpec(CONTEXT, (1, context), f"the last {context} samples before this hop (n_fft - hop_length)"))
+        if p.normalize == "running":
+            c = p.n_mfcc
+            specs += [StateSpec(f"{NORM}_sum", (1, c), "running normalisation: the sum of the MFCC frames so far, less the training mean"),
+                      StateSpec(f"{NORM}_sumsq", (1, c), "running normalisation: the sum of their squares"),
+                      StateSpec(f"{NORM}_count", (1, 1), "running normalisation: how many frames so far")]
     elif needs_previous_frame(cfg):
         specs.append(StateSpec(PREVIOUS_FRAME, (1, p.image_size, p.image_size, 3), "the frame before this one (RGB values 0..255)"))
         specs.append(StateSpec(FRAMES_SEEN, (1, 1), "1 once a frame has been seen, 0 at the start"))
@@ -145,10 +153,10 @@ def branch_states(cfg, modality: str) -> list[StateSpec]:
         specs.append(StateSpec(f"{name}_h", (1, m.units), f"RNN layer {i}: hidden state"))
         if m.cell == "lstm":
             specs.append(StateSpec(f"{name}_c", (1, m.units), f"RNN layer {i}: cell state"))
-    if m.pooling == "mean":
+    if m.pooling in WINDOW_POOLINGS:
         steps = window_steps(cfg, modality)
-        specs.append(StateSpec(f"{modality}_mean_window", (1, steps, m.units), f"the last RNN outputs, oldest first ({steps}: the training window's steps)"))
-        specs.append(StateSpec(f"{modality}_mean_count", (1, 1), f"how many of them are real (counts up to {steps})"))
+        specs.append(StateSpec(f"{modality}_{m.pooling}_window", (1, steps, m.units), f"the last RNN outputs, oldest first ({steps}: the training window's steps)"))
+        specs.append(StateSpec(f"{modality}_{m.pooling}_count", (1, 1), f"how many of them are real (counts up to {steps})"))
     return specs
 
 
@@ -198,9 +206,15 @@ class Stepper:
         """The branch's pooled state [1, units] after a step, from its new states: what the whole-clip model pools."""
         import tensorflow as tf
 
-        if self.cfg.model.pooling == "mean":  # MaskedMean over the valid steps of the window (none yet: zeros)
-            ring, count = states[f"{self.modality}_mean_window"], states[f"{self.modality}_mean_count"]
-            return tf.reduce_sum(ring, axis=1) / tf.maximum(count, 1.0)
+        pooling = self.cfg.model.pooling
+        if pooling in WINDOW_POOLINGS:  # MaskedMean / MaskedMax over the valid steps of the window (none yet: zeros)
+            ring, count = states[f"{self.modality}_{pooling}_window"], states[f"{self.modality}_{pooling}_count"]
+            if pooling == "mean":  # the ring's unused places are zeros
+                return tf.reduce_sum(ring, axis=1) / tf.maximum(count, 1.0)
+            steps = ring.shape[1]
+            valid = tf.range(steps, dtype=tf.float32)[None, :, None] >= steps - count[:, :, None]  # the newest `count`
+            peak = tf.reduce_max(tf.where(valid, ring, ring[:, -1:]), axis=1)  # the newest stands in: no large constant for int8
+            return tf.where(count > 0, peak, tf.zeros_like(peak))
         return states[f"{self.modality}_{self.cfg.model.cell}{self.cfg.model.num_layers - 1}_h"]  # the last layer's output
 
     def advance(self, inputs: dict) -> dict:
@@ -218,8 +232,8 @@ class Stepper:
             else:
                 x, new = cell(x, inputs[f"{name}_h"], training=False)
                 out[f"{name}_h"] = new[0] if isinstance(new, (list, tuple)) else new
-        if self.cfg.model.pooling == "mean":  # MaskedMean over the window: the ring of the last W outputs
-            ring, count = f"{self.modality}_mean_window", f"{self.modality}_mean_count"
+        if self.cfg.model.pooling in WINDOW_POOLINGS:  # mean or max over the window: the ring of the last W outputs
+            ring, count = f"{self.modality}_{self.cfg.model.pooling}_window", f"{self.modality}_{self.cfg.model.pooling}_count"
             out[ring] = tf.concat([inputs[ring][:, 1:], x[:, None]], axis=1)  # [1, W, units]
             out[count] = tf.minimum(inputs[count] + 1.0, float(out[ring].shape[1]))  # [1, 1]
         return out
@@ -249,7 +263,14 @@ class AudioStepper(Stepper):
             frames = frame_signal(signal, self.params.n_fft, self.params.hop_length)  # [1, k, n_fft]
             mfcc = self.mfcc.frames_to_mfcc(frames)  # [1, k, C]
             out[CONTEXT] = tf.identity(signal[:, -self.context_samples:])
-        normalised = self.normalization(mfcc)
+        if self.cfg.preprocess.normalize == "running":  # the frames' causal statistics, carried from hop to hop
+            with tf.name_scope("mfcc_norm"):  # an int8 export keeps it float (tflite_edit.kept_float), as the whole-clip layer
+                memory = tuple(inputs[f"{NORM}_{part}"] for part in ("sum", "sumsq", "count"))
+                normalised, memory = self.normalization.running(mfcc, memory)
+                for part, value in zip(("sum", "sumsq", "count"), memory):
+                    out[f"{NORM}_{part}"] = value
+        else:
+            normalised = self.normalization(mfcc)
         if VALID_FRAMES in inputs:  # the sound ended inside this hop: the frames past its end are padding, zero (as masked)
             k = normalised.shape[1]
             normalised *= tf.cast(tf.range(k, dtype=tf.float32)[None, :, None] < inputs[VALID_FRAMES][:, :, None], tf.float32)

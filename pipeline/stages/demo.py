@@ -2,14 +2,13 @@
 
     DIR/data/actions   synthetic action clips (UCF101 layout)      <- actrec data actions
     DIR/data/commands  spoken commands (Speech Commands layout)    <- actrec data commands
-    DIR/runs/actions_av, DIR/runs/actions_stream, DIR/runs/commands  <- actrec preprocess + train
-        (actions_stream, the causal video model, reads actions_av's cached features: the same preprocessing)
+    DIR/runs/actions_av, DIR/runs/commands  <- actrec preprocess + train (both causal: they stream)
     DIR/runs/*/eval/test/        metrics.json, report.md, plots    <- actrec evaluate
     DIR/runs/*/export/           saved_model/, *.tflite, parity.json <- actrec export
     then a few test-split clips (actors/speakers never seen in training) through the exported
     float TFLite file, exactly as `actrec predict --model ...tflite` does, and through `actrec stream`
-    (the streamable runs): DIR/stream_commands.wav, test words among background, and DIR/stream_actions_stream.mp4,
-    one test clip of each action back to back.
+    (the streamable runs): DIR/stream_commands.wav, test words among background, and DIR/stream_actions_av.mp4,
+    one test clip of each action back to back, with their sound.
 
 Every stage is the same function the CLI calls, and each skips work that is already done,
 so running the demo twice reuses the finished stages. The run dirs are ordinary: every
@@ -32,7 +31,7 @@ QUICK = {
                   "export.representative_samples=8"],
 }
 FULL = {"clips_per_class": 32, "per_word": 100, "overrides": []}
-RUNS = {"actions_av": "actions", "actions_stream": "actions", "commands": "commands"}  # run name -> data folder
+RUNS = {"actions_av": "actions", "commands": "commands"}  # run name -> data folder
 PREDICT_FILES = 2  # unseen clips per run sent through the exported model
 
 
@@ -122,11 +121,13 @@ def stream_unseen_words(cfg, run_dir: Path, wav: Path, seed: int, words: int = 1
 
 
 def stream_unseen_actions(cfg, run_dir: Path, video: Path, seed: int) -> str:
-    """`actrec stream` on a video of one test clip (unseen actors) of each action, back to back: one summary line."""
+    """`actrec stream` on a video of one test clip (unseen actors) of each action, back to back (with their sound for an
+    audio-visual run): one summary line."""
     from pipeline.stages.stream import stream
     from pipeline.stream_eval import assemble_video, score_detections
 
-    events, seconds = assemble_video(cfg, video, seed)
+    sound = cfg.preprocess.sample_rate if "audio" in cfg.preprocess.modalities and cfg.model.name == "av_fusion" else None
+    events, seconds = assemble_video(cfg, video, seed, sample_rate=sound)
     print(f"  {run_dir.name}: actrec stream --run-dir {run_dir} {video}  ({len(events)} actions, {seconds:.0f} s)")
     score = score_detections(stream(run_dir, str(video)), events, seconds, late=1.0)
     return (f"streaming: {score['detected']} of {score['keywords']} actions announced while on screen (or within 1 s) in "
