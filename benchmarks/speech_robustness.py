@@ -161,7 +161,7 @@ def table(summaries: list[dict]) -> str:
 
     lines = ["| lever | seeds | own test top-1 (12 labels) | held-out keyword top-1 | other words rejected | noise rejected | FRR at FAR <= 1% |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {s['lever']} | {len(s['seeds'])} | {cell(s['own_test_top1'])} | {cell(s['held_out_keyword_top1'])} | "
+    lines += [f"| {s['lever']}{' (held out: ' + ' and '.join(HELD_OUT_VOICES[s['lever']]) + ' only)' if s['lever'] in HELD_OUT_VOICES else ''} | {len(s['seeds'])} | {cell(s['own_test_top1'])} | {cell(s['held_out_keyword_top1'])} | "
               f"{cell(s['held_out_words_rejected'])} | {cell(s['held_out_noise_rejected'])} | {cell(s['held_out_frr_at_far_1pct'])} |"
               for s in summaries]
     goals = ", ".join(f"{k} >= {v}" for k, v in GOALS.items())

@@ -296,7 +296,7 @@ def kept_float(content: bytes) -> list[str]:
     """Tensors the int8 graph computes in float: the MFCC, the motion features, their normalisations and attention pooling.
 
     Found by the Keras layer scopes in the TFLite names (`mfcc/`, `mfcc_norm/`, `motion/`, `video_norm/`,
-    `audio_attention/`, ...). Attention pooling gives padded steps a score of -1e9: an int8 scale that spans it
+    `audio_attention/`, ...; `stream_control/`: an audio-visual step's counts and 0/1 state blends). Attention pooling gives padded steps a score of -1e9: an int8 scale that spans it
     rounds every real score to the same value (measured: the action model fell to chance, 13%, with it quantized).
     The motion features are products of pixel gradients whose channels span different ranges (a strip's flow of a
     few tenths of a pixel beside log energies of several units): one int8 scale for all of them lost the flow.
@@ -304,7 +304,7 @@ def kept_float(content: bytes) -> list[str]:
     import re
 
     model = _read(content)
-    kept = re.compile(r"(^|/)(mfcc|mfcc_norm|motion|video_norm|\w+_attention)(_\d+)?/")
+    kept = re.compile(r"(^|/)(mfcc|mfcc_norm|motion|video_norm|stream_control|\w+_attention)(_\d+)?/")
     names = []
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:

@@ -50,6 +50,7 @@ from pipeline.runtime.tflite import AUDIO_HOPS, FRAME, FRAME_VALID, SAMPLES, STR
 from pipeline.runtime.tflite import OUTPUT as PROBABILITIES
 
 CONTEXT = "audio_context"  # the samples before the newest hop
+CONTROL = "stream_control"  # an audio-visual step's bookkeeping: kept float in int8 files (tflite_edit.kept_float)
 NORM = "audio_norm"  # the running MFCC normalisation's states (preprocess.normalize: running)
 WINDOW_POOLINGS = ("mean", "max")  # poolings a stream computes over a ring of the last window's RNN outputs
 VALID_FRAMES = "valid_frames"  # inside an audio-visual step: the MFCC frames of a hop that hold sound [1, 1] (not an input)
@@ -343,18 +344,26 @@ class AVStepper:
         def keep(new: dict, valid, old: dict) -> dict:  # the new states where valid is 1, the old ones where it is 0
             return {name: valid * value + (1.0 - valid) * old[name] for name, value in new.items()}
 
+        # The bookkeeping (which states change, how many frames a hop holds) runs under the "stream_control" scope:
+        # an int8 export keeps it float (tflite_edit.kept_float), where counts and 0/1 blends stay exact.
         frame_valid, hops = inputs[FRAME_VALID], inputs[AUDIO_HOPS]
-        out = keep(self.video.advance(inputs), frame_valid, inputs)
+        video = self.video.advance(inputs)
+        with tf.name_scope(CONTROL):
+            out = keep(video, frame_valid, inputs)
         audio = {s.name: inputs[s.name] for s in self.audio.states()}
         h, stack = self.hop_samples, self.cfg.model.audio_stack
         for i in range(self.hops_per_step):
-            # the hop's MFCC frames that hold sound (the whole-clip model's frames end at whole multiples of hop_length)
-            valid = tf.clip_by_value(tf.floor((hops - i) * stack + 1e-3), 0.0, float(stack))  # [1, 1]
-            hop = {SAMPLES: inputs[SAMPLES][:, i * h : (i + 1) * h], VALID_FRAMES: valid, **audio}
-            audio = keep(self.audio.advance(hop), tf.cast(valid > 0, tf.float32), audio)
+            with tf.name_scope(CONTROL):  # the hop's MFCC frames that hold sound (frames end at whole hop_lengths)
+                valid = tf.clip_by_value(tf.floor((hops - i) * stack + 1e-3), 0.0, float(stack))  # [1, 1]
+                samples = inputs[SAMPLES][:, i * h : (i + 1) * h]  # float: 8-bit samples would not do (AudioStepper)
+            hop = {SAMPLES: samples, VALID_FRAMES: valid, **audio}
+            new = self.audio.advance(hop)
+            with tf.name_scope(CONTROL):
+                audio = keep(new, tf.cast(valid > 0, tf.float32), audio)
         out.update(audio)
-        out["video_present"] = tf.maximum(inputs["video_present"], frame_valid)
-        out["audio_present"] = tf.maximum(inputs["audio_present"], tf.cast(hops * stack >= 1.0 - 1e-3, tf.float32))
+        with tf.name_scope(CONTROL):
+            out["video_present"] = tf.maximum(inputs["video_present"], frame_valid)
+            out["audio_present"] = tf.maximum(inputs["audio_present"], tf.cast(hops * stack >= 1.0 - 1e-3, tf.float32))
         out[PROBABILITIES] = self.fuse([self.video.pooled(out), self.audio.pooled(out)], [out["video_present"], out["audio_present"]])
         return out
 
