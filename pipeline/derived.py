@@ -14,8 +14,9 @@ def streaming_blockers(cfg: Config) -> list[str]:
     """Why this config's model cannot run step by step, one line per reason (empty: `model.streamable`).
 
     Streaming (pipeline.models.streaming) needs every step causal: a unidirectional RNN pooled causally (last state,
-    mean or max); for audio_rnn, MFCC frames that end at their hop, fixed normalisation statistics and a window of whole
-    hops; for video_rnn, a frame encoder that reads one frame (and the one before it) at a time; av_fusion needs both.
+    mean or max); for audio_rnn, MFCC frames that end at their hop, fixed or running normalisation statistics and a
+    window of whole hops; for video_rnn, a frame encoder that reads one frame (and the one before it) at a time;
+    av_fusion needs both.
     """
     m, p = cfg.model, cfg.preprocess
     reasons = []

@@ -94,9 +94,10 @@ def assemble_video(cfg, path: Path, seed: int = 0, split: str = "test", size: in
         start = len(frames) / fps
         frames += [np.ascontiguousarray(rgb[..., ::-1]) for _, _, rgb in stream_frames(clip, size, rate=fps)]  # BGR for the writer
         events.append((start, len(frames) / fps, label))
-        if sample_rate:  # the clip's sound, cut or padded to its frames' time
-            samples = load_audio(clip, sample_rate, absent_ok=True)[: round((len(frames) / fps - start) * sample_rate)]
-            sound.append(np.pad(samples, (0, round((len(frames) / fps - start) * sample_rate) - len(samples))))
+        if sample_rate:  # the clip's sound from its start, cut or padded to its frames' time
+            length = round((len(frames) / fps - start) * sample_rate)
+            samples = load_audio(clip, sample_rate, absent_ok=True)[:length]
+            sound.append(np.pad(samples, (0, length - len(samples))))
     audio = np.concatenate(sound)[None].astype(np.float32) if sample_rate else None
     write_mp4(path, iter(frames), fps, (size, size), audio, sample_rate or 0)
     return events, len(frames) / fps

@@ -234,13 +234,12 @@ class InferenceGraphs:
         k = av_hops_per_step(cfg, rate) if modality == "av" else None
         newest, states = stream_inputs(cfg, k), [s.to_json() for s in stream_states(cfg)]
         step = "hop" if modality == "audio" else "frame"
-        timing = {}
-        if modality != "audio":
-            timing.update(frame_size=p.image_size, frame_rate=rate, hop_seconds=1 / rate)
-        if modality != "video":
-            timing.update(hop_samples=hop_samples(cfg), sample_rate=p.sample_rate, **({} if k else {"hop_seconds": hop_samples(cfg) / p.sample_rate}))
-        if k:
-            timing["hops_per_step"] = k
+        sound = {"hop_samples": hop_samples(cfg), "sample_rate": p.sample_rate}
+        if modality == "audio":  # a step per hop
+            timing = {**sound, "hop_seconds": hop_samples(cfg) / p.sample_rate}
+        else:  # a step per frame, with (audio-visual) up to k hops of its sound
+            timing = {"frame_size": p.image_size, "frame_rate": rate, "hop_seconds": 1 / rate,
+                      **({**sound, "hops_per_step": k} if modality == "av" else {})}
         what = {"audio": "samples", "video": "frame",
                 "av": ("frame (frame_valid 1) and the audio hops of hop_samples since the frame before (up to hops_per_step, "
                        "oldest first in `samples`, their count in audio_hops: 0 for a video without sound)")}[modality]

@@ -114,6 +114,20 @@ def window_steps(cfg, modality: str | None = None) -> int:
     return round(cfg.preprocess.audio_seconds * cfg.preprocess.sample_rate) // hop_samples(cfg)
 
 
+def require_streamable(cfg) -> None:
+    """ValueError naming every reason (pipeline.derived.streaming_blockers) unless the config's model can stream."""
+    from pipeline.derived import streaming_blockers
+
+    blockers = streaming_blockers(cfg)
+    if blockers:
+        raise ValueError(f"this model cannot stream: {'; '.join(blockers)}")
+
+
+def window_state_names(modality: str, pooling: str) -> tuple[str, str]:
+    """The states of a `mean` or `max` pooling window: (the ring of the last W outputs, how many of them are real)."""
+    return f"{modality}_{pooling}_window", f"{modality}_{pooling}_count"
+
+
 def stream_inputs(cfg, hops_per_step: int | None = None) -> list[StateSpec]:
     """The step's newest inputs, in signature order: one (a hop or a frame), or an audio-visual step's four (k =
     hops_per_step, see av_hops_per_step)."""
@@ -156,8 +170,9 @@ def branch_states(cfg, modality: str) -> list[StateSpec]:
             specs.append(StateSpec(f"{name}_c", (1, m.units), f"RNN layer {i}: cell state"))
     if m.pooling in WINDOW_POOLINGS:
         steps = window_steps(cfg, modality)
-        specs.append(StateSpec(f"{modality}_{m.pooling}_window", (1, steps, m.units), f"the last RNN outputs, oldest first ({steps}: the training window's steps)"))
-        specs.append(StateSpec(f"{modality}_{m.pooling}_count", (1, 1), f"how many of them are real (counts up to {steps})"))
+        ring, count = window_state_names(modality, m.pooling)
+        specs.append(StateSpec(ring, (1, steps, m.units), f"the last RNN outputs, oldest first ({steps}: the training window's steps)"))
+        specs.append(StateSpec(count, (1, 1), f"how many of them are real (counts up to {steps})"))
     return specs
 
 
@@ -175,11 +190,8 @@ class Stepper:
     def __init__(self, model, cfg, branch: str | None = None):
         """branch: None for a model of one modality (its classifier answers); 'video' or 'audio' for that branch of an
         audio-visual model (AVStepper steps it and fuses)."""
-        from pipeline.derived import streaming_blockers
-
-        blockers = [] if branch else streaming_blockers(cfg)
-        if blockers:
-            raise ValueError(f"this model cannot stream: {'; '.join(blockers)}")
+        if not branch:  # a branch's config is its audio-visual model's, which AVStepper checks
+            require_streamable(cfg)
         m = cfg.model
         self.cfg, self.model, self.modality = cfg, model, branch or stream_modality(cfg)
         self.input = step_input(cfg, self.modality)
@@ -209,7 +221,7 @@ class Stepper:
 
         pooling = self.cfg.model.pooling
         if pooling in WINDOW_POOLINGS:  # MaskedMean / MaskedMax over the valid steps of the window (none yet: zeros)
-            ring, count = states[f"{self.modality}_{pooling}_window"], states[f"{self.modality}_{pooling}_count"]
+            ring, count = (states[name] for name in window_state_names(self.modality, pooling))
             if pooling == "mean":  # the ring's unused places are zeros
                 return tf.reduce_sum(ring, axis=1) / tf.maximum(count, 1.0)
             steps = ring.shape[1]
@@ -234,7 +246,7 @@ class Stepper:
                 x, new = cell(x, inputs[f"{name}_h"], training=False)
                 out[f"{name}_h"] = new[0] if isinstance(new, (list, tuple)) else new
         if self.cfg.model.pooling in WINDOW_POOLINGS:  # mean or max over the window: the ring of the last W outputs
-            ring, count = f"{self.modality}_{self.cfg.model.pooling}_window", f"{self.modality}_{self.cfg.model.pooling}_count"
+            ring, count = window_state_names(self.modality, self.cfg.model.pooling)
             out[ring] = tf.concat([inputs[ring][:, 1:], x[:, None]], axis=1)  # [1, W, units]
             out[count] = tf.minimum(inputs[count] + 1.0, float(out[ring].shape[1]))  # [1, 1]
         return out
@@ -327,6 +339,7 @@ class AVStepper:
     modality = "av"
 
     def __init__(self, model, cfg, encode_frames, hops_per_step: int):
+        require_streamable(cfg)
         self.cfg, self.model, self.hops_per_step = cfg, model, int(hops_per_step)
         self.video = VideoStepper(model, cfg, encode_frames, branch="video")
         self.audio = AudioStepper(model, cfg, branch="audio")
@@ -379,13 +392,8 @@ class AVStepper:
 def make_stepper(model, cfg, encode_frames=None, frame_rate: float | None = None) -> Stepper | AVStepper:
     """The stepper of a streamable config's modality (video and audio-visual runs: with the run's frame encoder;
     audio-visual ones also with the stream's frame rate, which sets the hops per step)."""
-    from pipeline.derived import streaming_blockers
-
     modality = stream_modality(cfg)
     if modality == "av":
-        blockers = streaming_blockers(cfg)
-        if blockers:
-            raise ValueError(f"this model cannot stream: {'; '.join(blockers)}")
         return AVStepper(model, cfg, encode_frames, av_hops_per_step(cfg, frame_rate))
     if modality == "video":
         return VideoStepper(model, cfg, encode_frames)

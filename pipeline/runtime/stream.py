@@ -178,8 +178,8 @@ def clip_steps(clip: dict, modality: str, hop_samples: int | None) -> list[np.nd
 def clip_feeds(clip: dict, modality: str, hop_samples: int | None, hops_per_step: int | None = None) -> list[dict[str, np.ndarray]]:
     """A whole clip's inputs (runtime.tflite.clip_inputs) as the streaming step's newest inputs, one dict per step, each
     array with its batch axis: {samples [1, H]} or {frame [1, S, S, 3]} (clip_steps), or an audio-visual clip's frames,
-    each with the hops that fall before the next one (interleave; the last partial hop zero-padded, as the whole-clip
-    model's waveform is: its last RNN step reads those zeros too)."""
+    each with the hops that fall before the next one (interleave; sound that ends inside its last hop gives a
+    fractional audio_hops, and the step masks the frames past the end, as the whole-clip model does)."""
     if modality != "av":
         name = FRAME if modality == "video" else SAMPLES
         return [{name: newest[None]} for newest in clip_steps(clip, modality, hop_samples)]
