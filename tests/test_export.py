@@ -382,6 +382,48 @@ def test_cli_export_errors_are_one_line(tmp_path):
     assert result.stderr.startswith("actrec: error:") and "no trained model" in result.stderr
 
 
+def test_int8_step_keeps_its_bookkeeping_and_states_float(tmp_path):
+    """In an int8 streaming file, a slice under the kept-float scope stays float (the quantizer quantizes such
+    same-scale ops whenever their tensors carry calibration statistics), and the state input is not rounded to
+    8 bits on the way in; the Dense after them is int8."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from pipeline.deploy.convert import convert, save_step_model
+    from pipeline.deploy.tflite_edit import _read, op_name
+    from pipeline.models.streaming import CONTROL, STREAM_SIGNATURE, StateSpec
+
+    dense = keras.layers.Dense(4, name="classifier")
+    classifier = keras.Sequential([keras.Input((4,)), dense])
+
+    class Step:  # a stepper's interface (save_step_model): one newest input, one state
+        model = classifier
+
+        def inputs(self):
+            return [StateSpec("samples", (1, 8), "two hops")]
+
+        def states(self):
+            return [StateSpec("state", (1, 4), "memory")]
+
+        def step(self, inputs):
+            with tf.name_scope(CONTROL):
+                hop = inputs["samples"][:, 4:]  # the second hop
+            new_state = 0.5 * inputs["state"] + hop
+            return {"probabilities": tf.nn.softmax(dense(new_state)), "state": new_state}
+
+    save_step_model(Step(), tmp_path / "step")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rep.npz", samples=rng.normal(size=(16, 8)).astype(np.float32), state=rng.normal(size=(16, 4)).astype(np.float32))
+    model = _read(convert(tmp_path / "step", "int8", tmp_path / "rep.npz", STREAM_SIGNATURE))
+    graph = model.subgraphs[0]
+    types = {op_name(model, op.opcodeIndex): graph.tensors[op.outputs[0]].type for op in graph.operators}
+    assert types["STRIDED_SLICE"] == schema.TensorType.FLOAT32
+    assert types["FULLY_CONNECTED"] == schema.TensorType.INT8
+    state = [t.tensorIndex for t in model.signatureDefs[0].inputs if t.name.decode() == "state"][0]
+    assert not [op for op in graph.operators if state in op.inputs and op_name(model, op.opcodeIndex) == "QUANTIZE"]
+
+
 @pytest.mark.slow
 def test_converter_crash_costs_one_format(fusion_run, monkeypatch):
     """A converter that dies (SIGSEGV) is a one-line error for its format; the rest are written and published."""

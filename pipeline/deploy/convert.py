@@ -45,6 +45,7 @@ from pipeline.deploy.tflite_edit import (
     kept_float,
     strip_tensor_names,
     widen_small_float16_constants,
+    without_calibration,
 )
 from pipeline.errors import UserError
 from pipeline.runtime.stream import clip_feeds
@@ -175,7 +176,9 @@ def convert(saved_model: Path, mode: str, representative: Path | None = None, si
     converter._experimental_calibrate_only = True
     with quiet_converter(), calibratable_while_loops():
         calibrated = converter.convert()
-        content = tflite_convert.mlir_quantize(calibrated, denylisted_nodes=kept_float(calibrated),
+        kept = kept_float(calibrated)
+        calibrated = without_calibration(calibrated, set(kept), signature if signature == STREAM_SIGNATURE else None)
+        content = tflite_convert.mlir_quantize(calibrated, denylisted_nodes=kept,
                                                input_data_type=tf.float32, output_data_type=tf.float32,
                                                disable_per_channel_for_dense_layers=True)
     content = fill_splat_constants(tflite_convert.deduplicate_readonly_buffers(content))

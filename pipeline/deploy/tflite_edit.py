@@ -10,6 +10,7 @@ and writes it back with every distinct vector written once (`_serialize`):
     fill_splat_constants             big constants of one repeated value that only WHILE ops read -> FILL
     int8_float_constants             big float32 constants -> int8 per row + DEQUANTIZE (the int8 file)
     float16_float_constants          mid-size float32 constants -> float16 + DEQUANTIZE (the int8 file)
+    without_calibration              calibration statistics dropped from kept-float tensors (and a stream's inputs)
     dequantize_kept_float            int8 weights of the ops `kept_float` names -> float32 (the dynamic file)
     drop_metadata                    a metadata entry removed (the float16 file's fp16-inference hint)
     set_metadata                     a named metadata entry and its buffer (TFLite Model Metadata, deploy.metadata)
@@ -25,6 +26,7 @@ TensorFlow's flatbuffer modules are imported inside the functions (importing thi
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -141,9 +143,11 @@ def copy_while_passthrough_outputs(content: bytes) -> bytes:
     from tensorflow.lite.python import schema_py_generated as schema
 
     model = _read(content)
-    reshape = _opcode_index(model, schema.BuiltinOperator.RESHAPE)
     bodies = {op.builtinOptions.bodySubgraphIndex for subgraph in model.subgraphs for op in subgraph.operators
               if builtin_code(model, op.opcodeIndex) == schema.BuiltinOperator.WHILE}
+    if not bodies:  # nothing to copy, and no RESHAPE code added that no op uses (the calibrator refuses those)
+        return content
+    reshape = _opcode_index(model, schema.BuiltinOperator.RESHAPE)
     for body in (model.subgraphs[i] for i in sorted(bodies)):
         outputs = body.outputs.tolist()
         for position, (source, output) in enumerate(zip(body.inputs.tolist(), outputs)):
@@ -312,6 +316,26 @@ def kept_float(content: bytes) -> list[str]:
             if any(kept.search(part) for part in name.split(";")):
                 names.append(name)
     return names
+
+
+def without_calibration(content: bytes, names: Collection[str], signature: str | None = None) -> bytes:
+    """The calibrated model with no statistics on the tensors `names` (kept_float's) nor, given a signature, on its inputs.
+
+    The quantizer leaves the ops of its node denylist float, but quantizes any slice, reshape, split or concatenation
+    whose tensors carry statistics, kept float or not (an audio-visual step's samples were sliced into hops in 8 bits).
+    A streaming step's inputs lose theirs too: its states come back at every step, and rounding them to 8 bits on
+    the way in adds up over a stream; the ops that read them directly run in float.
+    """
+    model = _read(content)
+    inputs: set[tuple[int, int]] = set()  # (subgraph, tensor)
+    for sig in model.signatureDefs if signature is not None else ():
+        if sig.signatureKey.decode() == signature:
+            inputs |= {(sig.subgraphIndex, t.tensorIndex) for t in sig.inputs}
+    for s, subgraph in enumerate(model.subgraphs):
+        for t, tensor in enumerate(subgraph.tensors):
+            if (tensor.name or b"").decode() in names or (s, t) in inputs:
+                tensor.quantization = None
+    return _serialize(model)
 
 
 def dequantize_kept_float(content: bytes) -> bytes:

@@ -50,7 +50,7 @@ from pipeline.runtime.tflite import AUDIO_HOPS, FRAME, FRAME_VALID, SAMPLES, STR
 from pipeline.runtime.tflite import OUTPUT as PROBABILITIES
 
 CONTEXT = "audio_context"  # the samples before the newest hop
-CONTROL = "stream_control"  # an audio-visual step's bookkeeping: kept float in int8 files (tflite_edit.kept_float)
+CONTROL = "stream_control"  # a step's bookkeeping (state blends, counts, pooling windows): kept float in int8 files (tflite_edit.kept_float)
 NORM = "audio_norm"  # the running MFCC normalisation's states (preprocess.normalize: running)
 WINDOW_POOLINGS = ("mean", "max")  # poolings a stream computes over a ring of the last window's RNN outputs
 VALID_FRAMES = "valid_frames"  # inside an audio-visual step: the MFCC frames of a hop that hold sound [1, 1] (not an input)
@@ -220,15 +220,16 @@ class Stepper:
         import tensorflow as tf
 
         pooling = self.cfg.model.pooling
-        if pooling in WINDOW_POOLINGS:  # MaskedMean / MaskedMax over the valid steps of the window (none yet: zeros)
-            ring, count = (states[name] for name in window_state_names(self.modality, pooling))
+        if pooling not in WINDOW_POOLINGS:
+            return states[f"{self.modality}_{self.cfg.model.cell}{self.cfg.model.num_layers - 1}_h"]  # the last layer's output
+        ring, count = (states[name] for name in window_state_names(self.modality, pooling))
+        with tf.name_scope(CONTROL):  # MaskedMean / MaskedMax over the valid steps of the window (none yet: zeros)
             if pooling == "mean":  # the ring's unused places are zeros
                 return tf.reduce_sum(ring, axis=1) / tf.maximum(count, 1.0)
             steps = ring.shape[1]
             valid = tf.range(steps, dtype=tf.float32)[None, :, None] >= steps - count[:, :, None]  # the newest `count`
             peak = tf.reduce_max(tf.where(valid, ring, ring[:, -1:]), axis=1)  # the newest stands in: no large constant for int8
             return tf.where(count > 0, peak, tf.zeros_like(peak))
-        return states[f"{self.modality}_{self.cfg.model.cell}{self.cfg.model.num_layers - 1}_h"]  # the last layer's output
 
     def advance(self, inputs: dict) -> dict:
         """The branch's new states after one step of its newest input: {state name: new value}."""
@@ -247,8 +248,9 @@ class Stepper:
                 out[f"{name}_h"] = new[0] if isinstance(new, (list, tuple)) else new
         if self.cfg.model.pooling in WINDOW_POOLINGS:  # mean or max over the window: the ring of the last W outputs
             ring, count = window_state_names(self.modality, self.cfg.model.pooling)
-            out[ring] = tf.concat([inputs[ring][:, 1:], x[:, None]], axis=1)  # [1, W, units]
-            out[count] = tf.minimum(inputs[count] + 1.0, float(out[ring].shape[1]))  # [1, 1]
+            with tf.name_scope(CONTROL):  # kept float in int8 files: re-quantized at every step, the ring's rounding would add up
+                out[ring] = tf.concat([inputs[ring][:, 1:], x[:, None]], axis=1)  # [1, W, units]
+                out[count] = tf.minimum(inputs[count] + 1.0, float(out[ring].shape[1]))  # [1, 1]
         return out
 
 
