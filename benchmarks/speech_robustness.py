@@ -72,6 +72,7 @@ LEVERS = {
     # Flite's other speakers only (HELD_OUT_VOICES), against `baseline_awb_rms`, the baseline's runs on that subset
     "english_voices": [],
     "english_voices_dropout_0": ["model.dropout=0"],  # both levers that helped, together
+    "english_voices_dropout_0_silence_20": ["model.dropout=0", "data.silence_fraction=0.2"],  # and twice the noise windows
     "baseline_awb_rms": [],
     "no_specaugment": ["train.time_masks=0", "train.freq_masks=0"],
     "mfcc_13": ["preprocess.n_mfcc=13"],
@@ -80,9 +81,10 @@ LEVERS = {
 }
 # lever -> make_commands arguments of the data it trains on, beside --per-word and seed 0 (default: espeak-ng and Festival)
 DATA = {"previous": {"engines": ("espeak-ng",)}, "speakers_300": {"per_word": 300}, "english_voices": {"held_out_voices": True},
-        "english_voices_dropout_0": {"held_out_voices": True}}
+        "english_voices_dropout_0": {"held_out_voices": True}, "english_voices_dropout_0_silence_20": {"held_out_voices": True}}
 # lever -> the Flite voices its held-out set keeps (default: all five)
-HELD_OUT_VOICES = {"english_voices": ("awb", "rms"), "english_voices_dropout_0": ("awb", "rms"), "baseline_awb_rms": ("awb", "rms")}
+HELD_OUT_VOICES = {lever: ("awb", "rms") for lever in ("english_voices", "english_voices_dropout_0", "english_voices_dropout_0_silence_20",
+                                                       "baseline_awb_rms")}
 RUNS_OF = {"baseline_awb_rms": "baseline"}  # lever -> the lever whose runs it evaluates (it trains none of its own)
 CONFIGS = {"bidirectional": "commands_bidirectional.yaml"}  # lever -> the config its overrides apply to (default commands.yaml)
 GOALS = {"held_out_keyword_top1": 0.85, "held_out_words_rejected": 0.85, "held_out_noise_rejected": 0.95, "own_test_top1": 0.95}

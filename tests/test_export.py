@@ -383,7 +383,7 @@ def test_cli_export_errors_are_one_line(tmp_path):
 
 
 def test_int8_step_keeps_its_bookkeeping_and_states_float(tmp_path):
-    """In an int8 streaming file, a slice under the kept-float scope stays float (the quantizer quantizes such
+    """In an audio-visual int8 streaming file (float_inputs), a slice under the kept-float scope stays float (the quantizer quantizes such
     same-scale ops whenever their tensors carry calibration statistics), and the state input is not rounded to
     8 bits on the way in; the Dense after them is int8."""
     import keras
@@ -415,7 +415,7 @@ def test_int8_step_keeps_its_bookkeeping_and_states_float(tmp_path):
     save_step_model(Step(), tmp_path / "step")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "rep.npz", samples=rng.normal(size=(16, 8)).astype(np.float32), state=rng.normal(size=(16, 4)).astype(np.float32))
-    model = _read(convert(tmp_path / "step", "int8", tmp_path / "rep.npz", STREAM_SIGNATURE))
+    model = _read(convert(tmp_path / "step", "int8", tmp_path / "rep.npz", STREAM_SIGNATURE, float_inputs=True))
     graph = model.subgraphs[0]
     types = {op_name(model, op.opcodeIndex): graph.tensors[op.outputs[0]].type for op in graph.operators}
     assert types["STRIDED_SLICE"] == schema.TensorType.FLOAT32

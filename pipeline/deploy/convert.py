@@ -128,8 +128,14 @@ def write_stream_representative(stepper, clips: Path, path: Path, every: int = 2
     return len(kept[stepper.inputs()[0].name])
 
 
-def convert(saved_model: Path, mode: str, representative: Path | None = None, signature: str = SIGNATURE) -> bytes:
-    """TFLite flatbuffer (builtin ops only) of a batch-1 SavedModel's `signature`: mode float | float16 | dynamic | int8."""
+def convert(saved_model: Path, mode: str, representative: Path | None = None, signature: str = SIGNATURE,
+            float_inputs: bool = False) -> bytes:
+    """TFLite flatbuffer (builtin ops only) of a batch-1 SavedModel's `signature`: mode float | float16 | dynamic | int8.
+
+    float_inputs (int8): the signature's inputs and the kept-float tensors carry no calibration statistics
+    (tflite_edit.without_calibration), so no slice or reshape of them is quantized. Audio-visual streaming steps
+    only: measured in docs/export.md (it rescues the audio-visual step and costs the speech step).
+    """
     import tensorflow as tf
 
     from pipeline.features.encoders import quiet_converter
@@ -177,7 +183,8 @@ def convert(saved_model: Path, mode: str, representative: Path | None = None, si
     with quiet_converter(), calibratable_while_loops():
         calibrated = converter.convert()
         kept = kept_float(calibrated)
-        calibrated = without_calibration(calibrated, set(kept), signature if signature == STREAM_SIGNATURE else None)
+        if float_inputs:
+            calibrated = without_calibration(calibrated, set(kept), signature)
         content = tflite_convert.mlir_quantize(calibrated, denylisted_nodes=kept,
                                                input_data_type=tf.float32, output_data_type=tf.float32,
                                                disable_per_channel_for_dense_layers=True)
@@ -288,6 +295,7 @@ def die_with_parent(parent_pid: int) -> None:
 def convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
     """The child process: write each target into `work`, logging start/ok/error lines to work/status.jsonl."""
     from pipeline.deploy.metadata import export_metadata
+    from pipeline.models.streaming import stream_modality
 
     graphs = InferenceGraphs(run_dir, allow_unfinished=True)  # the parent process made the checks
     saved_models: dict[str, Path] = {}
@@ -329,7 +337,8 @@ def convert_main(run_dir: Path, work: Path, targets: list[str]) -> None:
                     mode, representative = target.removeprefix("stream_"), work / STREAM_REPRESENTATIVE_FILE
                     if mode == "int8" and not representative.is_file():
                         write_stream_representative(graphs.stepper(), work / REPRESENTATIVE_FILE, representative)
-                    content = convert(step_model(), mode, representative, STREAM_SIGNATURE)
+                    content = convert(step_model(), mode, representative, STREAM_SIGNATURE,
+                                      float_inputs=stream_modality(graphs.cfg) == "av")
                 else:
                     content = convert(saved_model_for("deployable"), target, work / REPRESENTATIVE_FILE)
                 (work / TFLITE_FILES[target]).write_bytes(export_metadata(content, target, preprocessing, labels))
