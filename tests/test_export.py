@@ -16,12 +16,8 @@ from pipeline import evaluate, export, preprocess, train
 from pipeline.datasets import resolve_rows
 from pipeline.deploy.convert import write_representative_data
 from pipeline.deploy.parity import checks
-from pipeline.deploy.tflite_edit import (
-    fill_splat_constants,
-    int8_float_constants,
-    tflite_ops,
-    tflite_weight_bytes,
-)
+from pipeline.deploy.tflite_edit import fill_splat_constants, int8_float_constants
+from pipeline.deploy.tflite_read import tflite_ops, tflite_weight_bytes
 from pipeline.errors import UserError
 from pipeline.rundir import RunDir
 from pipeline.runtime.keras_model import RunModel
@@ -391,7 +387,7 @@ def test_int8_step_keeps_its_bookkeeping_and_states_float(tmp_path):
     from tensorflow.lite.python import schema_py_generated as schema
 
     from pipeline.deploy.convert import convert, save_step_model
-    from pipeline.deploy.tflite_edit import _read, op_name
+    from pipeline.deploy.tflite_edit import op_name, read_model
     from pipeline.models.streaming import CONTROL, STREAM_SIGNATURE, StateSpec
 
     dense = keras.layers.Dense(4, name="classifier")
@@ -415,7 +411,7 @@ def test_int8_step_keeps_its_bookkeeping_and_states_float(tmp_path):
     save_step_model(Step(), tmp_path / "step")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "rep.npz", samples=rng.normal(size=(16, 8)).astype(np.float32), state=rng.normal(size=(16, 4)).astype(np.float32))
-    model = _read(convert(tmp_path / "step", "int8", tmp_path / "rep.npz", STREAM_SIGNATURE, float_inputs=True))
+    model = read_model(convert(tmp_path / "step", "int8", tmp_path / "rep.npz", STREAM_SIGNATURE, float_inputs=True))
     graph = model.subgraphs[0]
     types = {op_name(model, op.opcodeIndex): graph.tensors[op.outputs[0]].type for op in graph.operators}
     assert types["STRIDED_SLICE"] == schema.TensorType.FLOAT32

@@ -138,7 +138,7 @@ def test_mediapipe_audio_classifier_runs_the_speech_export(mediapipe_python, tmp
 def test_every_exported_file_carries_its_metadata(mediapipe_python, trained_run, tmp_path, tmp_path_factory):
     """The action run's files: frames described as RGB images, waveform as 16 kHz mono, labels on the output, in the
     subgraph's input order (what runtimes index by)."""
-    from pipeline.deploy.tflite_edit import signature_tensor_names
+    from pipeline.deploy.tflite_read import signature_tensor_names
     from pipeline.runtime.tflite import SIGNATURE
 
     run = fc.shared_copy(trained_run, tmp_path_factory, "trained_run_exported")

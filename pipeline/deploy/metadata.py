@@ -152,7 +152,7 @@ def export_metadata(content: bytes, target: str, preprocessing: dict, labels: li
     and labels.txt attached."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from pipeline.deploy.tflite_edit import signature_tensor_names
+    from pipeline.deploy.tflite_read import signature_tensor_names
 
     section_name, kind = TARGETS.get(target, (None, f"whole clip, {target}"))
     section = preprocessing[section_name] if section_name else preprocessing

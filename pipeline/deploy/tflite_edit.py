@@ -1,4 +1,4 @@
-"""TFLite flatbuffer post-processing: pure bytes -> bytes functions on what the converter wrote, and two readers.
+"""TFLite flatbuffer post-processing: pure bytes -> bytes functions on what the converter wrote (readers: tflite_read).
 
     converter output (bytes) --edits below--> the .tflite file (bytes), same outputs within the stated error
 
@@ -17,8 +17,6 @@ and writes it back with every distinct vector written once (`_serialize`):
     widen_small_float16_constants    small float16 constants + their DEQUANTIZE -> float32 constants
     strip_tensor_names               names of intermediate tensors dropped
 
-    tflite_ops(path) -> {op name: count}      tflite_weight_bytes(path) -> bytes of constant data
-    signature_tensor_names(content, signature) -> (input names, output names) in the subgraph's order
 
 TensorFlow's flatbuffer modules are imported inside the functions (importing this module is cheap).
 """
@@ -27,7 +25,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection
-from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +34,7 @@ TFLITE_FILE_IDENTIFIER = b"TFL3"  # the 4 bytes after the root offset of every .
 # ----------------------------------------------------------------------------- reading and writing the flatbuffer
 
 
-def _read(content: bytes):
+def read_model(content: bytes):
     """The flatbuffer as a ModelT (flatbuffer_utils' object API: every table and vector a Python object)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -142,7 +139,7 @@ def copy_while_passthrough_outputs(content: bytes) -> bytes:
     """Each WHILE body output that is the body's own input tensor becomes a RESHAPE (to the same shape) of it."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = _read(content)
+    model = read_model(content)
     bodies = {op.builtinOptions.bodySubgraphIndex for subgraph in model.subgraphs for op in subgraph.operators
               if builtin_code(model, op.opcodeIndex) == schema.BuiltinOperator.WHILE}
     if not bodies:  # nothing to copy, and no RESHAPE code added that no op uses (the calibrator refuses those)
@@ -175,7 +172,7 @@ def _computed_constants(content: bytes, source) -> bytes:
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = _read(content)
+    model = read_model(content)
     replaced = set()
     for subgraph in model.subgraphs:
         new_ops = []
@@ -307,7 +304,7 @@ def kept_float(content: bytes) -> list[str]:
     """
     import re
 
-    model = _read(content)
+    model = read_model(content)
     kept = re.compile(r"(^|/)(mfcc|mfcc_norm|motion|video_norm|stream_control|\w+_attention)(_\d+)?/")
     names = []
     for subgraph in model.subgraphs:
@@ -319,18 +316,11 @@ def kept_float(content: bytes) -> list[str]:
 
 
 def without_calibration(content: bytes, names: Collection[str], signature: str | None = None) -> bytes:
-    """The calibrated model with no statistics on the tensors `names` (kept_float's) nor, given a signature, on its inputs.
-
-    The quantizer leaves the ops of its node denylist float, but quantizes any slice, reshape, split or concatenation
-    whose tensors carry statistics, kept float or not (an audio-visual step's samples were sliced into hops in 8 bits).
-    A streaming step's inputs lose theirs too: its states come back at every step, and rounding them to 8 bits on
-    the way in adds up over a stream; the ops that read them directly run in float.
-    """
-    model = _read(content)
-    inputs: set[tuple[int, int]] = set()  # (subgraph, tensor)
-    for sig in model.signatureDefs if signature is not None else ():
-        if sig.signatureKey.decode() == signature:
-            inputs |= {(sig.subgraphIndex, t.tensorIndex) for t in sig.inputs}
+    """The calibrated model without statistics on the tensors `names` and, given a signature, its inputs (see
+    deploy.convert.convert's float_inputs): the quantizer quantizes any slice, reshape, split or concatenation whose
+    tensors carry statistics, denylisted or not; and a step's states, rounded to 8 bits at every step, drift."""
+    model = read_model(content)
+    inputs = {(sig.subgraphIndex, t.tensorIndex) for sig in model.signatureDefs if sig.signatureKey.decode() == signature for t in sig.inputs}
     for s, subgraph in enumerate(model.subgraphs):
         for t, tensor in enumerate(subgraph.tensors):
             if (tensor.name or b"").decode() in names or (s, t) in inputs:
@@ -345,7 +335,7 @@ def dequantize_kept_float(content: bytes) -> bytes:
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = _read(content)
+    model = read_model(content)
     keep = set(kept_float(content))
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
@@ -379,7 +369,7 @@ FLOAT16_MIN_ELEMENTS = 1024  # constants smaller than this stay float32 in model
 
 def drop_metadata(content: bytes, name: str) -> bytes:
     """The flatbuffer without its metadata entry `name`."""
-    model = _read(content)
+    model = read_model(content)
     model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name]
     return _serialize(model)
 
@@ -388,7 +378,7 @@ def set_metadata(content: bytes, name: str, data: bytes) -> bytes:
     """The flatbuffer with metadata entry `name` pointing at a new buffer holding `data` (an earlier `name` replaced)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = _read(content)
+    model = read_model(content)
     entry = schema.MetadataT()
     entry.name, entry.buffer = name.encode(), _add_buffer(model, np.frombuffer(data, np.uint8))
     model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name] + [entry]
@@ -400,7 +390,7 @@ def widen_small_float16_constants(content: bytes, min_elements: int = FLOAT16_MI
     it at run time, by a float32 constant (the op's output tensor, now holding the values)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = _read(content)
+    model = read_model(content)
     for subgraph in model.subgraphs:
         kept_ops = []
         for op in subgraph.operators:
@@ -421,7 +411,7 @@ def strip_tensor_names(content: bytes) -> bytes:
     The converter names every tensor after the ops it came from, often with long fused scopes;
     in an RNN unrolled over 200 steps those names were ~75% of the file (3 MB of 4 MB).
     """
-    model = _read(content)
+    model = read_model(content)
     model.description = None
     for subgraph in model.subgraphs:
         keep = set(subgraph.inputs.tolist()) | set(subgraph.outputs.tolist())
@@ -429,38 +419,3 @@ def strip_tensor_names(content: bytes) -> bytes:
             if i not in keep:
                 tensor.name = None
     return _serialize(model)
-
-
-# ----------------------------------------------------------------------------- readers
-
-
-def tflite_ops(path: str | Path) -> dict[str, int]:
-    """Op name -> count over every subgraph of a .tflite file (WHILE bodies included), read from the flatbuffer.
-
-    Custom ops appear under their custom code; Flex (SELECT_TF_OPS) ops are named `Flex...`.
-    An interpreter's op list would also show XNNPACK `DELEGATE` nodes, which are not Flex ops.
-    """
-    model = _read(Path(path).read_bytes())
-    counts: dict[str, int] = {}
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators:
-            name = op_name(model, op.opcodeIndex)
-            counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def tflite_weight_bytes(path: str | Path) -> int:
-    """Bytes of constant data (weights) in a .tflite file; the rest is the graph itself (ops, tensors, quantization)."""
-    model = _read(Path(path).read_bytes())
-    return int(sum(len(b.data) for b in model.buffers if b.data is not None))
-
-
-def signature_tensor_names(content: bytes, signature: str) -> tuple[list[str], list[str]]:
-    """(input names, output names) of a signature, in the order of its subgraph's inputs and outputs (the order
-    runtimes index tensors by)."""
-    model = _read(content)
-    (sig,) = [s for s in model.signatureDefs if s.signatureKey.decode() == signature]
-    subgraph = model.subgraphs[sig.subgraphIndex]
-    inputs = {t.tensorIndex: t.name.decode() for t in sig.inputs}
-    outputs = {t.tensorIndex: t.name.decode() for t in sig.outputs}
-    return [inputs[i] for i in subgraph.inputs], [outputs[i] for i in subgraph.outputs]

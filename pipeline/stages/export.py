@@ -51,7 +51,7 @@ from pipeline.deploy.convert import (
 )
 from pipeline.deploy.graph import STREAM_FORMATS, TFLITE_FILES, InferenceGraphs, preprocessing_spec
 from pipeline.deploy.parity import checks, measure_parity, parity_table
-from pipeline.deploy.tflite_edit import tflite_ops, tflite_weight_bytes
+from pipeline.deploy.tflite_read import tflite_ops, tflite_weight_bytes
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.rundir import pid_alive, read_json
