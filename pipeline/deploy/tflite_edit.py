@@ -293,8 +293,9 @@ def float16_float_constants(content: bytes, min_elements: int = FLOAT16_CONSTANT
     return _narrowed_float_constants(content, min_elements, float16)
 
 
-def kept_float(content: bytes) -> list[str]:
-    """Tensors the int8 graph computes in float: the MFCC, the motion features, their normalisations and attention pooling.
+def kept_float(content: bytes, recurrent: bool = False) -> list[str]:
+    """Tensors the int8 graph computes in float: the MFCC, the motion features, their normalisations and attention pooling
+    (recurrent: also the RNN cells' ops, `gru_cell/`, `lstm_cell/`; their weights stay int8, int8_float_constants).
 
     Found by the Keras layer scopes in the TFLite names (`mfcc/`, `mfcc_norm/`, `motion/`, `video_norm/`,
     `audio_attention/`, ...; `stream_control/`: an audio-visual step's counts and 0/1 state blends). Attention pooling gives padded steps a score of -1e9: an int8 scale that spans it
@@ -305,7 +306,8 @@ def kept_float(content: bytes) -> list[str]:
     import re
 
     model = read_model(content)
-    kept = re.compile(r"(^|/)(mfcc|mfcc_norm|motion|video_norm|stream_control|\w+_attention)(_\d+)?/")
+    scopes = "mfcc|mfcc_norm|motion|video_norm|stream_control|\\w+_attention" + ("|gru_cell|lstm_cell" if recurrent else "")
+    kept = re.compile(rf"(^|/)({scopes})(_\d+)?/")
     names = []
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
