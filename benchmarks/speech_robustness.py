@@ -80,11 +80,11 @@ LEVERS = {
     "speakers_300": [],  # 300 utterances per word instead of --per-word (see DATA)
 }
 # lever -> make_commands arguments of the data it trains on, beside --per-word and seed 0 (default: espeak-ng and Festival)
-DATA = {"previous": {"engines": ("espeak-ng",)}, "speakers_300": {"per_word": 300}, "english_voices": {"held_out_voices": True},
-        "english_voices_dropout_0": {"held_out_voices": True}, "english_voices_dropout_0_silence_20": {"held_out_voices": True}}
+ENGLISH_VOICES = ("english_voices", "english_voices_dropout_0", "english_voices_dropout_0_silence_20")  # trained with kal and slt
+DATA = {"previous": {"engines": ("espeak-ng",)}, "speakers_300": {"per_word": 300},
+        **{lever: {"held_out_voices": True} for lever in ENGLISH_VOICES}}
 # lever -> the Flite voices its held-out set keeps (default: all five)
-HELD_OUT_VOICES = {lever: ("awb", "rms") for lever in ("english_voices", "english_voices_dropout_0", "english_voices_dropout_0_silence_20",
-                                                       "baseline_awb_rms")}
+HELD_OUT_VOICES = {lever: ("awb", "rms") for lever in (*ENGLISH_VOICES, "baseline_awb_rms")}
 RUNS_OF = {"baseline_awb_rms": "baseline"}  # lever -> the lever whose runs it evaluates (it trains none of its own)
 CONFIGS = {"bidirectional": "commands_bidirectional.yaml"}  # lever -> the config its overrides apply to (default commands.yaml)
 GOALS = {"held_out_keyword_top1": 0.85, "held_out_words_rejected": 0.85, "held_out_noise_rejected": 0.95, "own_test_top1": 0.95}

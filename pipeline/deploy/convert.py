@@ -182,8 +182,8 @@ def convert(saved_model: Path, mode: str, representative: Path | None = None, si
     converter._experimental_calibrate_only = True
     with quiet_converter(), calibratable_while_loops():
         calibrated = converter.convert()
-        # a streaming step's RNN cells compute in float on int8 weights: their state comes back at every step, and the
-        # speech step's int8 recurrence lost 2 of 100 test clips' top-1 (docs/export.md); the file grew 3%
+        # a streaming step's RNN cells compute in float on int8 weights: their state comes back at every step, and int8
+        # rounding of it adds up over a stream (measured in docs/export.md)
         kept = kept_float(calibrated, recurrent=signature == STREAM_SIGNATURE)
         if float_inputs:
             calibrated = without_calibration(calibrated, set(kept), signature)

@@ -298,7 +298,7 @@ def kept_float(content: bytes, recurrent: bool = False) -> list[str]:
     (recurrent: also the RNN cells' ops, `gru_cell/`, `lstm_cell/`; their weights stay int8, int8_float_constants).
 
     Found by the Keras layer scopes in the TFLite names (`mfcc/`, `mfcc_norm/`, `motion/`, `video_norm/`,
-    `audio_attention/`, ...; `stream_control/`: an audio-visual step's counts and 0/1 state blends). Attention pooling gives padded steps a score of -1e9: an int8 scale that spans it
+    `audio_attention/`, ...; `stream_control/`: a streaming step's counts, 0/1 state blends and pooling windows). Attention pooling gives padded steps a score of -1e9: an int8 scale that spans it
     rounds every real score to the same value (measured: the action model fell to chance, 13%, with it quantized).
     The motion features are products of pixel gradients whose channels span different ranges (a strip's flow of a
     few tenths of a pixel beside log energies of several units): one int8 scale for all of them lost the flow.
