@@ -77,7 +77,6 @@ class FestivalSession:
         if voice not in VOICE_LANGUAGES:
             raise ValueError(f"festival: unknown voice {voice!r}")
         self.voice = voice
-        self._folder = tempfile.TemporaryDirectory(prefix="festival-")
         self._process = subprocess.Popen([festival, "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
         self._count = 0
@@ -87,21 +86,22 @@ class FestivalSession:
         if '"' in text or "\\" in text:
             raise ValueError(f"festival: unquotable text {text!r}")
         self._count += 1
-        wav = Path(self._folder.name) / f"{self._count}.wav"
-        # (fflush nil): Festival buffers its output in pipe mode; the marker line must arrive now
-        self._process.stdin.write(f"(voice_{self.voice})\n(Parameter.set 'Duration_Stretch {stretch:.3f})\n"
-                                  f'(set! utt (Utterance Text "{text}"))\n(utt.synth utt)\n'
-                                  f'(utt.save.wave utt "{wav}" \'riff)\n(format t "done {self._count}\\n")\n(fflush nil)\n')
-        self._process.stdin.flush()
-        ready, _, _ = select.select([self._process.stdout], [], [], 60)
-        line = self._process.stdout.readline() if ready else ""
-        if line.strip() != f"done {self._count}" or not wav.is_file():
-            self.close()
-            raise RuntimeError(f"festival gave no WAV for voice {self.voice!r}, text {text!r}")
-        with wave.open(str(wav)) as w:
-            rate, samples = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-        wav.unlink()
-        return samples, rate
+        # a folder per utterance, gone when it is read: pool workers end without atexit, a session's folder would stay
+        with tempfile.TemporaryDirectory(prefix="festival-") as folder:
+            wav = Path(folder) / f"{self._count}.wav"
+            # (fflush nil): Festival buffers its output in pipe mode; the marker line must arrive now
+            self._process.stdin.write(f"(voice_{self.voice})\n(Parameter.set 'Duration_Stretch {stretch:.3f})\n"
+                                      f'(set! utt (Utterance Text "{text}"))\n(utt.synth utt)\n'
+                                      f'(utt.save.wave utt "{wav}" \'riff)\n(format t "done {self._count}\\n")\n(fflush nil)\n')
+            self._process.stdin.flush()
+            ready, _, _ = select.select([self._process.stdout], [], [], 60)
+            line = self._process.stdout.readline() if ready else ""
+            if line.strip() != f"done {self._count}" or not wav.is_file():
+                self.close()
+                raise RuntimeError(f"festival gave no WAV for voice {self.voice!r}, text {text!r}")
+            with wave.open(str(wav)) as w:
+                samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+                return samples, w.getframerate()
 
     def alive(self) -> bool:
         return self._process.poll() is None
@@ -110,7 +110,6 @@ class FestivalSession:
         if self.alive():
             self._process.stdin.close()
             self._process.wait(timeout=10)
-        self._folder.cleanup()
 
 
 _SESSIONS: dict[tuple[str, str], FestivalSession] = {}

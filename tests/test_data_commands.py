@@ -242,6 +242,22 @@ def test_an_utterance_that_crashes_festival_is_said_a_hair_longer(tmp_path):
         pytest.skip("this Festival does not crash on the case: only the ordinary path ran")
 
 
+@pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed")
+def test_a_festival_session_leaves_no_folder_behind_even_unclosed(tmp_path, monkeypatch):
+    """Pool workers end without running atexit: a session never closed must not leave its WAV folder in the temp dir
+    (92 empty festival-* folders gathered in /tmp in one day of benchmarks before this)."""
+    import tempfile
+
+    from data_prep.festival_voices import FestivalSession
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    session = FestivalSession(shutil.which("festival"), "kal_diphone")
+    samples, rate = session.say("stop", 1.0)
+    assert len(samples) > 0.2 * rate
+    assert list(tmp_path.iterdir()) == []  # before close: nothing is left for a killed worker to leak
+    session.close()
+
+
 def test_missing_festival_is_a_one_line_error_naming_the_opt_out(tmp_path, monkeypatch):
     only_espeak = tmp_path / "bin"
     only_espeak.mkdir()
