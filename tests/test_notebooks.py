@@ -20,6 +20,7 @@ TIMEOUT_SECONDS = 180  # per cell; each notebook is meant to finish within 3 min
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")  # the kernel inherits it: no display needed
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' work folders (tempfile.mkdtemp) go with the test's
     notebook = nbformat.read(path, as_version=4)
     assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), f"{path.name}: commit it without outputs"
     client = NotebookClient(notebook, timeout=TIMEOUT_SECONDS, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
