@@ -16,7 +16,7 @@ A fusion model passes when, with audio dropped, it scores at least the video-onl
 at least the audio-only model (chance is 1 / 9 classes).
 
 Usage: python benchmarks/modalities.py [--encoder motion|random|trained|causal|causal_dataset] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--fusions mid,late] [--losses 0,1]
-                                      [--clips-per-class 32]
+                                      [--clips-per-class 32] [--set KEY=VALUE ...]
 Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json and .md.
 """
 
@@ -89,6 +89,8 @@ def main() -> None:
                         "pooled states, the shipped one) and/or late (a classifier per modality, probabilities averaged)")
     parser.add_argument("--clips-per-class", type=int, default=32, help="as the demo (32)")
     parser.add_argument("--work", default="/tmp/actrec-modalities", help="data and run dirs (reused when present)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run, e.g. --set train.learning_rate=0.002 (repeatable; use its own --work)")
     parser.add_argument("--out", help="default: benchmarks/results/modalities_<encoder>.json")
     args = parser.parse_args()
 
@@ -103,7 +105,7 @@ def main() -> None:
         data = work / f"seed{seed}" / "data"
         if not (data / "testlist01.txt").is_file():
             make_actions(data, clips_per_class=args.clips_per_class, seed=seed, progress=False)
-        encoder = list(recipe)
+        encoder = [*recipe, *args.set]
         if args.encoder == "trained":
             stage1 = work / f"seed{seed}" / "cnn"
             stage1_cfg = load_config("actions_hybrid", [f"data.root={data}", f"seed={seed}", *STAGE1])
@@ -137,13 +139,14 @@ def main() -> None:
 
     table = [f"| model ({len(seeds)} seeds) | test top-1 | audio dropped | video dropped |", "|---|---:|---:|---:|"]
     table += [f"| {m} | {cell(s.get('top1'))} | {cell(s.get('top1_no_audio'))} | {cell(s.get('top1_no_video'))} |" for m, s in summary.items()]
-    text = "\n".join(table) + (f"\n\nconfigs/{config}.yaml (--encoder {args.encoder}); {rows[0]['test_clips']} test clips per seed "
+    overrides = "".join(f" --set {o}" for o in args.set)
+    text = "\n".join(table) + (f"\n\nconfigs/{config}.yaml (--encoder {args.encoder}{overrides}); {rows[0]['test_clips']} test clips per seed "
                                 f"(unseen actors), {args.clips_per_class} clips per class; chance 0.111.")
     print("\n" + text)
     print(f"goals: {json.dumps(goals)}")
     out = Path(args.out or ROOT / f"benchmarks/results/modalities_{args.encoder}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": config, "rows": rows, "summary": summary, "goals": goals, "seeds": seeds,
+    out.write_text(json.dumps({"config": config, "overrides": args.set, "rows": rows, "summary": summary, "goals": goals, "seeds": seeds,
                                "clips_per_class": args.clips_per_class}, indent=2) + "\n")
     out.with_suffix(".md").write_text(text + "\n")
     print(f"wrote {out}")
