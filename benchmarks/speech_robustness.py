@@ -63,6 +63,7 @@ LEVERS = {
     # each utterance's own MFCC mean and variance (a synthesiser's or microphone's spectral tilt removed); it needs the
     # whole utterance, so it cannot stream: the upper bound of a causal running normaliser
     "utterance_norm": ONE_LAYER + ["preprocess.normalize=utterance"],
+    "running_norm": ["preprocess.normalize=running"],  # utterance_norm made causal (it streams): the statistics of the frames so far
     "cepstral_shift": ONE_LAYER + ["train.cepstral_shift=0.5"],  # a random smooth equaliser per utterance (another microphone or timbre)
     "dropout_0": ["model.dropout=0"],  # the augmented training set is fitted to 0.58 only: less regularisation
     "units_256": ["model.units=256"],  # or more capacity: two GRU layers of 256
