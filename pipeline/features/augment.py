@@ -82,14 +82,15 @@ def drop_modality(example: dict, rate: float, seed) -> dict:
 
 
 def spec_augment(mfcc, seed, time_masks: int, time_width: int, freq_masks: int, freq_width: int):
-    """SpecAugment on one MFCC sequence [F, C]: zero random bands of frames and of coefficients.
+    """SpecAugment on one MFCC sequence [F, C]: blank random bands of frames and of coefficients.
 
-    Masked values are set to the sequence mean so the in-model normalisation sees no outliers.
+    A masked value becomes its coefficient's mean over the sequence [1, C], so the in-model normalisation sees no
+    outliers: one mean over every coefficient would put c0 (loudness, about -275) near -12, a loud burst.
     """
     import tensorflow as tf
 
     f, c = tf.shape(mfcc)[0], tf.shape(mfcc)[1]
-    fill = tf.reduce_mean(mfcc)
+    fill = tf.reduce_mean(mfcc, axis=0, keepdims=True)  # [1, C]
     keep = tf.ones_like(mfcc, dtype=tf.bool)
     draws = iter(tf.unstack(split_seed(seed, 2 * (time_masks + freq_masks) + 1)))  # one spare: unstack needs n >= 1
     for _ in range(time_masks):
@@ -102,7 +103,7 @@ def spec_augment(mfcc, seed, time_masks: int, time_width: int, freq_masks: int, 
         start = uniform(next(draws), 0, tf.maximum(c - width, 1), tf.int32)
         band = (tf.range(c) >= start) & (tf.range(c) < start + width)
         keep &= ~band[None, :]
-    return tf.where(keep, mfcc, fill)
+    return tf.where(keep, mfcc, tf.broadcast_to(fill, tf.shape(mfcc)))
 
 
 def cepstral_shift(mfcc, scale, seed):
