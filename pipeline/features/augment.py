@@ -85,7 +85,7 @@ def spec_augment(mfcc, seed, time_masks: int, time_width: int, freq_masks: int, 
     """SpecAugment on one MFCC sequence [F, C]: blank random bands of frames and of coefficients.
 
     A masked value becomes its coefficient's mean over the sequence [1, C], so the in-model normalisation sees no
-    outliers: one mean over every coefficient would put c0 (loudness, about -275) near -12, a loud burst.
+    outliers: one mean over every coefficient would turn c0 (loudness, on a scale of its own) into a loud burst.
     """
     import tensorflow as tf
 
