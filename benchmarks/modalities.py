@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--clips-per-class", type=int, default=32, help="as the demo (32)")
     parser.add_argument("--work", default="/tmp/actrec-modalities", help="data and run dirs (reused when present)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override for every run, e.g. --set train.learning_rate=0.002 (repeatable; use its own --work)")
+                        help="a config override for every run on the shared features (not --encoder trained's CNN stage), e.g. "
+                             "--set train.learning_rate=0.002 (repeatable; use its own --work)")
     parser.add_argument("--out", help="default: benchmarks/results/modalities_<encoder>.json")
     args = parser.parse_args()
 
@@ -105,22 +106,22 @@ def main() -> None:
         data = work / f"seed{seed}" / "data"
         if not (data / "testlist01.txt").is_file():
             make_actions(data, clips_per_class=args.clips_per_class, seed=seed, progress=False)
-        encoder = [*recipe, *args.set]
+        run_overrides = [*recipe, *args.set]  # every run's: the recipe's settings and --set
         if args.encoder == "trained":
             stage1 = work / f"seed{seed}" / "cnn"
             stage1_cfg = load_config("actions_hybrid", [f"data.root={data}", f"seed={seed}", *STAGE1])
             preprocess(stage1_cfg, stage1, progress=False)
             train(stage1_cfg, stage1, progress=False)
-            encoder.append(f"preprocess.weights={stage1 / FRAME_ENCODER_WEIGHTS}")
+            run_overrides.append(f"preprocess.weights={stage1 / FRAME_ENCODER_WEIGHTS}")
         features = work / f"seed{seed}" / "features"
-        preprocess(load_config(config, [f"data.root={data}", f"seed={seed}", *encoder]), features, progress=False)
+        preprocess(load_config(config, [f"data.root={data}", f"seed={seed}", *run_overrides]), features, progress=False)
         for single in ("video_rnn", "audio_rnn"):  # modality dropout and losses do nothing with one modality: off
             rows.append(train_and_score(config, single, [f"model.name={single}", "train.modality_dropout=0", "train.modality_loss=0",
-                                                         *encoder], seed, data, features, work))
+                                                         *run_overrides], seed, data, features, work))
         for fusion, rate, loss in itertools.product(fusions, rates, losses):
             name = " ".join(["av_fusion", *([fusion] if fusion != "mid" else []), f"dropout {rate:g}", *([f"loss {loss:g}"] if loss else [])])
             rows.append(train_and_score(config, name, [f"model.fusion={fusion}", f"train.modality_dropout={rate}",
-                                                       f"train.modality_loss={loss}", *encoder], seed, data, features, work, DROPS))
+                                                       f"train.modality_loss={loss}", *run_overrides], seed, data, features, work, DROPS))
         print(json.dumps(rows[-len(fusions) * len(rates) * len(losses) - 2:]), flush=True)
 
     def stat(model: str, key: str) -> tuple[float, float] | None:

@@ -17,7 +17,6 @@ and writes it back with every distinct vector written once (`_serialize`):
     widen_small_float16_constants    small float16 constants + their DEQUANTIZE -> float32 constants
     strip_tensor_names               names of intermediate tensors dropped
 
-
 TensorFlow's flatbuffer modules are imported inside the functions (importing this module is cheap).
 """
 

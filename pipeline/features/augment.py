@@ -103,7 +103,7 @@ def spec_augment(mfcc, seed, time_masks: int, time_width: int, freq_masks: int, 
         start = uniform(next(draws), 0, tf.maximum(c - width, 1), tf.int32)
         band = (tf.range(c) >= start) & (tf.range(c) < start + width)
         keep &= ~band[None, :]
-    return tf.where(keep, mfcc, tf.broadcast_to(fill, tf.shape(mfcc)))
+    return tf.where(keep, mfcc, fill)  # fill [1, C] broadcasts over the frames
 
 
 def cepstral_shift(mfcc, scale, seed):
