@@ -47,14 +47,19 @@ ONE_LAYER = ["model.num_layers=1", "model.units=192"]
 UNKNOWN_10 = ONE_LAYER + ["data.unknown_fraction=0.1"]
 # lever -> config overrides on configs/commands.yaml, whose recipe is `baseline`: espeak-ng and Festival data, the
 # waveform augmentations (time shift, speed change, background mixing at 0-20 dB) beside SpecAugment, 80 epochs,
-# a fifth of each epoch from the other words, two GRU layers of 128. Every lever after `running_norm_no_specaugment`
+# a fifth of each epoch from the other words, two GRU layers of 128, all 80 epochs. Every lever from `one_layer` on
 # was measured before SpecAugment's masks were filled with each coefficient's own mean (`baseline_fill_bug` in the
-# results is `baseline` then): compare those with `baseline_fill_bug`, the first four with `baseline`.
+# results is `baseline` then): compare those with `baseline_fill_bug`, the ones above `one_layer` with `baseline`.
 LEVERS = {
     "baseline": [],
     "running_norm": ["preprocess.normalize=running"],  # utterance_norm made causal (it streams): the statistics of the frames so far
     "no_specaugment": ["train.time_masks=0", "train.freq_masks=0"],
     "running_norm_no_specaugment": ["preprocess.normalize=running", "train.time_masks=0", "train.freq_masks=0"],
+    "freq_conv_16": ["model.freq_conv=16"],  # a per-frame convolution over mel bands beside the MFCCs (FrequencyConv)
+    "vtlp_0.1": ["train.vtlp=0.1"],  # vocal tract length perturbation: each training utterance's frequency axis scaled by 0.9-1.1
+    "no_speed_change": ["train.speed_change=0"],  # the opposite direction: no speed change of the training utterances
+    "epochs_160": ["train.epochs=160"],  # twice the epochs: the augmented training set is fitted to 0.66 only after 80
+    "label_smoothing": ["train.label_smoothing=0.1"],  # softer targets: less confident answers on what it never heard
     "one_layer": ONE_LAYER,  # one GRU layer of 192 (about the same parameters; the recipe before `baseline`)
     "unknown_10": UNKNOWN_10,  # and the Speech Commands v2-12 share of other words (the recipe before `one_layer`)
     "epochs_40": UNKNOWN_10 + ["train.epochs=40"],

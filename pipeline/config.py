@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -45,6 +44,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from pipeline.errors import UserError
 from pipeline.features.motion import STRIPS
+from pipeline.yaml_safe import safe_load_yaml
 
 ENCODERS = (
     "mobilenet_v3_small",
@@ -170,6 +170,7 @@ class ModelConfig:
     recurrent_dropout: float = option(0.0, "Dropout on the recurrent state (slower: disables the fused kernel).", minimum=0.0, below=1.0)
     pooling: str = option("attention", "How the sequence of states becomes one vector: `last` state, `mean` or `max` over valid steps, or learned `attention` weights over steps.", ["last", "mean", "max", "attention"])
     fusion: str = option("mid", "Audio-visual fusion: `late` averages the two heads' probabilities, `mid` concatenates their pooled states and classifies, `backoff` is mid with both modalities and each modality's own classifier when it is alone (a video without sound, `evaluate --drop`).", ["late", "mid", "backoff"])
+    freq_conv: int = option(0, "Audio: before the RNN, convolve each frame's log-mel envelope (the inverse DCT of its MFCCs) over mel bands with this many filters (two layers, max-pooled over frequency), beside the MFCCs: a formant pattern moved by another vocal tract looks alike. 0 = off.", minimum=0, maximum=1024)
     audio_stack: int = option(1, "MFCC frames stacked into one audio RNN step (low frame rate: 3-4 = 30-40 ms steps, a 3-4x shorter RNN).", minimum=1, maximum=64)
     l2: float = option(1e-4, "L2 penalty on kernel weights (0 = off).", minimum=0.0, maximum=1.0)
     encoder_trainable: str = option("false", "Hybrid model: train the CNN `false` (frozen), `true` (all layers) or `last_n` layers.", ["false", "true", "last_n"])
@@ -190,6 +191,7 @@ class TrainConfig:
     augment: bool = option(True, "During training: temporal jitter of frames, SpecAugment masks on MFCCs, and flips, crops and colour jitter of raw frames (hybrid).")
     time_shift: float = option(0.1, "Runs with cached waveforms (preprocess.keep_waveform): shift each training utterance by up to this many seconds, the vacated part silent (0 = off).", minimum=0.0, maximum=10.0)
     speed_change: float = option(0.1, "Runs with cached waveforms: play each training utterance up to this fraction faster or slower, pitch and tempo together (0 = off).", minimum=0.0, below=0.5)
+    vtlp: float = option(0.0, "Runs with cached waveforms: scale each training utterance's frequency axis by a random factor up to this fraction above or below 1 before the mel filterbank (vocal tract length perturbation: another speaker's formants, the timing unchanged) (0 = off).", minimum=0.0, below=0.5)
     background_mix: float = option(0.8, "Runs with cached waveforms and `_silence_` windows: probability of adding a random training background window to a training utterance (0 = off).", minimum=0.0, maximum=1.0)
     background_snr_db: List[float] = option([0.0, 20.0], "[low, high]: the signal-to-noise ratio (dB) of that background, drawn uniformly.")
     cepstral_shift: float = option(0.0, "Add to each MFCC coefficient but c0 one random offset per training utterance, up to this many of the training set's standard deviations of it: a random microphone or voice timbre (0 = off).", minimum=0.0, maximum=10.0)
@@ -227,60 +229,7 @@ class Config:
 # ----------------------------------------------------------------------------- loading
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader with YAML 1.2 booleans: only true/false are booleans, so the Speech Commands
-    words `yes`, `no`, `on`, `off` stay strings (YAML 1.1 would turn them into True/False)."""
-
-
-_SafeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-MAX_YAML_VALUES = 10_000  # a config holds a few hundred values; YAML aliases may not expand beyond this
-MAX_YAML_DEPTH = 32
 MAX_CONFIG_BYTES = 1 << 20
-
-
-def safe_load_yaml(text: str, source: str = "YAML"):
-    """yaml.safe_load (no object tags) with YAML 1.2 booleans.
-
-    Aliases may repeat an anchored value, but the document they expand to is limited to MAX_YAML_VALUES values
-    nested at most MAX_YAML_DEPTH deep: a "billion laughs" document (aliases of aliases, each doubling the
-    size) or a self-referencing alias is a one-line UserError instead of a hang in the merge that copies it.
-    """
-    try:
-        data = yaml.load(text, Loader=_SafeLoader)
-    except RecursionError:
-        raise UserError(f"{source}: nested deeper than Python can read; a config is a few levels deep") from None
-    _check_expansion(data, source)
-    return data
-
-
-def _check_expansion(data: Any, source: str) -> None:
-    count = 0
-
-    def walk(value: Any, depth: int) -> None:
-        nonlocal count
-        count += 1
-        if count > MAX_YAML_VALUES:
-            raise UserError(f"{source}: expands to more than {MAX_YAML_VALUES} values (YAML aliases of aliases?); "
-                            f"a config needs a few hundred: write the values out")
-        if depth > MAX_YAML_DEPTH:
-            raise UserError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep (a YAML alias that contains itself?)")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(k, depth + 1)
-                walk(v, depth + 1)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                walk(v, depth + 1)
-
-    walk(data, 0)
 
 
 def _all_keys() -> list[str]:

@@ -99,6 +99,31 @@ def test_audio_stack_shortens_the_audio_rnn_and_still_masks():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+def test_freq_conv_adds_band_features_per_frame_and_zeroes_padding(tmp_path):
+    """model.freq_conv=8: each frame's 13 MFCCs -> + ceil(ceil(40 / 2) / 2) x 8 = 80 band features; frames past the
+    length are zero, each frame's output depends on that frame alone, and the layer survives a save and load."""
+    import keras
+
+    cfg = model_cfg("model.name=audio_rnn", "model.units=8", "model.freq_conv=8", "model.audio_stack=2")
+    model = build_model(ModelSpec(num_classes=3, mfcc=(20, 13)), cfg)
+    layer = model.get_layer("audio_freq_conv")
+    rng = np.random.default_rng(0)
+    mfcc = rng.normal(size=(2, 20, 13)).astype("float32")
+    mask = np.arange(20)[None] < np.array([[20], [12]])
+    out = np.asarray(layer(mfcc, mask))
+    assert out.shape == (2, 20, 13 + 80)
+    np.testing.assert_allclose(out[..., :13] * mask[..., None], out[..., :13])  # the MFCCs pass through (zeroed past the length)
+    assert np.all(out[1, 12:] == 0) and np.abs(out[1, :12, 13:]).max() > 0
+    changed = mfcc.copy()
+    changed[:, 5] += 3.0  # one frame changed: only its own output moves
+    moved = np.abs(np.asarray(layer(changed, mask)) - out).max(axis=(0, 2))
+    assert moved[5] > 0 and np.all(np.delete(moved, 5) == 0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    inputs = {"mfcc": mfcc, "mfcc_length": np.array([20, 12])}
+    np.testing.assert_allclose(np.asarray(loaded(inputs)), np.asarray(model(inputs)), atol=1e-6)
+
+
 def test_max_pooling_takes_each_units_peak_over_the_valid_steps_only():
     from pipeline.models.heads import MaskedMax
 

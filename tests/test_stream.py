@@ -51,10 +51,11 @@ def test_causal_framing_refuses_deltas():
         load_config(None, CAUSAL + ["preprocess.deltas=true"])
 
 
-@pytest.mark.parametrize("cell,layers,stack,pooling,normalize", [("gru", 1, 2, "last", "dataset"), ("lstm", 1, 2, "mean", "dataset"),
-                                                                 ("gru", 2, 1, "mean", "dataset"), ("lstm", 2, 4, "last", "dataset"),
-                                                                 ("gru", 2, 2, "max", "running"), ("lstm", 1, 4, "mean", "running")])
-def test_step_by_step_equals_the_whole_window(cell, layers, stack, pooling, normalize):
+@pytest.mark.parametrize("cell,layers,stack,pooling,normalize,freq_conv", [
+    ("gru", 1, 2, "last", "dataset", 0), ("lstm", 1, 2, "mean", "dataset", 0), ("gru", 2, 1, "mean", "dataset", 0),
+    ("lstm", 2, 4, "last", "dataset", 0), ("gru", 2, 2, "max", "running", 0), ("lstm", 1, 4, "mean", "running", 0),
+    ("gru", 2, 4, "mean", "dataset", 8), ("gru", 1, 2, "last", "running", 4)])
+def test_step_by_step_equals_the_whole_window(cell, layers, stack, pooling, normalize, freq_conv):
     """From zero states, the probabilities after the last hop are the whole-window model's (random weights)."""
     import tensorflow as tf
 
@@ -64,7 +65,7 @@ def test_step_by_step_equals_the_whole_window(cell, layers, stack, pooling, norm
     from pipeline.models.streaming import AudioStepper
 
     cfg = load_config(None, CAUSAL + [f"model.cell={cell}", f"model.num_layers={layers}", f"model.audio_stack={stack}", "model.units=12",
-                                   f"model.pooling={pooling}", f"preprocess.normalize={normalize}"])
+                                   f"model.pooling={pooling}", f"preprocess.normalize={normalize}", f"model.freq_conv={freq_conv}"])
     params = MFCCParams.from_config(cfg.preprocess)
     rng = np.random.default_rng(0)
     waveform = (0.1 * rng.standard_normal((1, 16000)) * np.sin(np.arange(16000) / 700)).astype(np.float32)
@@ -142,10 +143,11 @@ def stream_run(request, tmp_path_factory):
     root = write_tone_tree(tmp_path_factory.mktemp("tones"))
     run = tmp_path_factory.mktemp(f"stream_{request.param}")
     formats = "[float,float16,int8]" if request.param == "gru" else "[float,int8]"  # float16: one cell is enough
+    freq_conv = 4 if request.param == "gru" else 0  # the GRU run also convolves over mel bands (FrequencyConv), one cell is enough
     args = [f"data.root={root}", f"data.keywords={KEYWORDS}", *CAUSAL, f"model.cell={request.param}", "model.units=16",
             "model.audio_stack=2", "train.epochs=80", "train.batch_size=8", "train.early_stopping=0", "train.learning_rate=0.01",
             "data.unknown_fraction=0.25", "data.silence_fraction=0.25", "preprocess.workers=0", f"export.formats={formats}",
-            "export.latency_runs=2"]
+            "export.latency_runs=2", f"model.freq_conv={freq_conv}"]
     preprocess(None, run, args, progress=False)
     train(None, run, args, progress=False)
     result = export(run, progress=False)

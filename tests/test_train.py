@@ -231,6 +231,26 @@ def test_cepstral_shift_adds_one_bounded_offset_per_coefficient_and_keeps_c0():
         cepstral_shift_scale({}, load_config(None, ["train.cepstral_shift=0.5"]))
 
 
+def test_warp_filterbank_moves_a_tone_by_the_factor_and_keeps_factor_1_exact():
+    """Vocal tract length perturbation: with the warped filterbank a 1 kHz tone lands in the mel band where a
+    1.15 kHz (0.87 kHz) tone lands unwarped; factor 1 is the filterbank itself."""
+    import numpy as np
+
+    from pipeline.features.augment import warp_filterbank
+    from pipeline.features.mfcc_layers import MFCC
+
+    filterbank = MFCC(framing="causal").filterbank  # [257, 40]
+    np.testing.assert_allclose(warp_filterbank(filterbank, 1.0).numpy(), filterbank, atol=1e-7)
+    t = np.arange(512) / 16000
+
+    def band(hz, bank):  # the mel band with the most of a tone's power
+        return int(np.argmax(np.abs(np.fft.rfft(np.hanning(512) * np.sin(2 * np.pi * hz * t))) ** 2 @ bank))
+
+    for factor in (1.15, 0.87):
+        warped = warp_filterbank(filterbank, factor).numpy()
+        assert band(1000, warped) == band(1000 * factor, filterbank) != band(1000, filterbank)
+
+
 def test_waveform_augmentations_shift_stretch_and_mix_as_asked():
     import numpy as np
     import tensorflow as tf

@@ -3,7 +3,8 @@
     frame features / frames [T, ...]  --temporal_jitter-->  the clip sampled at slightly different moments
     frames uint8 [T, S, S, 3]          --spatial_augment-->  flip, zoom/shift crop, brightness/contrast
     waveform float32 [N]               --time_shift, change_speed, mix_background-->  float32 [N]
-                                       (then the MFCC layer: what preprocessing's librosa MFCC computes)
+                                       (then the MFCC layer: what preprocessing's librosa MFCC computes,
+                                       its mel filterbank frequency-warped by warp_filterbank)
     mfcc float32 [F, C]                --spec_augment-->    masked bands of frames and coefficients
     {video arrays, audio arrays}       --drop_modality-->   one modality zeroed, its length 0 (audio-visual runs)
 
@@ -116,6 +117,25 @@ def cepstral_shift(mfcc, scale, seed):
     import tensorflow as tf
 
     return mfcc + uniform(seed, -1.0, 1.0, shape=[1, len(scale)]) * tf.constant(scale, tf.float32)[None]
+
+
+def warp_filterbank(filterbank, factor):
+    """Vocal tract length perturbation (Jaitly and Hinton, 2013): a mel filterbank [K, M] that reads the spectrum
+    with its frequency axis scaled by `factor` (a scalar tensor, e.g. uniform in 1 +- train.vtlp): bin k gets the
+    power at bin k / factor (linear interpolation; past the top bin, the top bin). factor > 1 moves every formant
+    up, as a shorter vocal tract does; the pitch harmonics move with them, the timing does not (change_speed moves
+    all three).
+
+    power [B, F, K] @ warp_filterbank(filterbank, a) = (power with its frequency axis scaled by a) @ filterbank.
+    """
+    import tensorflow as tf
+
+    filterbank = tf.convert_to_tensor(filterbank, tf.float32)
+    k = filterbank.shape[0]
+    source = tf.minimum(tf.range(k, dtype=tf.float32) / tf.cast(factor, tf.float32), k - 1.0)  # [K]
+    # interpolation[i, j]: the weight of bin i in the power read at bin j
+    interpolation = tf.nn.relu(1.0 - tf.abs(tf.range(k, dtype=tf.float32)[:, None] - source[None, :]))  # [K, K]
+    return tf.matmul(interpolation, filterbank)
 
 
 def time_shift(waveform, max_shift: int, seed):

@@ -92,13 +92,23 @@ class MFCC(keras.layers.Layer):
         return cls(**params.to_dict(), **kwargs)
 
     def call(self, waveform):
+        return self.waveform_to_mfcc(waveform)
+
+    def waveform_to_mfcc(self, waveform, filterbank=None):
+        """waveform float32 [B, N] -> mfcc [B, F, C]; filterbank: float32 [n_fft/2+1, n_mels] in place of
+        `self.filterbank` (training's vocal tract length perturbation, augment.warp_filterbank)."""
         p = self.params
         waveform = tf.convert_to_tensor(waveform, dtype=tf.float32)
         # centred: frame t is centred on sample t * hop; causal: it ends at sample (t + 1) * hop.
         padded = tf.pad(waveform, [[0, 0], list(p.padding)])
-        return self.frames_to_mfcc(frame_signal(padded, p.n_fft, p.hop_length))
+        return self.frames_to_mfcc(frame_signal(padded, p.n_fft, p.hop_length), filterbank)
 
-    def frames_to_mfcc(self, frames):
+    @property
+    def filterbank(self) -> np.ndarray:
+        """float32 [n_fft/2+1, n_mels]: the mel filterbank (`power @ filterbank`)."""
+        return self._mel
+
+    def frames_to_mfcc(self, frames, filterbank=None):
         """frames: float32 [B, F, n_fft] (raw samples, not windowed) -> mfcc [B, F, C].
 
         A streaming model calls this on the newest frames alone: with framing="causal" each
@@ -106,7 +116,7 @@ class MFCC(keras.layers.Layer):
         """
         p = self.params
         power = self._power_spectrum(frames)  # [B, F, n_fft/2+1]
-        mel = tf.matmul(power, self._mel)  # [B, F, n_mels]
+        mel = tf.matmul(power, self._mel if filterbank is None else filterbank)  # [B, F, n_mels]
         log_mel = (10.0 / math.log(10.0)) * tf.math.log(tf.maximum(mel, AMIN))
         # The same floor again in dB, which float16 can hold: a float16 file rounds AMIN (1e-10) to 0, and digital
         # silence then gave log(0) = -inf and NaN probabilities. Equal to the line above in float32.

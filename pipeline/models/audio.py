@@ -1,6 +1,7 @@
 """Audio branches: MFCCs (cached, or computed in-model from raw samples) -> one pooled state per clip.
 
-    mfcc float32 [B, F, C], mfcc_length [B] --normalise (valid frames)--> --stack model.audio_stack frames--> rnn_head --> [B, H]
+    mfcc float32 [B, F, C], mfcc_length [B] --normalise (valid frames)--> (--model.freq_conv: FrequencyConv--> [B, F, C'])
+        --stack model.audio_stack frames--> rnn_head --> [B, H]
     waveform float32 [B, N], num_samples [B] --MFCC layer--> [B, F, C], SamplesToFrames --> (as above)
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from pipeline.models.heads import SequenceMask, StackSteps, rnn_head
+from pipeline.models.heads import MaskConsumer, SequenceMask, StackSteps, rnn_head
 from pipeline.models.spec import ModelSpec
 
 
@@ -28,9 +29,13 @@ def audio_branch(spec: ModelSpec, cfg):
 
 
 def audio_head(mfcc, lengths, spec: ModelSpec, cfg):
-    """MFCCs [B, F, C] (lengths [B]) -> normalised, stacked model.audio_stack frames per step -> rnn_head -> [B, H]."""
+    """MFCCs [B, F, C] (lengths [B]) -> normalised (and convolved over mel bands) frames, model.audio_stack per step
+    -> rnn_head -> [B, H]."""
     # Per-utterance statistics over the valid frames only: padding must not shift the mean.
-    x = mfcc_normalization(spec)(mfcc, mask=SequenceMask(name="mfcc_norm_mask")(mfcc, lengths))
+    frames = SequenceMask(name="mfcc_norm_mask")(mfcc, lengths)
+    x = mfcc_normalization(spec)(mfcc, mask=frames)
+    if cfg.freq_conv:
+        x = FrequencyConv.from_spec(spec, cfg.freq_conv, name="audio_freq_conv")(x, frames)
     if cfg.audio_stack > 1:
         x, lengths = StackSteps(cfg.audio_stack, name="audio_stack")(x, lengths)
     return rnn_head(x, lengths, cfg, "audio")
@@ -80,3 +85,55 @@ def waveform_branch(spec: ModelSpec, cfg):
     mfcc = MFCC.from_params(params, name="mfcc")(waveform)  # [B, F, C]
     mfcc_length = SamplesToFrames.from_params(params, spec.waveform, name="mfcc_length")(num_samples)
     return [waveform, num_samples], audio_head(mfcc, mfcc_length, spec, cfg)
+
+
+@keras.saving.register_keras_serializable(package="actrec")
+class FrequencyConv(MaskConsumer):
+    """Per frame, convolution over mel bands: normalised MFCCs [B, F, C] -> [B, F, C + M / 4 x filters].
+
+    Each frame's n_mfcc coefficients (not their deltas) --inverse DCT (fixed)--> a smoothed log-mel envelope [B, F, M]
+    --conv (1 x 5, filters / 2) relu, max-pool 2 over bands--> --conv (1 x 5, filters) relu, max-pool 2-->
+    [B, F, M / 4 x filters], concatenated after the MFCCs. Frames outside `mask` [B, F] come out zero.
+    Nothing looks at another frame, so a stream computes the same values one hop at a time.
+    """
+
+    def __init__(self, n_mels: int, n_mfcc: int, filters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n_mels, self.n_mfcc, self.filters = n_mels, n_mfcc, filters
+        self.convs = [layers.Conv2D(f, (1, 5), padding="same", activation="relu", name=f"conv{i}")
+                      for i, f in enumerate((max(filters // 2, 1), filters))]
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, filters: int, **kwargs) -> "FrequencyConv":
+        """The run's n_mels and n_mfcc (a spec without preprocessing settings: the defaults' mel bands, every coefficient)."""
+        from pipeline.config import PreprocessConfig
+
+        if spec.preprocess is not None:
+            return cls(spec.preprocess.n_mels, spec.preprocess.n_mfcc, filters, **kwargs)
+        return cls(PreprocessConfig().n_mels, spec.mfcc[1], filters, **kwargs)
+
+    def build(self, mfcc_shape, mask_shape=None):
+        bands, channels = self.n_mels, 1
+        for conv in self.convs:
+            conv.build((None, None, bands, channels))
+            bands, channels = -(-bands // 2), conv.filters
+
+    def call(self, mfcc, mask):
+        from pipeline.features.mfcc import dct_matrix
+
+        inverse_dct = ops.convert_to_tensor(dct_matrix(self.n_mels, self.n_mfcc).T)  # [n_mfcc, M]
+        x = ops.matmul(mfcc[..., : self.n_mfcc], inverse_dct)[..., None]  # [B, F, M, 1]
+        for conv in self.convs:
+            x = ops.max_pool(conv(x), (1, 2), strides=(1, 2), padding="same")
+        bands = ops.reshape(x, (-1, ops.shape(x)[1], x.shape[2] * x.shape[3]))  # [B, F, M / 4 x filters]
+        out = ops.concatenate([mfcc, bands], axis=-1)
+        return out * ops.cast(mask, out.dtype)[..., None]
+
+    def compute_output_shape(self, mfcc_shape, mask_shape=None):
+        bands = self.n_mels
+        for _ in self.convs:  # each max-pool halves the bands, rounding up ("same")
+            bands = -(-bands // 2)
+        return (*mfcc_shape[:2], mfcc_shape[2] + bands * self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "n_mels": self.n_mels, "n_mfcc": self.n_mfcc, "filters": self.filters}

@@ -7,6 +7,7 @@ Audio (audio_rnn), one step per hop of H samples:
         --concat--> [1, n_fft - hop_length + H] --frames ending at each hop--> [1, k, n_fft]   (k = audio_stack)
         --MFCC (causal framing: a frame depends on its own samples only)--> [1, k, C]
         --dataset normalisation (fixed statistics), or running (audio_norm_sum, _sumsq, _count: the frames so far)--> [1, k, C]
+        (--model.freq_conv: the model's FrequencyConv, frame by frame--> [1, k, C'])
         --stack the k frames (the model's StackSteps)--> [1, k C]                                      = this step's input
 
 Video (video_rnn on a per-frame encoder), one step per frame:
@@ -266,6 +267,7 @@ class AudioStepper(Stepper):
         self.context_samples = self.params.n_fft - self.params.hop_length
         self.mfcc = MFCC.from_params(self.params, name="mfcc")
         self.normalization = model.get_layer("mfcc_norm")
+        self.freq_conv = model.get_layer(f"{self.modality}_freq_conv") if cfg.model.freq_conv else None
 
     def features(self, inputs: dict, out: dict):
         import tensorflow as tf
@@ -286,9 +288,12 @@ class AudioStepper(Stepper):
                     out[f"{NORM}_{part}"] = value
         else:
             normalised = self.normalization(mfcc)
-        if VALID_FRAMES in inputs:  # the sound ended inside this hop: the frames past its end are padding, zero (as masked)
-            k = normalised.shape[1]
-            normalised *= tf.cast(tf.range(k, dtype=tf.float32)[None, :, None] < inputs[VALID_FRAMES][:, :, None], tf.float32)
+        k = normalised.shape[1]
+        # the sound ended inside this hop (VALID_FRAMES): the frames past its end are padding, zero (as masked)
+        valid = tf.range(k, dtype=tf.float32)[None, :] < inputs[VALID_FRAMES] if VALID_FRAMES in inputs else tf.ones([1, k], bool)
+        normalised *= tf.cast(valid[:, :, None], tf.float32)
+        if self.freq_conv is not None:  # per frame, as in the whole-clip model
+            normalised = self.freq_conv(normalised, valid)
         return tf.reshape(normalised, [1, -1])  # [1, k C]: StackSteps' order (frame-major)
 
 

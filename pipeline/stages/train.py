@@ -38,6 +38,7 @@ from pipeline.features.augment import (
     temporal_jitter,
     time_shift,
     uniform,
+    warp_filterbank,
 )
 from pipeline.features.epochs import EXAMPLES, KINDS, ORDER, epoch_seed, epochs, shuffled, with_example_seeds
 from pipeline.features.records import modalities_of
@@ -182,7 +183,7 @@ def cepstral_shift_scale(index: dict, cfg: Config) -> list[float] | None:
 
 
 def audio_augmentation(run_dir, index: dict, cfg: Config):
-    """waveform float32 [N] -> augmented (time shift, speed, background) -> MFCC float32 [F, C], the function that
+    """waveform float32 [N] -> augmented (time shift, speed, background; frequency warp) -> MFCC float32 [F, C], the function that
     replaces a training example's cached MFCCs. The backgrounds are the training split's cached `_silence_` windows."""
     import tensorflow as tf
 
@@ -203,7 +204,11 @@ def audio_augmentation(run_dir, index: dict, cfg: Config):
             waveform = change_speed(waveform, t.speed_change, speed)
         if backgrounds is not None:
             waveform = mix_background(waveform, backgrounds, t.background_mix, tuple(t.background_snr_db), background)
-        return tf.ensure_shape(mfcc(tf.clip_by_value(waveform, -1.0, 1.0)[None])[0], mfcc_shape)  # static F for the model
+        filterbank = None
+        if t.vtlp:  # the warp's seed is drawn from the speed's, so the other draws stay what they were
+            filterbank = warp_filterbank(mfcc.filterbank, uniform(split_seed(speed, 1)[0], 1 - t.vtlp, 1 + t.vtlp))
+        features = mfcc.waveform_to_mfcc(tf.clip_by_value(waveform, -1.0, 1.0)[None], filterbank)[0]
+        return tf.ensure_shape(features, mfcc_shape)  # static F for the model
 
     return augment_sound
 
