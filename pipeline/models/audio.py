@@ -93,15 +93,23 @@ class FrequencyConv(MaskConsumer):
 
     Each frame's n_mfcc coefficients (not their deltas) --inverse DCT (fixed)--> a smoothed log-mel envelope [B, F, M]
     --conv (1 x 5, filters / 2) relu, max-pool 2 over bands--> --conv (1 x 5, filters) relu, max-pool 2-->
-    [B, F, M / 4 x filters], concatenated after the MFCCs. Frames outside `mask` [B, F] come out zero.
+    [B, F, M / 4 x filters], concatenated after the MFCCs. Frames outside `valid` [B, F] (if given) come out zero.
     Nothing looks at another frame, so a stream computes the same values one hop at a time.
     """
 
     def __init__(self, n_mels: int, n_mfcc: int, filters: int, **kwargs):
+        from pipeline.features.mfcc import dct_matrix
+
         super().__init__(**kwargs)
         self.n_mels, self.n_mfcc, self.filters = n_mels, n_mfcc, filters
         self.convs = [layers.Conv2D(f, (1, 5), padding="same", activation="relu", name=f"conv{i}")
                       for i, f in enumerate((max(filters // 2, 1), filters))]
+        self._inverse_dct = dct_matrix(n_mels, n_mfcc).T  # [n_mfcc, M]: orthonormal, so its transpose inverts it
+        self._conv_inputs, bands, channels = [], n_mels, 1  # (bands, channels) into each convolution
+        for conv in self.convs:
+            self._conv_inputs.append((bands, channels))
+            bands, channels = -(-bands // 2), conv.filters  # each max-pool halves the bands, rounding up ("same")
+        self._bands_out = bands
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, filters: int, **kwargs) -> "FrequencyConv":
@@ -112,28 +120,20 @@ class FrequencyConv(MaskConsumer):
             return cls(spec.preprocess.n_mels, spec.preprocess.n_mfcc, filters, **kwargs)
         return cls(PreprocessConfig().n_mels, spec.mfcc[1], filters, **kwargs)
 
-    def build(self, mfcc_shape, mask_shape=None):
-        bands, channels = self.n_mels, 1
-        for conv in self.convs:
+    def build(self, mfcc_shape, valid_shape=None):
+        for conv, (bands, channels) in zip(self.convs, self._conv_inputs):
             conv.build((None, None, bands, channels))
-            bands, channels = -(-bands // 2), conv.filters
 
-    def call(self, mfcc, mask):
-        from pipeline.features.mfcc import dct_matrix
-
-        inverse_dct = ops.convert_to_tensor(dct_matrix(self.n_mels, self.n_mfcc).T)  # [n_mfcc, M]
-        x = ops.matmul(mfcc[..., : self.n_mfcc], inverse_dct)[..., None]  # [B, F, M, 1]
+    def call(self, mfcc, valid=None):  # not `mask`: Keras would fill that argument in itself
+        x = ops.matmul(mfcc[..., : self.n_mfcc], self._inverse_dct)[..., None]  # [B, F, M, 1]
         for conv in self.convs:
             x = ops.max_pool(conv(x), (1, 2), strides=(1, 2), padding="same")
         bands = ops.reshape(x, (-1, ops.shape(x)[1], x.shape[2] * x.shape[3]))  # [B, F, M / 4 x filters]
         out = ops.concatenate([mfcc, bands], axis=-1)
-        return out * ops.cast(mask, out.dtype)[..., None]
+        return out if valid is None else out * ops.cast(valid, out.dtype)[..., None]
 
-    def compute_output_shape(self, mfcc_shape, mask_shape=None):
-        bands = self.n_mels
-        for _ in self.convs:  # each max-pool halves the bands, rounding up ("same")
-            bands = -(-bands // 2)
-        return (*mfcc_shape[:2], mfcc_shape[2] + bands * self.filters)
+    def compute_output_shape(self, mfcc_shape, valid_shape=None):
+        return (*mfcc_shape[:2], mfcc_shape[2] + self._bands_out * self.filters)
 
     def get_config(self):
         return {**super().get_config(), "n_mels": self.n_mels, "n_mfcc": self.n_mfcc, "filters": self.filters}

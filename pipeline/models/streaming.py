@@ -288,10 +288,10 @@ class AudioStepper(Stepper):
                     out[f"{NORM}_{part}"] = value
         else:
             normalised = self.normalization(mfcc)
-        k = normalised.shape[1]
-        # the sound ended inside this hop (VALID_FRAMES): the frames past its end are padding, zero (as masked)
-        valid = tf.range(k, dtype=tf.float32)[None, :] < inputs[VALID_FRAMES] if VALID_FRAMES in inputs else tf.ones([1, k], bool)
-        normalised *= tf.cast(valid[:, :, None], tf.float32)
+        valid = None  # a stream's own hop: every frame holds sound
+        if VALID_FRAMES in inputs:  # the sound ended inside this hop: the frames past its end are padding, zero (as masked)
+            valid = tf.range(normalised.shape[1], dtype=tf.float32)[None, :] < inputs[VALID_FRAMES]  # [1, k]
+            normalised *= tf.cast(valid[:, :, None], tf.float32)
         if self.freq_conv is not None:  # per frame, as in the whole-clip model
             normalised = self.freq_conv(normalised, valid)
         return tf.reshape(normalised, [1, -1])  # [1, k C]: StackSteps' order (frame-major)
