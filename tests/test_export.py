@@ -577,3 +577,46 @@ def test_export_from_another_directory_with_relative_paths(dataset, hybrid_run, 
     parity = export("runs/two_stage", "float", progress=False)
     assert parity["errors"] == {} and Path("runs/two_stage/export/model_float.tflite").is_file()
     assert parity["formats"]["float"]["top1_agreement"] == 1.0
+
+
+def test_int8_keeps_the_classifier_float_so_a_surer_clip_than_calibration_is_no_tie(tmp_path):
+    """A clip surer than every calibration clip has logits past their calibrated int8 range: quantized, the two
+    largest were clipped to one value and the file answered 0.5 / 0.5 where float said 0.95 / 0.05."""
+    import keras
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from pipeline.deploy.convert import convert, save_step_model
+    from pipeline.deploy.tflite_edit import op_name, read_model
+    from pipeline.models.streaming import STREAM_SIGNATURE, StateSpec
+    from pipeline.runtime.tflite import load_interpreter
+
+    classifier = keras.layers.Dense(3, activation="softmax", name="head_probs")
+    model = keras.Sequential([keras.Input((4,)), classifier])
+    classifier.set_weights([np.array([[30, 27, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]], np.float32), np.zeros(3, np.float32)])
+
+    class Step:  # a stepper's interface (save_step_model)
+        def inputs(self):
+            return [StateSpec("samples", (1, 4), "one hop")]
+
+        def states(self):
+            return []
+
+        def step(self, inputs):
+            return {"probabilities": model(inputs["samples"])}
+
+    Step.model = model
+    save_step_model(Step(), tmp_path / "step")
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(-1, 1, size=(32, 4)) * [0.2, 1, 1, 1]  # the inputs within +-1, the logits within +-6
+    np.savez(tmp_path / "rep.npz", samples=calibration.astype(np.float32))
+    content = convert(tmp_path / "step", "int8", tmp_path / "rep.npz", STREAM_SIGNATURE)
+    sure = np.array([[1, 0, 0, 0]], np.float32)  # logits 30 and 27: float gives 0.95 and 0.05
+    expected = model(sure).numpy()[0]
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(content)
+    got = load_interpreter(path, 1).get_signature_runner(STREAM_SIGNATURE)(samples=sure)["probabilities"][0]
+    assert expected[0] > 0.9 and np.abs(got - expected).max() < 0.02, (got, expected)
+    parsed = read_model(content)
+    graph = parsed.subgraphs[0]
+    types = {op_name(parsed, op.opcodeIndex): graph.tensors[op.outputs[0]].type for op in graph.operators}
+    assert types["SOFTMAX"] == schema.TensorType.FLOAT32

@@ -301,17 +301,22 @@ def kept_float(content: bytes, recurrent: bool = False) -> list[str]:
     rounds every real score to the same value (measured: the action model fell to chance, 13%, with it quantized).
     The motion features are products of pixel gradients whose channels span different ranges (a strip's flow of a
     few tenths of a pixel beside log energies of several units): one int8 scale for all of them lost the flow.
+    The classifiers (`audio_probs/`, `fused_probs/`, ...): a test clip surer than every calibration clip has logits past
+    the calibrated range, and int8 clips two of them to the same value, a tie at 0.5 each (measured in docs/export.md).
     """
     import re
 
     model = read_model(content)
-    scopes = "mfcc|mfcc_norm|motion|video_norm|stream_control|\\w+_attention" + ("|gru_cell|lstm_cell" if recurrent else "")
+    scopes = "mfcc|mfcc_norm|motion|video_norm|stream_control|\\w+_attention|\\w+_probs" + ("|gru_cell|lstm_cell" if recurrent else "")
     kept = re.compile(rf"(^|/)({scopes})(_\d+)?/")
+    # the softmax's output is a signature output, named after the signature, not the layer
+    outputs = {(sig.subgraphIndex, t.tensorIndex) for sig in model.signatureDefs for t in sig.outputs
+               if t.name.decode() == "probabilities"}
     names = []
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
+    for s, subgraph in enumerate(model.subgraphs):
+        for t, tensor in enumerate(subgraph.tensors):
             name = (tensor.name or b"").decode()
-            if any(kept.search(part) for part in name.split(";")):
+            if any(kept.search(part) for part in name.split(";")) or (s, t) in outputs:
                 names.append(name)
     return names
 
