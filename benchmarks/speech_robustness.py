@@ -88,10 +88,14 @@ LEVERS = {
     "mfcc_13": ["preprocess.n_mfcc=13"],
     "bidirectional": [],  # configs/commands_bidirectional.yaml (the whole-window recipe; see CONFIGS)
     "speakers_300": [],  # 300 utterances per word instead of --per-word (see DATA)
+    "festival_takes_5": [],  # each Festival voice says each word 5 times, not 3: 55 of each word's 100 (see DATA)
+    "per_word_200": [],  # twice the utterances per word, Festival's share kept (6 takes each; see DATA)
+    "ked_pitch": [],  # Festival's American English voice (ked) at a mean pitch of 80-240 Hz per utterance (see DATA)
 }
 # lever -> make_commands arguments of the data it trains on, beside --per-word and seed 0 (default: espeak-ng and Festival)
 ENGLISH_VOICES = ("english_voices", "english_voices_dropout_0", "english_voices_dropout_0_silence_20")  # trained with kal and slt
-DATA = {"previous": {"engines": ("espeak-ng",)}, "speakers_300": {"per_word": 300},
+DATA = {"previous": {"engines": ("espeak-ng",)}, "speakers_300": {"per_word": 300}, "festival_takes_5": {"festival_takes": 5},
+        "per_word_200": {"per_word": 200, "festival_takes": 6}, "ked_pitch": {"festival_f0": (80, 240)},
         **{lever: {"held_out_voices": True} for lever in ENGLISH_VOICES}}
 # lever -> the Flite voices its held-out set keeps (default: all five)
 HELD_OUT_VOICES = {lever: ("awb", "rms") for lever in (*ENGLISH_VOICES, "baseline_awb_rms")}
@@ -123,7 +127,7 @@ def keyword_top1(metrics: dict) -> float:
 def lever_data(lever: str, work: Path, per_word: int) -> Path:
     """The generated commands folder the lever trains on (made when missing)."""
     kwargs = {"per_word": per_word, **DATA.get(lever, {})}
-    name = "-".join(f"{k}={'+'.join(v) if isinstance(v, tuple) else v}" for k, v in sorted(kwargs.items()))
+    name = "-".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sorted(kwargs.items()))
     folder = work / "data" / f"commands-{name}"
     make_commands(folder, seed=0, progress=False, **kwargs)
     return folder

@@ -64,7 +64,7 @@ from data_prep.espeak_voices import (
     find_espeak,
     installed_voices_and_variants,
 )
-from data_prep.festival_voices import VOICE_LANGUAGES, festival_wav, find_festival, installed_voices
+from data_prep.festival_voices import LR_INTONATION_VOICES, VOICE_LANGUAGES, festival_wav, find_festival, installed_voices
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipeline.labels import BACKGROUND_NOISE
@@ -181,19 +181,22 @@ def pick_speakers(n: int, seed: int, voices: set[str], variants: set[str]) -> li
     return sorted((_speaker(*combos[i], seed) for i in chosen), key=lambda s: s.id)
 
 
-def pick_voicings(per_word: int, seed: int, voices: set[str], variants: set[str],
-                  festival_voices: list[str]) -> tuple[list[Speaker], list[tuple[Speaker, int]]]:
+def pick_voicings(per_word: int, seed: int, voices: set[str], variants: set[str], festival_voices: list[str],
+                  festival_takes: int = FESTIVAL_TAKES) -> tuple[list[Speaker], list[tuple[Speaker, int]]]:
     """(speakers sorted by id, per_word (speaker, take) pairs that each say every word).
 
-    Festival voices say about FESTIVAL_SHARE of them, FESTIVAL_TAKES takes each; espeak-ng speakers the rest,
-    a second take each only once every espeak-ng voice+variant says the word once.
+    Festival voices, as many as FESTIVAL_SHARE of per_word holds at FESTIVAL_TAKES each, say festival_takes takes
+    each; espeak-ng speakers the rest, a second take each only once every espeak-ng voice+variant says the word once.
     """
     n_festival = min(len(festival_voices), int(per_word * FESTIVAL_SHARE) // FESTIVAL_TAKES)
     festival = [_festival_speaker(voice, seed) for voice in festival_voices[:n_festival]]  # English first
-    n_espeak = per_word - n_festival * FESTIVAL_TAKES
+    n_espeak = per_word - n_festival * festival_takes
+    if n_espeak < 3:
+        raise UserError(f"festival_takes={festival_takes}: {n_festival} Festival voices would say {n_festival * festival_takes} "
+                        f"of {per_word} utterances per word; espeak-ng needs 3 (one speaker each for train, validation and test)")
     espeak = pick_speakers(n_espeak, seed, voices, variants)
     takes = -(-n_espeak // len(espeak))  # ceil: > 1 only when n_espeak exceeds the voice+variant pairs
-    voicings = [(s, n) for s in festival for n in range(FESTIVAL_TAKES)]
+    voicings = [(s, n) for s in festival for n in range(festival_takes)]
     voicings += [(s, n) for n in range(takes) for s in espeak][:n_espeak]
     return sorted(festival + espeak, key=lambda s: s.id), voicings
 
@@ -228,10 +231,12 @@ def _trim(x: np.ndarray, sr: int, top_db: float = 40.0) -> np.ndarray:
     return x[start:end]
 
 
-def speak(tools: dict[str, str], speaker: Speaker, word: str, rng: np.random.Generator) -> np.ndarray:
+def speak(tools: dict[str, str], speaker: Speaker, word: str, rng: np.random.Generator,
+          festival_f0: tuple[float, float] | None = None) -> np.ndarray:
     """One word said by speaker, trimmed, perturbed and resampled: speech float64 [<= 0.95 s at 16 kHz].
 
     tools: {engine: executable} for the engines in use (find_engines).
+    festival_f0: (low, high) Hz: a Festival voice of LR_INTONATION_VOICES says it at a mean pitch drawn from it.
     """
     language = VOICE_LANGUAGES[speaker.voice] if speaker.engine == "festival" else speaker.voice
     text = ACCENT_SPELLINGS.get(language, {}).get(word, word)
@@ -243,9 +248,12 @@ def speak(tools: dict[str, str], speaker: Speaker, word: str, rng: np.random.Gen
     # recorded at rate*factor, then resample to 16 kHz. The speaker's vocal tract scales the same way.
     factor = speaker.tract * (rng.uniform(0.92, 1.08) if rng.random() < 0.5 else 1.0)
     max_len = int(MAX_SPEECH_SECONDS * SAMPLE_RATE)
+    f0_mean = None
+    if festival_f0 is not None and speaker.engine == "festival" and speaker.voice in LR_INTONATION_VOICES:
+        f0_mean = float(np.exp(rng.uniform(*np.log(festival_f0))))  # even on a log scale: as many octaves up as down
     for attempt in range(8):
         if speaker.engine == "festival":
-            raw, rate = festival_wav(tools["festival"], speaker.voice, text, stretch=170 / speed)
+            raw, rate = festival_wav(tools["festival"], speaker.voice, text, stretch=170 / speed, f0_mean=f0_mean)
         else:
             raw, rate = espeak_wav(tools["espeak-ng"], text, voice, speed, pitch, speaker.pitch_range, amplitude)
         if speaker.engine == "espeak-ng" and np.abs(raw.astype(np.int32)).max() >= 32767 and attempt < 7:
@@ -291,10 +299,11 @@ def mic_colour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def render_utterance(tools: dict[str, str], speaker: Speaker, word: str, n: int, seed: int) -> np.ndarray:
-    """The finished clip for (speaker, word, n): waveform int16 [16000]."""
+def render_utterance(tools: dict[str, str], speaker: Speaker, word: str, n: int, seed: int,
+                     festival_f0: tuple[float, float] | None = None) -> np.ndarray:
+    """The finished clip for (speaker, word, n): waveform int16 [16000] (festival_f0: see speak)."""
     rng = np.random.default_rng([seed, int(speaker.id, 16), (COMMAND_WORDS + AUX_WORDS).index(word), n])
-    speech = speak(tools, speaker, word, rng)
+    speech = speak(tools, speaker, word, rng, festival_f0)
     speech = speech / np.abs(speech).max()
     speech_power = np.mean(speech ** 2)  # before reverb: the SNR refers to the dry voice
 
@@ -339,12 +348,12 @@ def _relpath(speaker: Speaker, word: str, n: int) -> str:
     return f"{word}/{speaker.id}_nohash_{n}.wav"
 
 
-def _render_job(job: tuple[str, dict, dict, str, int, int]) -> str:
+def _render_job(job: tuple[str, dict, dict, str, int, int, tuple[float, float] | None]) -> str:
     """Pool worker: render one clip and write it atomically, so a crash never leaves half a WAV."""
-    root, tools, speaker, word, n, seed = job
+    root, tools, speaker, word, n, seed, festival_f0 = job
     speaker = Speaker(**speaker)
     path = Path(root) / _relpath(speaker, word, n)
-    atomic_write_bytes(path, wav_bytes(render_utterance(tools, speaker, word, n, seed)))
+    atomic_write_bytes(path, wav_bytes(render_utterance(tools, speaker, word, n, seed, festival_f0)))
     return path.name
 
 
@@ -401,7 +410,8 @@ def find_engines(engines: tuple[str, ...]) -> dict[str, str]:
 
 def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: bool = True,
                   workers: int = 2, aux_per_speaker: int = 8, background_seconds: float = 60.0,
-                  engines: tuple[str, ...] = ENGINES, held_out_voices: bool = False) -> dict:
+                  engines: tuple[str, ...] = ENGINES, held_out_voices: bool = False,
+                  festival_takes: int = FESTIVAL_TAKES, festival_f0: tuple[float, float] | None = None) -> dict:
     """Generate the spoken-commands dataset into out (Speech Commands layout; see the module docstring).
 
     per_word (speaker, take) pairs each say every command once (pick_voicings: Festival voices say
@@ -410,6 +420,9 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
     `background_seconds` of each BACKGROUND_RECORDINGS noise go to _background_noise_/ (0: none).
     held_out_voices: Festival's English voices of speakers Flite also has (festival_voices.HELD_OUT_VOICES) speak
     too, first; an experiment's (benchmarks/speech_robustness.py), whose held-out set then leaves those speakers out.
+    festival_takes: how many times each Festival voice says each word (pick_voicings), another experiment's.
+    festival_f0: (low, high) Hz: Festival's English diphone voice says each utterance at a mean pitch drawn from it
+    (speak), another experiment's: one recorded man's voice as higher and lower voices.
     An interrupted run resumes: finished WAVs are kept, since a rerun with the same parameters
     would write the same bytes.
 
@@ -431,11 +444,12 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
     # the Festival voices installed are a parameter: resuming with others would mix two datasets in one folder
     params = {"generator": "data_prep.commands", "version": FORMAT_VERSION, "per_word": per_word, "seed": seed,
               "aux_per_speaker": aux_per_speaker, "background_seconds": background_seconds, "engines": list(engines),
-              "festival_voices": festival_voices}
+              "festival_voices": festival_voices, **({"festival_takes": festival_takes} if festival_takes != FESTIVAL_TAKES else {}),
+              **({"festival_f0": list(festival_f0)} if festival_f0 is not None else {})}
     _check_out_dir(out, params)
 
     voices, variants = installed_voices_and_variants(tools["espeak-ng"])
-    speakers, voicings = pick_voicings(per_word, seed, voices, variants, festival_voices)
+    speakers, voicings = pick_voicings(per_word, seed, voices, variants, festival_voices, festival_takes)
     if len(speakers) < 3:
         raise UserError(f"espeak-ng offers only {len(speakers)} voice+variant pair(s); 3 are needed for train/val/test")
     split_of = split_speakers(speakers, seed)
@@ -446,7 +460,8 @@ def make_commands(out: str | Path, per_word: int = 60, seed: int = 0, progress: 
     atomic_write_json(out / "commands.json", {**params, "espeak": espeak_version(tools["espeak-ng"]),
                                               "speakers": [asdict(s) for s in speakers]})
     # A resumed run keeps the WAVs it finds: they hold the bytes this run would write.
-    todo = [(str(out), tools, asdict(s), word, n, seed) for word, s, n in utterances if not (out / _relpath(s, word, n)).exists()]
+    todo = [(str(out), tools, asdict(s), word, n, seed, festival_f0) for word, s, n in utterances
+            if not (out / _relpath(s, word, n)).exists()]
     total = len(utterances)
     bar = progress_bar(total=total, initial=total - len(todo), desc="spoken commands", unit="wav", disable=not progress)
     if workers <= 1 or len(todo) < 16:  # starting a pool costs seconds: not worth it for a few files

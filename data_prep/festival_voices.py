@@ -37,6 +37,8 @@ VOICE_LANGUAGES = {
 }
 # Voices whose second utterance in a process differs from the same utterance in a fresh one: one process each.
 FRESH_PROCESS_VOICES = ("czech_dita", "czech_krb", "czech_machac", "czech_ph")
+# Voices whose pitch follows Festival's int_lr_params (the others' intonation ignores it): FestivalSession.say's f0_mean.
+LR_INTONATION_VOICES = ("kal_diphone", "ked_diphone")
 # Festival voices of speakers that Flite also has (kal, slt): never trained on, the held-out set's voices.
 HELD_OUT_VOICES = ("kal_diphone", "cmu_us_slt_arctic_hts")
 DEBIAN_PACKAGES = ("festival", "festvox-kdlpc16k", "festvox-italp16k", "festvox-itapc16k", "festvox-czech-dita",
@@ -81,16 +83,22 @@ class FestivalSession:
                                          stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
         self._count = 0
 
-    def say(self, text: str, stretch: float) -> tuple[np.ndarray, int]:
-        """The voice says text, `stretch` times its normal duration. Returns (samples int16 [N], sample rate)."""
+    def say(self, text: str, stretch: float, f0_mean: float | None = None) -> tuple[np.ndarray, int]:
+        """The voice says text, `stretch` times its normal duration, at a mean pitch of f0_mean Hz (LR_INTONATION_VOICES;
+        None: the voice's own). Returns (samples int16 [N], sample rate)."""
+        if f0_mean is not None and self.voice not in LR_INTONATION_VOICES:
+            raise ValueError(f"festival: voice {self.voice!r} takes no f0_mean (only {', '.join(LR_INTONATION_VOICES)})")
         if '"' in text or "\\" in text:
             raise ValueError(f"festival: unquotable text {text!r}")
         self._count += 1
         # a folder per utterance, gone when it is read: pool workers end without atexit, a session's folder would stay
         with tempfile.TemporaryDirectory(prefix="festival-") as folder:
             wav = Path(folder) / f"{self._count}.wav"
+            # (voice_...) resets int_lr_params to the voice's own: the pitch set here (first in the list, so the one
+            # Festival finds) holds for this utterance only
+            pitch = "" if f0_mean is None else f"(set! int_lr_params (cons (list 'target_f0_mean {f0_mean:.0f}) int_lr_params))\n"
             # (fflush nil): Festival buffers its output in pipe mode; the marker line must arrive now
-            self._process.stdin.write(f"(voice_{self.voice})\n(Parameter.set 'Duration_Stretch {stretch:.3f})\n"
+            self._process.stdin.write(f"(voice_{self.voice})\n{pitch}(Parameter.set 'Duration_Stretch {stretch:.3f})\n"
                                       f'(set! utt (Utterance Text "{text}"))\n(utt.synth utt)\n'
                                       f'(utt.save.wave utt "{wav}" \'riff)\n(format t "done {self._count}\\n")\n(fflush nil)\n')
             self._process.stdin.flush()
@@ -120,27 +128,27 @@ _SESSIONS: dict[tuple[str, str], FestivalSession] = {}
 STRETCH_NUDGES = (1.0, 1.01, 0.99, 1.02, 0.98)
 
 
-def festival_wav(festival: str, voice: str, text: str, stretch: float) -> tuple[np.ndarray, int]:
+def festival_wav(festival: str, voice: str, text: str, stretch: float, f0_mean: float | None = None) -> tuple[np.ndarray, int]:
     """FestivalSession.say through this process's session of the voice (started on first use, closed at exit),
     or a session of its own for FRESH_PROCESS_VOICES: the same bytes whatever was said before. An utterance that
     crashes Festival is said at the next of STRETCH_NUDGES; RuntimeError if every one does."""
     for nudge in STRETCH_NUDGES:
         try:
-            return _say(festival, voice, text, stretch * nudge)
+            return _say(festival, voice, text, stretch * nudge, f0_mean)
         except RuntimeError as e:
             error = e
     raise RuntimeError(f"{error} at {len(STRETCH_NUDGES)} durations around stretch {stretch:.3f}")
 
 
-def _say(festival: str, voice: str, text: str, stretch: float) -> tuple[np.ndarray, int]:
+def _say(festival: str, voice: str, text: str, stretch: float, f0_mean: float | None) -> tuple[np.ndarray, int]:
     if voice in FRESH_PROCESS_VOICES:
         session = FestivalSession(festival, voice)
         try:
-            return session.say(text, stretch)
+            return session.say(text, stretch, f0_mean)
         finally:
             session.close()
     session = _SESSIONS.get((festival, voice))
     if session is None or not session.alive():
         session = _SESSIONS[festival, voice] = FestivalSession(festival, voice)
         atexit.register(session.close)
-    return session.say(text, stretch)
+    return session.say(text, stretch, f0_mean)

@@ -341,3 +341,42 @@ def test_resuming_with_other_festival_voices_installed_is_refused(dataset, tmp_p
     with pytest.raises(UserError, match="holds a commands dataset made with"):
         make_commands(copy, per_word=PER_WORD, seed=0, progress=False, aux_per_speaker=AUX_PER_SPEAKER,
                       background_seconds=BACKGROUND_SECONDS)
+
+
+@pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed")
+def test_festival_f0_moves_the_english_voices_pitch_and_nothing_else(dataset, tmp_path):
+    """benchmarks/speech_robustness.py's `ked_pitch`: one recorded man's voice said at other mean pitches."""
+    import librosa
+
+    from data_prep.festival_voices import LR_INTONATION_VOICES, festival_wav, find_festival, installed_voices
+
+    festival = find_festival()
+    for f0 in (90.0, 220.0):
+        samples, rate = festival_wav(festival, "ked_diphone", "go", 1.0, f0_mean=f0)
+        pitch, _, _ = librosa.pyin(samples / 32768.0, fmin=50, fmax=400, sr=rate)
+        assert abs(np.nanmedian(pitch) / f0 - 1) < 0.15, (f0, np.nanmedian(pitch))
+    other = next(v for v in installed_voices(festival) if v not in LR_INTONATION_VOICES)
+    with pytest.raises(ValueError, match="takes no f0_mean"):
+        festival_wav(festival, other, "go", 1.0, f0_mean=150.0)
+
+    root, _ = dataset
+    moved = tmp_path / "moved"
+    make_commands(moved, per_word=PER_WORD, seed=0, progress=False, aux_per_speaker=AUX_PER_SPEAKER,
+                  background_seconds=BACKGROUND_SECONDS, festival_f0=(80, 240))
+    assert json.loads((moved / "commands.json").read_text())["festival_f0"] == [80, 240]  # a parameter: resuming checks it
+    speakers = json.loads((root / "commands.json").read_text())["speakers"]
+    lr_ids = {s["id"] for s in speakers if s["voice"] in LR_INTONATION_VOICES}
+    assert lr_ids  # ked speaks in the fixture's dataset
+    for rel in wav_files(root):
+        same = (moved / rel).read_bytes() == (root / rel).read_bytes()
+        assert same != (NAME.match(rel).group(2) in lr_ids), rel
+
+
+def test_festival_takes_leaves_espeak_ng_speakers_for_every_split():
+    festival_voices = [voice for voice in VOICE_LANGUAGES if voice not in HELD_OUT_VOICES]
+    n_voices = int(100 * FESTIVAL_SHARE) // FESTIVAL_TAKES
+    _, voicings = pick_voicings(100, 0, {"en-us", "de"}, set(VARIANTS), festival_voices, festival_takes=5)
+    festival = [s for s, _ in voicings if s.engine == "festival"]
+    assert len(voicings) == 100 and len(festival) == 5 * n_voices and len({s.id for s in festival}) == n_voices
+    with pytest.raises(UserError, match="festival_takes=10: .*espeak-ng needs 3"):
+        pick_voicings(100, 0, {"en-us"}, set(VARIANTS), festival_voices, festival_takes=10)
