@@ -12,7 +12,7 @@ other words rejected, noise rejected (predicted _unknown_ or _silence_), FRR at 
 top-1 (in the JSON only). Then the mean and
 spread over seeds, against the goals of issue #19 (0.85 / 0.85 / 0.95 held out; 0.95 own test).
 
-Usage: python benchmarks/speech_robustness.py [--levers baseline,one_layer] [--seeds 0,1,2] [--per-word 100]
+Usage: python benchmarks/speech_robustness.py [--levers baseline,one_layer] [--seeds 0,1,2] [--per-word 100] [--fresh]
 Needs espeak-ng, festival and flite. Prints a markdown table and writes benchmarks/results/speech_robustness.json and .md.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,8 @@ LEVERS = {
     "english_voices_dropout_0": ["model.dropout=0"],  # both levers that helped, together
     "english_voices_dropout_0_silence_20": ["model.dropout=0", "data.silence_fraction=0.2"],  # and twice the noise windows
     "baseline_awb_rms": [],
-    "mfcc_13": ["preprocess.n_mfcc=13"],
+    "mfcc_13": ["preprocess.n_mfcc=13"],  # a smoother spectral envelope: less of each voice's detail
+    "mfcc_40": ["preprocess.n_mfcc=40"],  # or all of it: every coefficient of the 40 mel bands
     "bidirectional": [],  # configs/commands_bidirectional.yaml (the whole-window recipe; see CONFIGS)
     "speakers_300": [],  # 300 utterances per word instead of --per-word (see DATA)
     "festival_takes_5": [],  # each Festival voice says each word 5 times, not 3: 55 of each word's 100 (see DATA)
@@ -202,6 +204,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--per-word", type=int, default=100, help="speakers per command in the generated data (the demo's 100)")
     parser.add_argument("--work", default="/tmp/actrec-speech-robustness", help="data and run dirs (reused when present)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the levers' run dirs for these seeds first (a run dir trained with another config is refused)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/speech_robustness.json"))
     args = parser.parse_args()
     levers = args.levers.split(",")
@@ -213,6 +217,10 @@ def main() -> None:
     held_out = work / "data/held_out_flite"
     if not (held_out / "_background_noise_").is_dir():
         make_flite_set(held_out)
+    if args.fresh:
+        for lever in levers:
+            for seed in args.seeds.split(","):
+                shutil.rmtree(work / "runs" / f"{RUNS_OF.get(lever, lever)}-s{seed}", ignore_errors=True)
     rows = [run_lever(lever, int(seed), lever_data(RUNS_OF.get(lever, lever), work, args.per_word), held_out, work)
             for lever in levers for seed in args.seeds.split(",")]
     summaries = summarize(rows)
