@@ -250,7 +250,7 @@ def speak(tools: dict[str, str], speaker: Speaker, word: str, rng: np.random.Gen
     max_len = int(MAX_SPEECH_SECONDS * SAMPLE_RATE)
     f0_mean = None
     if festival_f0 is not None and speaker.engine == "festival" and speaker.voice in LR_INTONATION_VOICES:
-        f0_mean = float(np.exp(rng.uniform(*np.log(festival_f0))))  # even on a log scale: as many octaves up as down
+        f0_mean = float(np.exp(rng.uniform(*np.log(festival_f0))))  # uniform in log frequency: as many octaves up as down
     for attempt in range(8):
         if speaker.engine == "festival":
             raw, rate = festival_wav(tools["festival"], speaker.voice, text, stretch=170 / speed, f0_mean=f0_mean)

@@ -27,6 +27,8 @@ from collections.abc import Collection
 
 import numpy as np
 
+from pipeline.runtime.tflite import OUTPUT
+
 TFLITE_FILE_IDENTIFIER = b"TFL3"  # the 4 bytes after the root offset of every .tflite file
 
 
@@ -293,16 +295,17 @@ def float16_float_constants(content: bytes, min_elements: int = FLOAT16_CONSTANT
 
 
 def kept_float(content: bytes, recurrent: bool = False) -> list[str]:
-    """Tensors the int8 graph computes in float: the MFCC, the motion features, their normalisations and attention pooling
-    (recurrent: also the RNN cells' ops, `gru_cell/`, `lstm_cell/`; their weights stay int8, int8_float_constants).
+    """Tensors the int8 graph computes in float: the MFCC, the motion features, their normalisations, attention pooling and
+    the classifier (recurrent: also the RNN cells' ops, `gru_cell/`, `lstm_cell/`; their weights stay int8, int8_float_constants).
 
     Found by the Keras layer scopes in the TFLite names (`mfcc/`, `mfcc_norm/`, `motion/`, `video_norm/`,
     `audio_attention/`, ...; `stream_control/`: a streaming step's counts, 0/1 state blends and pooling windows). Attention pooling gives padded steps a score of -1e9: an int8 scale that spans it
     rounds every real score to the same value (measured: the action model fell to chance, 13%, with it quantized).
     The motion features are products of pixel gradients whose channels span different ranges (a strip's flow of a
     few tenths of a pixel beside log energies of several units): one int8 scale for all of them lost the flow.
-    The classifiers (`audio_probs/`, `fused_probs/`, ...): a test clip surer than every calibration clip has logits past
-    the calibrated range, and int8 clips two of them to the same value, a tie at 0.5 each (measured in docs/export.md).
+    The classifier (each `*_probs` Dense: `head_probs/`, `fused_probs/`, ...) and its softmax (the signature output): a
+    test clip surer than every calibration clip has logits past their calibrated range, and int8 clipped the two
+    largest to one value, a tie at 0.5 each (measured in docs/export.md).
     """
     import re
 
@@ -311,7 +314,7 @@ def kept_float(content: bytes, recurrent: bool = False) -> list[str]:
     kept = re.compile(rf"(^|/)({scopes})(_\d+)?/")
     # the softmax's output is a signature output, named after the signature, not the layer
     outputs = {(sig.subgraphIndex, t.tensorIndex) for sig in model.signatureDefs for t in sig.outputs
-               if t.name.decode() == "probabilities"}
+               if t.name.decode() == OUTPUT}
     names = []
     for s, subgraph in enumerate(model.subgraphs):
         for t, tensor in enumerate(subgraph.tensors):
