@@ -102,8 +102,9 @@ def test_backoff_answers_with_the_fused_classifier_only_when_both_modalities_are
     np.testing.assert_array_equal(out[:, 0], [1.0, 2.0, 3.0, 1.0])
 
 
-def test_the_modality_loss_adds_each_present_modality_alone_in_training_only():
-    """loss = CE(fused) + w x (CE(video alone) + CE(audio alone)), a clip without a modality not counted for it."""
+def test_the_modality_loss_adds_each_present_modality_alone_in_training_and_validation():
+    """loss = CE(fused) + w x (CE(video alone) + CE(audio alone)), a clip without a modality not counted for it; the
+    validation loss too, so early stopping and the best epoch weigh the alone answers."""
     import keras
 
     from pipeline.models.modality_losses import ModalityLossTrainer
@@ -123,7 +124,8 @@ def test_the_modality_loss_adds_each_present_modality_alone_in_training_only():
     expected = ce(fused) + l2 + 0.5 * (ce(video_alone) + ce(audio_alone, (1.0, 0.0)))
     got = float(trainer.compute_loss(x, y, trainer(x, training=False), training=True))
     assert got == pytest.approx(expected, rel=1e-5)
-    assert float(trainer.compute_loss(x, y, trainer(x, training=False), training=False)) == pytest.approx(ce(fused) + l2, rel=1e-5)
+    assert float(trainer.compute_loss(x, y, trainer(x, training=False), training=False)) == pytest.approx(expected, rel=1e-5)
+    assert expected > ce(fused) + l2 + 0.1
     assert ce(video_alone) > 0.1 and ce(audio_alone, (1.0, 0.0)) > 0.1  # the terms are not vanishing
 
 

@@ -11,8 +11,9 @@ model and adds no weight:
         --> fused probabilities [B, K] and, per modality, alone probabilities [B, K] with its presence [B, 1]
 
     loss = loss(fused) + modality_loss x sum over modalities of loss(alone), each clip weighted by its presence
-           (a clip without a modality does not teach its alone output); in training only, so validation loss,
-           early stopping and the best epoch are the fused model's as before.
+           (a clip without a modality does not teach its alone output); the validation loss too, so early stopping
+           and the best epoch weigh all three answers the model ships (a clip without sound, or without frames, gets
+           its alone answer), not the fused one alone.
 
 Metrics are the fused output's. The saved model is the inference model (one output): the trainer is only fit().
 Wang et al. 2020 ("What makes training multi-modal classification networks hard?") train with such unimodal losses.
@@ -57,8 +58,6 @@ class ModalityLossTrainer(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         fused, *alone = y_pred
         loss = super().compute_loss(x, y, fused, sample_weight, training)
-        if not training:
-            return loss
         for probs, present in alone:
             weights = ops.reshape(present, (-1,)) if sample_weight is None else ops.reshape(present, (-1,)) * sample_weight
             # the compiled loss itself: the same label smoothing, reduction and distribution scaling as the fused one
