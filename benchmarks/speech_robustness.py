@@ -93,6 +93,7 @@ LEVERS = {
     "festival_takes_5": [],  # each Festival voice says each word 5 times, not 3: 55 of each word's 100 (see DATA)
     "per_word_200": [],  # twice the utterances per word, Festival's share kept (6 takes each; see DATA)
     "ked_pitch": [],  # Festival's American English voice (ked) at a mean pitch of 80-240 Hz per utterance (see DATA)
+    "cut_words_0.2": ["train.cut_words=0.2"],  # a fifth of the training words cut short and relabelled _unknown_ (for streams)
 }
 # lever -> make_commands arguments of the data it trains on, beside --per-word and seed 0 (default: espeak-ng and Festival)
 ENGLISH_VOICES = ("english_voices", "english_voices_dropout_0", "english_voices_dropout_0_silence_20")  # trained with kal and slt

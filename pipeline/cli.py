@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--threshold", type=float, default=0.7, metavar="P", help="smoothed probability a keyword (or action) must reach (default 0.7)")
     st.add_argument("--smoothing", type=float, default=0.2, metavar="SECONDS", help="posterior smoothing window (default 0.2 s)")
     st.add_argument("--refractory", type=float, default=1.0, metavar="SECONDS", help="no second detection within this time (default 1 s)")
+    st.add_argument("--pause-db", type=float, default=10.0, metavar="DB", help="speech runs: a keyword counts only in hops at least DB "
+                    "quieter than the loudest of the last half second, once a word has ended, not from the first part of a word "
+                    "still being said (default 10; 0 counts every hop)")
     st.add_argument("--json", action="store_true", help='one JSON object per detection: {"time": 12.34, "label": "yes", "score": 0.97}')
     st.add_argument("--timeline", metavar="OUT.png", help="also plot every class's probability over time, detections marked")
     st.add_argument("--threads", type=int, default=1, metavar="N", help="interpreter threads (default 1, as a phone's audio thread)")
@@ -376,7 +379,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from pipeline.stages.stream import stream
 
     stream(args.run_dir, args.source, model=args.model, mic=args.mic, realtime=args.realtime, threshold=args.threshold,
-           smoothing=args.smoothing, refractory=args.refractory, as_json=args.json, timeline=args.timeline, threads=args.threads,
+           smoothing=args.smoothing, refractory=args.refractory, pause_db=args.pause_db, as_json=args.json, timeline=args.timeline, threads=args.threads,
            refresh=not args.no_refresh)
     return 0
 

@@ -194,6 +194,7 @@ class TrainConfig:
     vtlp: float = option(0.0, "Runs with cached waveforms: scale each training utterance's frequency axis by a random factor up to this fraction above or below 1 before the mel filterbank (vocal tract length perturbation: another speaker's formants, the timing unchanged) (0 = off).", minimum=0.0, below=0.5)
     background_mix: float = option(0.8, "Runs with cached waveforms and `_silence_` windows: probability of adding a random training background window to a training utterance (0 = off).", minimum=0.0, maximum=1.0)
     background_snr_db: List[float] = option([0.0, 20.0], "[low, high]: the signal-to-noise ratio (dB) of that background, drawn uniformly.")
+    cut_words: float = option(0.0, "Speech runs with cached waveforms and an `_unknown_` label: the share of training words (keywords and other words) cut short, from a fifth to four fifths of the word, ending where the window ends, and relabelled `_unknown_`: a stream's windows end inside words as they are said, and the start of a word must not fire a keyword (0 = off).", minimum=0.0, maximum=1.0)
     cepstral_shift: float = option(0.0, "Add to each MFCC coefficient but c0 one random offset per training utterance, up to this many of the training set's standard deviations of it: a random microphone or voice timbre (0 = off).", minimum=0.0, maximum=10.0)
     time_masks: int = option(2, "SpecAugment: time masks per MFCC sequence.", minimum=0, maximum=100)
     time_mask_width: int = option(10, "SpecAugment: maximum width of a time mask (frames).", minimum=0, maximum=10_000)

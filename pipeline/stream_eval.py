@@ -2,12 +2,13 @@
 
     the split's rows (keywords, other words, _silence_ windows of the background recordings)
         --assemble_stream (random order, 0.5-2 s of background between words, optional minutes of non-keywords after)-->
-    waveform float32 [N] + events [(start s, end s, keyword)]
+    waveform float32 [N] + events [(start s, end s, label)] (every word: keywords, and other words as _unknown_)
     the split's action clips --assemble_video (one per class, random order, back to back, centre squares)-->
     an MP4 + events [(start s, end s, action)]
-        --StreamingClassifier.run--> probabilities [hops, K] --score_detections (KeywordDetector at a threshold)-->
-    detection rate (events whose label fired from their start to `late` s after their end) and false accepts per hour
-    (every other detection)
+        --StreamingClassifier.run--> probabilities [hops, K] (and `pauses`: PauseGate per hop)
+        --score_detections (KeywordDetector at a threshold)-->
+    detection rate (keyword events whose label fired from their start to `late` s after their end) and false accepts
+    per hour (every other detection)
 
 Used by `actrec demo` (short streams of unseen speakers and actors) and benchmarks/stream.py (the long one).
 """
@@ -21,7 +22,7 @@ import numpy as np
 from pipeline.datasets import first_clip_of_each_class, resolve_rows
 from pipeline.labels import REJECT_LABELS, SILENCE
 from pipeline.media.audio import load_audio
-from pipeline.runtime.stream import KeywordDetector
+from pipeline.runtime.stream import KeywordDetector, PauseGate
 
 LATE = 0.5  # seconds after a keyword's end in which its detection still counts
 
@@ -36,10 +37,11 @@ def clip_audio(root: Path, row, sample_rate: int) -> np.ndarray:
 
 
 def assemble_stream(cfg, seed: int = 0, negative_minutes: float = 0.0, split: str = "test", max_words: int | None = None) -> tuple[np.ndarray, list[tuple[float, float, str]], float]:
-    """(stream float32 [N], keyword events [(start s, end s, label)], seconds of stream) from the split's clips.
+    """(stream float32 [N], word events [(start s, end s, label)], seconds of stream) from the split's clips.
 
     Every keyword and other word of the split once (at most max_words of them), in random order, each after a gap of
     0.5-2 s of the split's background windows at a random gain; then negative_minutes of other words and background.
+    Every word is an event, the other words under their reject label (`_unknown_`): only keywords are to be detected.
     """
     rng = np.random.default_rng(seed)
     sr = cfg.preprocess.sample_rate
@@ -67,12 +69,13 @@ def assemble_stream(cfg, seed: int = 0, negative_minutes: float = 0.0, split: st
         label, audio = words[k]
         gap()
         start = add(audio)
-        if label not in REJECT_LABELS:
-            events.append((start, t, label))
+        events.append((start, t, label))
     speech_end = t
     while t - speech_end < 60 * negative_minutes and others:
         gap()
-        add(others[rng.integers(len(others))][1])
+        label, audio = others[rng.integers(len(others))]
+        start = add(audio)
+        events.append((start, t, label))
     return np.concatenate(pieces), events, t
 
 
@@ -103,21 +106,38 @@ def assemble_video(cfg, path: Path, seed: int = 0, split: str = "test", size: in
     return events, len(frames) / fps
 
 
-def detect(probabilities: np.ndarray, labels: list[str], hop_seconds: float, threshold: float, warmup: float = 0.0) -> list:
-    """KeywordDetector (default smoothing and refractory) over per-hop probabilities [hops, K] -> [Detection]."""
+def pauses(waveform: np.ndarray, hop_samples: int, hop_seconds: float, drop_db: float = 10.0) -> np.ndarray:
+    """PauseGate over a waveform's whole hops: bool [hops], whether each hop's keywords count."""
+    gate = PauseGate(hop_seconds, drop_db)
+    hops = len(waveform) // hop_samples
+    return np.array([gate.update(hop) for hop in waveform[: hops * hop_samples].reshape(hops, hop_samples)], bool)
+
+
+def detect(probabilities: np.ndarray, labels: list[str], hop_seconds: float, threshold: float, warmup: float = 0.0,
+           pause: np.ndarray | None = None) -> list:
+    """KeywordDetector (default smoothing and refractory) over per-hop probabilities [hops, K], with each hop's
+    PauseGate answer bool [hops] if given -> [Detection]."""
     detector = KeywordDetector(labels, hop_seconds, threshold=threshold, warmup=warmup)
-    return [d for p in probabilities if (d := detector.update(p)) is not None]
+    gate = np.ones(len(probabilities), bool) if pause is None else pause
+    return [d for p, open_ in zip(probabilities, gate) if (d := detector.update(p, pause=bool(open_))) is not None]
+
+
+def keyword_events(events: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The events to detect: every one but the other words and silences (REJECT_LABELS)."""
+    return [e for e in events if e[2] not in REJECT_LABELS]
 
 
 def score_detections(detections: list, events: list[tuple[float, float, str]], seconds: float, late: float = LATE) -> dict:
-    """Detections against the events of an assembled stream: detection rate, false accepts (count, per hour)."""
-    hit = [False] * len(events)
+    """Detections against the events of an assembled stream: detection rate of its keywords, false accepts (count, per
+    hour: every detection that is not its keyword's first from its start to `late` s after its end)."""
+    keywords = keyword_events(events)
+    hit = [False] * len(keywords)
     false_accepts = 0
     for d in detections:
-        match = next((i for i, (s, e, label) in enumerate(events) if s <= d.time <= e + late and label == d.label and not hit[i]), None)
+        match = next((i for i, (s, e, label) in enumerate(keywords) if s <= d.time <= e + late and label == d.label and not hit[i]), None)
         if match is None:
             false_accepts += 1
         else:
             hit[match] = True
-    return {"detected": sum(hit), "keywords": len(events), "detection_rate": sum(hit) / max(len(events), 1),
+    return {"detected": sum(hit), "keywords": len(keywords), "detection_rate": sum(hit) / max(len(keywords), 1),
             "false_accepts": false_accepts, "false_accepts_per_hour": false_accepts / (seconds / 3600)}

@@ -233,6 +233,37 @@ def test_augmentation_changes_training_examples_only(kws_run):
 
 
 @pytest.mark.slow  # uses the trained kws_run
+def test_cut_words_relabel_words_unknown_and_leave_silence_alone(kws_run):
+    import tensorflow as tf
+
+    from pipeline.config import load_config as load
+    from pipeline.config import replace
+    from pipeline.stages.train import make_dataset
+
+    run, index = kws_run
+    classes = index["classes"]
+    labels = {}
+    for shard in index["shards"]["train"]:
+        spec = {"clip_id": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+        for record in tf.data.TFRecordDataset(str(run / "features" / shard)):
+            ex = tf.io.parse_single_example(record, spec)
+            labels[ex["clip_id"].numpy().decode()] = classes[int(ex["label"])]
+    names = ["mfcc", "mfcc_length"]
+
+    def epoch(share):
+        cfg = replace(load(run / "config.yaml"), train={"cut_words": share})
+        return [(labels[ids.decode()], classes[int(np.argmax(y))])
+                for _, y, ids in make_dataset(run, index, "train", cfg, names, training=True, with_ids=True).unbatch().as_numpy_iterator()]
+
+    every = epoch(1.0)
+    assert {said for cached, said in every if cached != SILENCE} == {UNKNOWN}  # every word cut short: none fires
+    assert all(said == SILENCE for cached, said in every if cached == SILENCE)
+    assert all(cached == said for cached, said in epoch(0.0))
+    some = [cached != said for cached, said in epoch(0.5) if cached in KEYWORDS]
+    assert 0.2 < np.mean(some) < 0.8
+
+
+@pytest.mark.slow  # uses the trained kws_run
 def test_evaluate_reports_false_rejects_and_false_accepts(kws_run, kws_tree):
     import json
 

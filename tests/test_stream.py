@@ -21,7 +21,7 @@ import soundfile as sf
 from pipeline.config import load_config
 from pipeline.derived import streaming_blockers
 from pipeline.errors import UserError
-from pipeline.runtime.stream import KeywordDetector
+from pipeline.runtime.stream import KeywordDetector, PauseGate
 from pipeline.stages.stream import hops, pcm_blocks
 
 CAUSAL = ["data.kind=speech", "preprocess.modalities=[audio]", "preprocess.audio_seconds=1.0", "preprocess.mfcc_framing=causal",
@@ -111,6 +111,30 @@ def test_detector_smooths_thresholds_and_fires_once_per_word():
     assert [k for k, p in enumerate([yes] * 8) if warming.update(p) is not None] == [4]
     with pytest.raises(UserError, match="threshold"):
         KeywordDetector(labels, 0.02, threshold=0.0)
+
+
+def test_pause_gate_opens_after_a_word_and_only_then_lets_keywords_count():
+    rng = np.random.default_rng(0)
+    hop = 640  # 40 ms at 16 kHz: a half-second window is 12 hops
+    noise = [0.01 * rng.standard_normal(hop).astype(np.float32) for _ in range(40)]
+    word = [0.3 * np.sin(np.arange(hop) * 0.2).astype(np.float32) + n for n in noise[:10]]  # 0.4 s, 26 dB above the noise
+    gate = PauseGate(0.04)
+    opened = [gate.update(h) for h in noise[:10] + word + noise[10:30]]
+    assert not any(opened[:20])  # steady noise, then the word being said: shut
+    assert all(opened[20:31])  # the 11 hops after the word: open (the word is still within the last half second)
+    assert not any(opened[32:])  # then steady noise again: shut
+    assert all(PauseGate(0.04, drop_db=0).update(h) for h in noise + word)  # 0: no gate
+    with pytest.raises(UserError, match="pause"):
+        PauseGate(0.04, drop_db=-1)
+    # a keyword heard while the gate is shut does not count; the same hops after a word fire
+    labels = ["yes", "no", "_silence_", "_unknown_"]
+    yes = [0.9, 0.1, 0.0, 0.0]
+    shut = KeywordDetector(labels, hop_seconds=0.04, threshold=0.55)
+    assert all(shut.update(yes, pause=False) is None for _ in range(20))
+    assert [k for k in range(20) if shut.update(yes, pause=True) is not None] == [3]  # 4 of the 5 smoothed hops (3: 0.54)
+    kept = KeywordDetector(labels, hop_seconds=0.04)  # shut: the keywords count as 0, the reject labels as they are
+    kept.update([0.5, 0.0, 0.2, 0.3], pause=False)
+    assert list(kept.window[-1]) == [0.0, 0.0, 0.2, 0.3]
 
 
 def test_hops_and_pcm_blocks_cut_any_block_sizes_into_whole_hops():

@@ -251,6 +251,26 @@ def test_warp_filterbank_moves_a_tone_by_the_factor_and_keeps_factor_1_exact():
         assert band(1000, warped) == band(1000 * factor, filterbank) != band(1000, filterbank)
 
 
+def test_cut_word_keeps_the_start_of_the_word_at_the_end_of_the_window():
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.features.augment import cut_word
+
+    word = np.zeros(16000, np.float32)  # a 0.5-s "word" from 0.25 s, silence around it
+    word[4000:12000] = 0.5 * np.sin(np.arange(8000) * 0.3 + 1.0)  # no sample of it is 0
+    kept = set()
+    for k in range(20):
+        out = cut_word(tf.constant(word), (1, k)).numpy()
+        cut = 16000 - int(np.argmax(out != 0)) + 4000  # samples of the input kept: its silence, then the word's start
+        assert out.shape == (16000,) and not out[: 16000 - cut].any()
+        assert np.array_equal(out[16000 - cut:], word[:cut])  # the input's first `cut` samples, ending where the window ends
+        kept.add(cut - 4000)
+    assert min(kept) >= 0.2 * 8000 - 160 and max(kept) <= 0.8 * 8000 + 160 and len(kept) > 10  # a fifth to four fifths
+    assert np.array_equal(cut_word(tf.constant(word), (1, 3)).numpy(), cut_word(tf.constant(word), (1, 3)).numpy())
+    assert cut_word(tf.zeros(16000), (1, 0)).numpy().shape == (16000,)  # silence: nothing to find, no error
+
+
 def test_waveform_augmentations_shift_stretch_and_mix_as_asked():
     import numpy as np
     import tensorflow as tf

@@ -2,7 +2,8 @@
 
     frame features / frames [T, ...]  --temporal_jitter-->  the clip sampled at slightly different moments
     frames uint8 [T, S, S, 3]          --spatial_augment-->  flip, zoom/shift crop, brightness/contrast
-    waveform float32 [N]               --time_shift, change_speed, mix_background-->  float32 [N]
+    waveform float32 [N]               --cut_word (relabelled _unknown_)-->  a word cut short, as a stream hears it
+                                       --time_shift, change_speed, mix_background-->  float32 [N]
                                        (then the MFCC layer: what preprocessing's librosa MFCC computes,
                                        its mel filterbank frequency-warped by warp_filterbank)
     mfcc float32 [F, C]                --spec_augment-->    masked bands of frames and coefficients
@@ -136,6 +137,25 @@ def warp_filterbank(filterbank, factor):
     # interpolation[i, j]: the weight of bin i in the power read at bin j
     interpolation = tf.nn.relu(1.0 - tf.abs(tf.range(k, dtype=tf.float32)[:, None] - source[None, :]))  # [K, K]
     return tf.matmul(interpolation, filterbank)
+
+
+def cut_word(waveform, seed, kept: tuple[float, float] = (0.2, 0.8), frame: int = 160, floor_db: float = -30.0):
+    """A word as a stream hears it while it is being said: float32 [N] -> [N], the first `kept` share (drawn
+    uniformly) of the word, moved to end where the window ends, silence before it.
+
+    The word: from the first to the last `frame`-sample frame within floor_db of the loudest frame's power. A
+    streaming model answers after every hop, so most of its windows end inside a word; trained only on whole words
+    it hears "ye" of "yellow" as "yes". Training relabels these cut words `_unknown_` (train.cut_words).
+    """
+    import tensorflow as tf
+
+    n = tf.shape(waveform)[0]
+    frames = n // frame
+    power = tf.reduce_mean(tf.square(tf.reshape(waveform[: frames * frame], [frames, frame])), axis=1)
+    loud = tf.cast(tf.where(power >= tf.reduce_max(power) * 10 ** (floor_db / 10))[:, 0], tf.int32)
+    onset, offset = loud[0] * frame, (loud[-1] + 1) * frame
+    cut = onset + tf.cast(uniform(seed, *kept) * tf.cast(offset - onset, tf.float32), tf.int32)
+    return tf.concat([tf.zeros([n - cut], waveform.dtype), waveform[:cut]], 0)
 
 
 def time_shift(waveform, max_shift: int, seed):

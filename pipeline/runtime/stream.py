@@ -14,7 +14,9 @@
 kws_streaming's post-processing: the mean of the last `smoothing` seconds of probabilities per class; a
 keyword fires when its smoothed probability reaches `threshold`, no keyword fired in the last `refractory`
 seconds, and it is armed: a keyword that fired re-arms only once its smoothed probability has fallen below the
-threshold. A causal model keeps a word's probability up for a while after the word (it was trained on windows
+threshold. With a PauseGate (speech), a hop's keyword probabilities count only when the sound has fallen
+`drop_db` below its loudest of the last half second: a keyword is decided once a word has ended, not from the
+first part of a word still being said ("ye" of "yellow"). A causal model keeps a word's probability up for a while after the word (it was trained on windows
 that contain the word anywhere), so one spoken word fires once. `_silence_` and `_unknown_` never fire. For an
 action model a detection is the start of an action: it fires again only once another action has fired.
 
@@ -238,12 +240,34 @@ class Detection:
         return f"{self.time:8.2f} s  {self.label}  {self.score:.2f}"
 
 
+class PauseGate:
+    """Whether each hop of sound comes after a word: its level at least `drop_db` below the loudest hop of the last
+    `window` seconds (this hop included).
+
+    PauseGate(hop_seconds, drop_db=10.0, window=0.5); update(samples float32 [H]) -> bool, once per hop in stream
+    order. Levels are relative, so the gate opens after words in a loud room as in a quiet one; in a steady sound
+    (silence, constant noise) it stays shut, and so do the keywords. drop_db 0: always open (no gate).
+    """
+
+    def __init__(self, hop_seconds: float, drop_db: float = 10.0, window: float = 0.5):
+        if not 0.0 <= drop_db < 200.0:
+            raise UserError(f"pause drop must be in [0, 200) dB; got {drop_db}")
+        self.drop_db = float(drop_db)
+        self.levels: deque = deque(maxlen=max(1, round(window / hop_seconds)))
+
+    def update(self, samples: np.ndarray) -> bool:
+        level = 10.0 * np.log10(float(np.mean(np.square(samples, dtype=np.float64))) + 1e-12)  # dB of full scale
+        self.levels.append(level)
+        return self.drop_db == 0.0 or level <= max(self.levels) - self.drop_db
+
+
 class KeywordDetector:
     """Posterior smoothing, a threshold and a refractory period over a stream of per-hop probabilities.
 
     KeywordDetector(labels, hop_seconds, threshold=0.7, smoothing=0.2, refractory=1.0, warmup=0.0, rearm="below")
-    update(probabilities [K]) -> Detection | None, called once per hop in stream order. Nothing fires in the first
-    `warmup` seconds of the stream (StreamingClassifier.warmup_seconds: the model has not heard enough yet).
+    update(probabilities [K], now=None, pause=True) -> Detection | None, called once per hop in stream order. Nothing
+    fires in the first `warmup` seconds of the stream (StreamingClassifier.warmup_seconds: the model has not heard
+    enough yet). pause=False (PauseGate: a word is still being said) smooths the hop's keyword probabilities as 0.
     rearm: when a label that fired may fire again: "below", once its smoothed probability has fallen below the
     threshold (a keyword said twice); "change", once another label has fired (an action goes on for a while, and a
     dip of its probability is not a new action).
@@ -266,9 +290,11 @@ class KeywordDetector:
         self.last_fired = -np.inf
         self.holding: int | None = None  # the keyword that fired and is still above the threshold
 
-    def update(self, probabilities: np.ndarray, now: float | None = None) -> Detection | None:
-        """One hop's probabilities; `now`: its time in seconds of input (default: hops so far x hop_seconds)."""
-        self.window.append(np.asarray(probabilities, np.float64))
+    def update(self, probabilities: np.ndarray, now: float | None = None, pause: bool = True) -> Detection | None:
+        """One hop's probabilities; `now`: its time in seconds of input (default: hops so far x hop_seconds); `pause`:
+        whether its keywords count (PauseGate)."""
+        probabilities = np.asarray(probabilities, np.float64)
+        self.window.append(probabilities if pause else np.where(self.keywords, 0.0, probabilities))
         self.hops += 1
         now = self.hops * self.hop_seconds if now is None else float(now)
         smoothed = np.mean(self.window, axis=0)

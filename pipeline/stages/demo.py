@@ -110,11 +110,11 @@ def stream_unseen_words(cfg, run_dir: Path, wav: Path, seed: int, words: int = 1
     import soundfile
 
     from pipeline.stages.stream import stream
-    from pipeline.stream_eval import assemble_stream, score_detections
+    from pipeline.stream_eval import assemble_stream, keyword_events, score_detections
 
     waveform, events, seconds = assemble_stream(cfg, seed, max_words=words)
     soundfile.write(wav, waveform, cfg.preprocess.sample_rate, subtype="PCM_16")
-    print(f"  {run_dir.name}: actrec stream --run-dir {run_dir} {wav}  ({len(events)} keywords, {seconds:.0f} s)")
+    print(f"  {run_dir.name}: actrec stream --run-dir {run_dir} {wav}  ({len(keyword_events(events))} keywords, {seconds:.0f} s)")
     score = score_detections(stream(run_dir, str(wav)), events, seconds)
     return (f"streaming: {score['detected']} of {score['keywords']} keywords detected in {wav.name} ({seconds:.0f} s of unseen "
             f"speakers, other words and background), {score['false_accepts']} false accepts")

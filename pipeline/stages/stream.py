@@ -7,7 +7,8 @@
                  (audio-visual runs: each frame with the hops of its sound up to the next frame; a video without a
                  sound track is streamed from its frames alone, with a one-line warning)
         StreamingClassifier (RUN/export/model_stream_<float|int8>.tflite, states fed back)
-        --probabilities [K] per step--> KeywordDetector (smoothing, threshold, refractory)
+        --probabilities [K] per step--> KeywordDetector (smoothing, threshold, refractory; speech: keywords counted
+                                        only in hops after a word, PauseGate)
         --> "12.34 s  yes  0.97" per detection: a keyword, or an action starting (one JSON object per line with --json)
         --> --timeline OUT.png: each class's probability over time, detections marked
 
@@ -28,20 +29,21 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.rundir import RunDir
-from pipeline.runtime.stream import Detection, KeywordDetector, StreamingClassifier
+from pipeline.runtime.stream import Detection, KeywordDetector, PauseGate, StreamingClassifier
 
 STDIN = "-"
 STREAM_MODELS = {"float": "model_stream_float.tflite", "int8": "model_stream_int8.tflite"}
 
 
 def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic: bool = False, realtime: bool = False,
-           threshold: float = 0.7, smoothing: float = 0.2, refractory: float = 1.0, as_json: bool = False,
+           threshold: float = 0.7, smoothing: float = 0.2, refractory: float = 1.0, pause_db: float = 10.0, as_json: bool = False,
            timeline: str | Path | None = None, threads: int = 1, refresh: bool = True, out=None) -> list[Detection]:
     """Run RUN/export/model_stream_<model>.tflite over `source` and print each detection to `out` (stdout).
 
     Returns the detections. realtime: pace the hops at the speed of sound (a file played as if live). refresh: restart
     the model's states every window, two copies half a window apart (StreamingClassifier), so it never remembers
-    more than it was trained on.
+    more than it was trained on. pause_db (speech runs): keywords count only in hops this many dB below the loudest
+    of the last half second, after a word (PauseGate; 0: in every hop).
     """
     out = out or sys.stdout
     path = stream_model_path(run_dir, model)
@@ -52,6 +54,7 @@ def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic
     # a keyword said twice fires twice; an action going on fires once, when it starts
     detector = KeywordDetector(classifier.labels, classifier.hop_seconds, threshold, smoothing, refractory, classifier.warmup_seconds,
                                rearm="below" if modality == "audio" else "change")
+    gate = PauseGate(classifier.hop_seconds, pause_db) if modality == "audio" else None
     if timeline is not None and Path(timeline).suffix.lower() != ".png":
         raise UserError(f"--timeline {timeline}: the plot is written as PNG; name the file *.png")
     history: list[np.ndarray] | None = [] if timeline is not None else None
@@ -68,7 +71,7 @@ def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic
         probabilities = advance(*newest)
         if history is not None:
             history.append(probabilities.astype(np.float16))
-        detection = detector.update(probabilities, now)
+        detection = detector.update(probabilities, now, pause=gate.update(newest[0]) if gate else True)
         if detection is not None:
             detections.append(detection)
             print(json.dumps(detection.to_json()) if as_json else str(detection), file=out, flush=True)

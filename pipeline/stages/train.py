@@ -30,6 +30,7 @@ from pipeline.errors import UserError
 from pipeline.features.augment import (
     cepstral_shift,
     change_speed,
+    cut_word,
     drop_modality,
     mix_background,
     spatial_augment,
@@ -132,11 +133,23 @@ def make_dataset(run_dir: str | Path, index: dict, split: str, cfg: Config, inpu
         return x
 
     drop = t.modality_dropout > 0 and len(modalities_of(input_names)) == 2
+    classes = index["classes"]
+    cut = sound and t.cut_words > 0 and UNKNOWN in classes
+
+    def cut_short(x, y, seed):
+        """With probability train.cut_words, a word (not a _silence_ window) cut short and relabelled _unknown_."""
+        whether, where = tf.unstack(split_seed(seed, 2))
+        is_word = tf.argmax(y) != classes.index(SILENCE) if SILENCE in classes else tf.constant(True)
+        chosen = tf.logical_and(is_word, uniform(whether, 0.0, 1.0) < t.cut_words)
+        x["waveform"] = tf.cond(chosen, lambda: cut_word(x["waveform"], where), lambda: x["waveform"])
+        return x, tf.where(chosen, tf.one_hot(classes.index(UNKNOWN), num_classes), y)
 
     def training_example(x, y, clip_id, seed):
         """One example of an epoch, its random choices all drawn from its own seed."""
         view_seed, augment_seed, drop_seed = tf.unstack(split_seed(seed, 3))
         x, y, clip_id = pick_view(x, y, clip_id, view_seed)
+        if cut:  # its seed is drawn from the view's, so the other draws stay what they were
+            x, y = cut_short(x, y, split_seed(view_seed, 1)[0])
         if t.augment:
             x = augment(x, augment_seed)
         if drop:
