@@ -14,11 +14,12 @@
 kws_streaming's post-processing: the mean of the last `smoothing` seconds of probabilities per class; a
 keyword fires when its smoothed probability reaches `threshold`, no keyword fired in the last `refractory`
 seconds, and it is armed: a keyword that fired re-arms only once its smoothed probability has fallen below the
-threshold. With a PauseGate (speech), a hop's keyword probabilities count only when the sound has fallen
-`drop_db` below its loudest of the last half second: a keyword is decided once a word has ended, not from the
-first part of a word still being said ("ye" of "yellow"). A causal model keeps a word's probability up for a while after the word (it was trained on windows
-that contain the word anywhere), so one spoken word fires once. `_silence_` and `_unknown_` never fire. For an
-action model a detection is the start of an action: it fires again only once another action has fired.
+threshold. A causal model keeps a word's probability up for a while after the word (it was trained on windows
+that contain the word anywhere), so one spoken word fires once. With a PauseGate (speech), a hop's keyword
+probabilities count only when the sound has fallen `drop_db` below its loudest of the last half second: a keyword
+is decided once a word has ended, not from the first part of a word still being said ("ye" of "yellow").
+`_silence_` and `_unknown_` never fire. For an action model a detection is the start of an action: it fires again
+only once another action has fired.
 
 Like pipeline.runtime.tflite this imports no TensorFlow: LiteRT and numpy are all a device needs.
 Memory is constant in the stream's length: the states and a smoothing window of hops.

@@ -71,7 +71,7 @@ def stream(run_dir: str | Path, source: str | None, model: str = "float", *, mic
         probabilities = advance(*newest)
         if history is not None:
             history.append(probabilities.astype(np.float16))
-        detection = detector.update(probabilities, now, pause=gate.update(newest[0]) if gate else True)
+        detection = detector.update(probabilities, now, pause=gate.update(newest[0]) if gate is not None else True)
         if detection is not None:
             detections.append(detection)
             print(json.dumps(detection.to_json()) if as_json else str(detection), file=out, flush=True)
