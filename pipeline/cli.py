@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         "for an action run, a video file, its frames taken at the export's frame rate (export.stream_fps), and for an "
         "audio-visual one each frame with its sound (a video without a sound track: its frames alone). Prints one "
         "line per detection, `12.34 s  yes  0.97` (time in seconds of input from its start), after posterior smoothing, "
-        "a threshold and a refractory period, so one spoken word fires once and an action once when it starts. Memory "
+        "a threshold and a refractory period, so one spoken word fires once and an action once when it starts; for speech, "
+        "a keyword is decided in the pause after a word (--pause-db). Memory "
         "stays flat over any length of input.",
     )
     st.add_argument("source", nargs="?", metavar="SOURCE", help="a sound or video file, or - for 16-bit PCM on stdin (speech runs)")
