@@ -57,8 +57,8 @@ RECIPES = {
     "causal": ("actions_av", []),
     "causal_dataset": ("actions_av", ["preprocess.normalize=dataset"]),
 }
-STAGE1 = ["preprocess.modalities=[video]", "train.epochs=80"]
-UNSEEN_SEED = 10_000  # + the seed: the generator seed of the --unseen-clips-per-class dataset (other actors)  # the video-only hybrid whose CNN encodes the frames (its config says)
+STAGE1 = ["preprocess.modalities=[video]", "train.epochs=80"]  # the video-only hybrid whose CNN encodes the frames (its config says)
+UNSEEN_SEED = 10_000  # + the seed: the generator seed of the --unseen-clips-per-class dataset (other actors)
 
 
 def train_and_score(config: str, name: str, overrides: list[str], seed: int, data: Path, features: Path, work: Path,

@@ -100,11 +100,10 @@ def whole_window_grid(export: Path, waveform: np.ndarray, events: list, seconds:
         p = window.predict({"waveform": clip, "num_samples": valid})
         k = keywords[int(np.argmax(p[keywords]))]
         best.append((window.labels[k], float(p[k])))
-    grid = []
+    grid, n = [], len(keyword_events(events))
     for th in THRESHOLDS:
         fired = [(label, said) for (_, _, label), (said, score) in zip(events, best) if score >= th]
         detected = sum(label == said for label, said in fired)
-        n = len(keyword_events(events))
         grid.append({"threshold": th, "detected": detected, "keywords": n, "detection_rate": detected / max(n, 1),
                      "false_accepts": len(fired) - detected, "false_accepts_per_hour": (len(fired) - detected) / (seconds / 3600)})
     return grid
@@ -116,13 +115,15 @@ def measure(run_dir: Path, args) -> dict:
     cfg = run.config()
     lat = latency(run.export, args.runs)
     waveform, events, seconds = assemble_stream(cfg, args.seed, args.negative_minutes)
+    keywords = len(keyword_events(events))
     result = {"run_dir": str(run_dir), "latency_ms_1_thread": lat, "stream_seconds": round(seconds, 1),
-              "keywords": len(keyword_events(events)), "other_words": len(events) - len(keyword_events(events)), "formats": {}}
+              "keywords": keywords, "other_words": len(events) - keywords, "formats": {}}
 
     def entry(grid: list[dict], **extra) -> dict:
         ok = [g for g in grid if g["false_accepts_per_hour"] <= args.max_fa_per_hour]
         return {**extra, "grid": grid, "operating_point": ok[0] if ok else None}
 
+    gate = None  # PauseGate per hop of the stream: the same for every file (one hop size per export)
     for fmt, refresh in (("float", False), ("float", True), ("int8", True)):
         path = run.export / f"model_stream_{fmt}.tflite"
         if not path.is_file():
@@ -131,7 +132,8 @@ def measure(run_dir: Path, args) -> dict:
         start = time.perf_counter()
         probabilities = classifier.run(waveform)
         elapsed = time.perf_counter() - start
-        gate = pauses(waveform, classifier.hop_samples, classifier.hop_seconds)
+        if gate is None:
+            gate = pauses(waveform, classifier.hop_samples, classifier.hop_seconds)
         # float with refresh without and with the gate; int8 as `actrec stream` runs it; float never reset, the old way
         for pause in {"float": [None, gate] if refresh else [None], "int8": [gate]}[fmt]:
             grid = [{"threshold": th, **score_detections(detect(probabilities, classifier.labels, classifier.hop_seconds, th,
