@@ -4,8 +4,8 @@
     per seed, actions:  data_prep.actions (--clips-per-class, as the demo: 32) --configs/actions_av.yaml as shipped-->
                         preprocess once, then on the same features:
                           av_fusion  the demo's action model: test top-1, and with audio / video dropped (`evaluate --drop`)
-                          video_rnn, audio_rnn  the same recipe with one modality (modality dropout and loss off): what
-                                                each modality reaches alone
+                          video_rnn, audio_rnn  the same recipe with one modality, trained apart: what each modality
+                                                reaches alone (the av_fusion run trains its own first: train.unimodal_first)
     per seed, commands: data_prep.commands (--per-word, as the demo: 100) --configs/commands.yaml as shipped--> audio_rnn:
                         test top-1 on 12 labels, FRR at FAR <= 1%
 
@@ -41,7 +41,8 @@ from pipeline.stages.train import train  # noqa: E402
 
 ACTIONS = "actions_av"
 # the single-modality rows: the shipped recipe with one modality (the two-modality training levers mean nothing there)
-SINGLES = {name: [f"model.name={name}", "train.modality_dropout=0", "train.modality_loss=0"] for name in ("video_rnn", "audio_rnn")}
+SINGLES = {name: [f"model.name={name}", "train.modality_dropout=0", "train.modality_loss=0", "train.unimodal_first=false"]
+           for name in ("video_rnn", "audio_rnn")}
 
 
 def action_rows(seed: int, work: Path, clips_per_class: int) -> list[dict]:

@@ -10,6 +10,7 @@ models that only ever had that modality, over several seeds.
         video_rnn, audio_rnn                            single-modality models
         av_fusion (model.fusion = each --fusions value), train.modality_dropout = each --rates value,
                                                         train.modality_loss = each --losses value
+        av_fusion unimodal first (--unimodal-first true: train.unimodal_first, the shipped recipe; dropout and losses 0)
       --actrec evaluate (raw test clips: unseen actors), and for av_fusion also --drop audio and --drop video
 
 A fusion model passes when, with audio dropped, it scores at least the video-only model, and with video dropped
@@ -19,6 +20,7 @@ class (generator seed 10000 + the seed: actors none of the models saw), all of i
 on it.
 
 Usage: python benchmarks/modalities.py [--encoder motion|random|trained|causal|causal_dataset] [--seeds 0,1,2] [--rates 0,0.3,0.6] [--fusions mid,late] [--losses 0,1]
+                                      [--unimodal-first false,true]
                                       [--clips-per-class 32] [--unseen-clips-per-class 0] [--set KEY=VALUE ...]
 Prints a markdown table and writes benchmarks/results/modalities_<encoder>.json and .md.
 """
@@ -97,6 +99,9 @@ def main() -> None:
                         "the weight of the losses that train the fused classifier on each modality alone")
     parser.add_argument("--fusions", default="mid", help="model.fusion values of the av_fusion rows: mid (one classifier on both "
                         "pooled states, the shipped one) and/or late (a classifier per modality, probabilities averaged)")
+    parser.add_argument("--unimodal-first", default="false", help="train.unimodal_first values: false (the --fusions x --rates x "
+                        "--losses rows, trained jointly) and/or true (one row per --fusions value: each modality's model trained "
+                        "first and frozen, then the fused classifier)")
     parser.add_argument("--clips-per-class", type=int, default=32, help="as the demo (32)")
     parser.add_argument("--unseen-clips-per-class", type=int, default=0,
                         help="also evaluate on every clip of a second dataset of this many clips per class, of other actors (0: off)")
@@ -113,6 +118,12 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     fusions = args.fusions.split(",")
     losses = [float(w) for w in args.losses.split(",")]
+    joint = [(fusion, rate, loss, False) for fusion, rate, loss in itertools.product(fusions, rates, losses)]
+    staged = [(fusion, 0.0, 0.0, True) for fusion in fusions]
+    fusion_rows = {"false": joint, "true": staged}
+    if not set(args.unimodal_first.split(",")) <= set(fusion_rows):
+        parser.error(f"--unimodal-first: expected false and/or true, got {args.unimodal_first}")
+    fusion_rows = [row for value in args.unimodal_first.split(",") for row in fusion_rows[value]]
     rows = []
     for seed in seeds:
         data = work / f"seed{seed}" / "data"
@@ -132,12 +143,13 @@ def main() -> None:
         preprocess(load_config(config, [f"data.root={data}", f"seed={seed}", *run_overrides]), features, progress=False)
         for single in ("video_rnn", "audio_rnn"):  # modality dropout and losses do nothing with one modality: off
             rows.append(train_and_score(config, single, [f"model.name={single}", "train.modality_dropout=0", "train.modality_loss=0",
-                                                         *run_overrides], seed, data, features, work, unseen=unseen))
-        for fusion, rate, loss in itertools.product(fusions, rates, losses):
-            name = " ".join(["av_fusion", *([fusion] if fusion != "mid" else []), f"dropout {rate:g}", *([f"loss {loss:g}"] if loss else [])])
-            rows.append(train_and_score(config, name, [f"model.fusion={fusion}", f"train.modality_dropout={rate}",
-                                                       f"train.modality_loss={loss}", *run_overrides], seed, data, features, work, DROPS, unseen))
-        print(json.dumps(rows[-len(fusions) * len(rates) * len(losses) - 2:]), flush=True)
+                                                         "train.unimodal_first=false", *run_overrides], seed, data, features, work, unseen=unseen))
+        for fusion, rate, loss, first in fusion_rows:
+            how = ["unimodal first"] if first else [f"dropout {rate:g}", *([f"loss {loss:g}"] if loss else [])]
+            name = " ".join(["av_fusion", *([fusion] if fusion != "mid" else []), *how])
+            rows.append(train_and_score(config, name, [f"model.fusion={fusion}", f"train.modality_dropout={rate}", f"train.modality_loss={loss}",
+                                                       f"train.unimodal_first={first}", *run_overrides], seed, data, features, work, DROPS, unseen))
+        print(json.dumps(rows[-len(fusion_rows) - 2:]), flush=True)
 
     def stat(model: str, key: str) -> tuple[float, float] | None:
         values = [r[key] for r in rows if r["model"] == model and key in r]

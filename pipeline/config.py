@@ -202,6 +202,7 @@ class TrainConfig:
     freq_mask_width: int = option(3, "SpecAugment: maximum width of a frequency mask (coefficients).", minimum=0, maximum=512)
     modality_dropout: float = option(0.0, "Audio-visual runs: share of training clips that lose one modality (video or audio, evenly), so the model also classifies from either alone: a video without a sound track, `evaluate --drop` (0 = off).", minimum=0.0, maximum=1.0)
     modality_loss: float = option(0.0, "Audio-visual runs: weight of the extra losses that train the model on each modality alone on every clip (the fused classifier with the other modality removed, as `evaluate --drop` feeds it; pipeline/models/modality_losses.py). 0 = off.", minimum=0.0, maximum=10.0)
+    unimodal_first: bool = option(False, "Audio-visual av_fusion runs with model.fusion backoff: train a video-only and an audio-only model first (RUN/stages/video_rnn and RUN/stages/audio_rnn, ordinary run dirs on RUN's features), then freeze them inside the fusion model and train only its fused classifier: a clip without sound is classified exactly as the video-only model classifies it, a clip without frames as the audio-only one. modality_dropout and modality_loss must be 0 with it.")
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.", minimum=0.0, below=1.0)
     shuffle_buffer: int = option(4096, "Examples shuffled together: each epoch is permuted in windows of this many (all of it when smaller).", minimum=1, maximum=10_000_000)
     cache: bool = option(True, "Cache decoded examples in memory after the first epoch (when the dataset fits).")
@@ -331,6 +332,16 @@ def _validate(cfg: Config, source: str) -> None:
         # evaluate and predict hand the model waveforms too.
         raise UserError(f"{source}: key 'train.source' raw_audio needs data.kind: speech and preprocess.encoder: none "
                         f"(got {d.kind} and {p.encoder})")
+    t = cfg.train
+    if t.unimodal_first and len(p.modalities) == 2 and cfg.model.name not in ("video_rnn", "audio_rnn"):
+        if cfg.model.name != "av_fusion" or cfg.model.fusion != "backoff":
+            raise UserError(f"{source}: key 'train.unimodal_first' needs model.name: av_fusion with model.fusion: backoff (a classifier "
+                            f"per modality to freeze); got {cfg.model.name} with fusion {cfg.model.fusion}")
+        if t.modality_dropout or t.modality_loss:
+            raise UserError(f"{source}: key 'train.unimodal_first' trains each modality alone before fusing: set train.modality_dropout "
+                            f"and train.modality_loss to 0 (got {t.modality_dropout:g} and {t.modality_loss:g})")
+        if t.strategy == "multi_worker":
+            raise UserError(f"{source}: key 'train.unimodal_first' trains its stages on one machine: train.strategy default or mirrored")
     if p.encoder == "motion" and "video" in p.modalities:  # its bands tile the rows; motion is between frames
         wrong = {"image_size": p.image_size % STRIPS and f"a multiple of {STRIPS}", "num_frames": p.num_frames < 2 and "at least 2",
                  "frame_difference": p.frame_difference and "false (it reads frame changes itself)"}

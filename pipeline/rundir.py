@@ -9,6 +9,7 @@ Stages hand each other files in one directory; this is the only place that names
     RUN/model.keras               the trained model; RUN/train_done.json says training finished
     RUN/history.csv, training_curves.png, tensorboard/, train_state/ (checkpoints while training)
     RUN/frame_encoder.weights.h5  a hybrid run's trained CNN (usable as another run's preprocess.weights)
+    RUN/stages/<model>/           train.unimodal_first: the single-modality runs trained first (features: a link to RUN's)
     RUN/export/                   what `actrec export` wrote (export_failed.log: when it could write nothing)
     RUN/eval/<name>/              what `actrec evaluate` wrote
     RUN/predict/                  timelines of `actrec predict --window`

@@ -91,6 +91,12 @@ def test_overrides_are_typed():
         (["export.formats=[float,onnx]"], "unknown format 'onnx'"),
         (["train.epochs"], "expected key=value"),
         (["preprocess.audio_seconds=0.1", "preprocess.n_fft=2048"], "key 'preprocess.n_fft' (2048) is longer than the audio window"),
+        (["model.name=av_fusion", "model.fusion=mid", "train.unimodal_first=true"],
+         "key 'train.unimodal_first' needs model.name: av_fusion with model.fusion: backoff (a classifier per modality to freeze); got av_fusion with fusion mid"),
+        (["model.name=av_fusion", "model.fusion=backoff", "train.unimodal_first=true", "train.modality_dropout=0.6"],
+         "key 'train.unimodal_first' trains each modality alone before fusing: set train.modality_dropout and train.modality_loss to 0 (got 0.6 and 0)"),
+        (["model.name=av_fusion", "model.fusion=backoff", "train.unimodal_first=true", "train.strategy=multi_worker"],
+         "key 'train.unimodal_first' trains its stages on one machine"),
     ],
 )
 def test_bad_overrides_give_one_line(overrides, message):

@@ -53,6 +53,13 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, capsys):
 
     info = probe_media(out / "stream_actions_av.mp4")
     assert info.has_video and info.has_audio
+    # each modality alone (evaluate --drop) is the single-modality model trained first (train.unimodal_first), on the same clips
+    run = out / "runs/actions_av"
+    dropped = {m: json.loads((run / f"eval/test-no-{m}/metrics.json").read_text())["top1"] for m in ("audio", "video")}
+    alone = {m: json.loads((run / f"stages/{m}_rnn/eval/test/metrics.json").read_text())["top1"] for m in ("video", "audio")}
+    assert dropped == {"audio": alone["video"], "video": alone["audio"]}
+    assert (f"actions_av: video alone (--drop audio) {dropped['audio']:.3f} vs {alone['video']:.3f} for the video-only model "
+            f"trained first (stages/video_rnn)") in first.stdout
     assert "actions_av: streaming: " in first.stdout and " actions announced while on screen" in first.stdout
     stream_parity = json.loads((out / "runs/actions_av/export/parity.json").read_text())["formats"]["stream_float"]
     assert stream_parity["top1_agreement"] == 1.0 and stream_parity["max_abs_diff_prob"] < 1e-4
@@ -70,4 +77,4 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, capsys):
     second = capsys.readouterr()
     assert "Traceback" not in second.err, second.err[-3000:]
     assert second.out.count("nothing to do") == 4  # 2 x preprocess + 2 x train
-    assert second.out.count(": reusing ") == 4  # 2 x evaluate + 2 x export
+    assert second.out.count(": reusing ") == 8  # 2 x evaluate + 2 x export + 2 x evaluate --drop + 2 stages' evaluate

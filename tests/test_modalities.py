@@ -265,3 +265,43 @@ def test_drop_needs_an_audio_visual_run():
         check_drop(["video"], "audio")
     with pytest.raises(UserError, match=r"^--drop video: this run reads audio only"):
         check_drop(["audio"], "video")
+
+
+@pytest.mark.slow  # three short trainings (~30 s)
+def test_unimodal_first_answers_alone_as_the_single_modality_models(feature_run, dataset, tmp_path, capsys):
+    """train.unimodal_first: RUN/stages/video_rnn and audio_rnn are trained first, then frozen inside the backoff model:
+    with sound absent it gives the video-only model's probabilities, with frames absent the audio-only one's."""
+    import os
+
+    from pipeline.rundir import RunDir, read_json
+    from pipeline.runtime.keras_model import load_trained_model
+    from pipeline.stages.train import make_dataset, train
+    from tests.conftest import TINY
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(feature_run / "features", run / "features")
+    args = FAST + [f"data.root={dataset}"] + TINY + ["model.name=av_fusion", "model.fusion=backoff", "train.unimodal_first=true",
+                                                    "train.epochs=4"]
+    result = train(None, run, args, progress=False)
+    assert set(result["stages"]) == {"video_rnn", "audio_rnn"} and result["stages"]["video_rnn"]["epochs"] == 4
+    assert "train: stage video_rnn (video alone)" in capsys.readouterr().out
+    assert read_json(run / "stages/audio_rnn/train_done.json")["train_hash"]
+    assert "name: video_rnn" in (run / "stages/video_rnn/config.yaml").read_text()
+
+    fused = load_trained_model(run / "model.keras")
+    assert [w.path for w in fused.trainable_weights] == ["fusion_probs/kernel", "fusion_probs/bias"]  # saved frozen, loaded frozen
+    alone = {m: load_trained_model(run / f"stages/{m}_rnn/model.keras") for m in ("video", "audio")}
+    names = [t.name.split(":")[0] for t in fused.inputs]
+    inputs, _ = next(iter(make_dataset(run, RunDir(run).read_index(), "train", RunDir(run).config(), names)))
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}
+    both = predict(fused, inputs)
+    for modality, kept, dropped in (("video", "frame_lengths", "mfcc_length"), ("audio", "mfcc_length", "frame_lengths")):
+        rows = inputs[kept] > 0  # (a clip without a sound track has neither left: the fused classifier answers on zeros)
+        assert rows.sum() >= 2
+        single = predict(alone[modality], inputs)[rows]
+        np.testing.assert_allclose(predict(fused, {**inputs, dropped: np.zeros_like(inputs[dropped])})[rows], single, atol=1e-5)
+        assert np.abs(both[rows] - single).max() > 1e-3  # with both, the fused classifier answers
+    # a second run reuses every stage: nothing is trained again
+    assert train(None, run, args, progress=False)["epochs"] == result["epochs"]
+    assert "already trained" in capsys.readouterr().out

@@ -105,6 +105,22 @@ def fusion_head(pooled: list, present: list, fusion: str, classify, layer):
     return fused
 
 
+def adopt_unimodal(model: keras.Model, modality: str, unimodal: keras.Model) -> None:
+    """Copy a trained single-modality model (video_rnn or audio_rnn) into a backoff fusion model's layers of that
+    modality and freeze them (train.unimodal_first).
+
+    Its branch layers have the fusion model's names (`video_gru0`, `mfcc_norm`, ...), its classifier `head` becomes the
+    modality's own (`video`): the fusion model with the other modality absent then answers as `unimodal` does.
+    """
+    for layer in unimodal.layers:
+        if not layer.weights:
+            continue
+        name = f"{modality}_{layer.name[len('head_'):]}" if layer.name.startswith("head_") else layer.name
+        target = model.get_layer(name)
+        target.set_weights(layer.get_weights())
+        target.trainable = False
+
+
 def video_rnn(spec: ModelSpec, cfg) -> keras.Model:
     require_feature(spec, "frame_features", "video_rnn")
     inputs, pooled = video_branch(spec, cfg)

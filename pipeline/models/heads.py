@@ -78,6 +78,7 @@ class AttentionPooling(MaskConsumer):
         self.score = layers.Dense(1, use_bias=False, name="score")
 
     def build(self, states_shape, mask_shape=None):
+        self.project.trainable = self.score.trainable = self.trainable  # loaded frozen (train.unimodal_first): they are too
         self.project.build(states_shape)
         self.score.build((*states_shape[:-1], self.units))
 

@@ -4,6 +4,8 @@
     DIR/data/commands  spoken commands (Speech Commands layout)    <- actrec data commands
     DIR/runs/actions_av, DIR/runs/commands  <- actrec preprocess + train (both causal: they stream)
     DIR/runs/*/eval/test/        metrics.json, report.md, plots    <- actrec evaluate
+    DIR/runs/actions_av/eval/test-no-audio/, test-no-video/,      <- actrec evaluate --drop audio|video, and the
+      stages/{video,audio}_rnn/eval/test/                             single-modality models trained first
     DIR/runs/*/export/           saved_model/, *.tflite, parity.json <- actrec export
     then a few test-split clips (actors/speakers never seen in training) through the exported
     float TFLite file, exactly as `actrec predict --model ...tflite` does, and through `actrec stream`
@@ -84,6 +86,8 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
             results[name]["keyword_spotting"] = (f"{len(metrics['class_names'])} labels ({', '.join(metrics['class_names'][-2:])} "
                                                  f"included): {operating_point_summary(metrics)} on its test split")
         results[name]["report"] = str(run_dir / "eval" / "test" / "report.md")
+        if len(configs[name].preprocess.modalities) == 2:
+            results[name]["alone"] = each_modality_alone(run_dir, evaluate)
 
     _stage("6/7 export: SavedModel + TFLite, with parity on the test split", started)
     for name, run_dir in run_dirs.items():
@@ -103,6 +107,22 @@ def demo(out: str | Path = "demo", quick: bool = False, seed: int = 0) -> dict:
     print(f"\nactrec demo finished in {minutes:.1f} min")
     print(summary_table(results))
     return results
+
+
+def each_modality_alone(run_dir: Path, evaluate) -> str:
+    """An audio-visual run's test top-1 with one modality removed (`actrec evaluate --drop`), beside the single-modality
+    model of the other trained first (train.unimodal_first: RUN/stages/), which it must match."""
+    parts = []
+    for drop, kept, stage in (("audio", "video", "video_rnn"), ("video", "audio", "audio_rnn")):
+        metrics = _reuse_or_run(run_dir, f"eval/test-no-{drop}/metrics.json",
+                                lambda drop=drop: evaluate(run_dir, split="test", drop=drop, name=f"test-no-{drop}"))
+        text = f"{kept} alone (--drop {drop}) {metrics['top1']:.3f}"
+        stage_dir = run_dir / "stages" / stage
+        if (stage_dir / "model.keras").is_file():
+            alone = _reuse_or_run(stage_dir, "eval/test/metrics.json", lambda stage_dir=stage_dir: evaluate(stage_dir, split="test", name="test"))
+            text += f" vs {alone['top1']:.3f} for the {kept}-only model trained first (stages/{stage})"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def stream_unseen_words(cfg, run_dir: Path, wav: Path, seed: int, words: int = 12) -> str:
@@ -164,6 +184,7 @@ def summary_table(results: dict) -> str:
                    if row else "  (no export)")
             lines.append(left + fmt + (f"  {r['report']}" if i == 0 else ""))
     lines += [f"{name}: {r['keyword_spotting']}" for name, r in results.items() if r.get("keyword_spotting")]
+    lines += [f"{name}: {r['alone']}" for name, r in results.items() if r.get("alone")]
     lines += [f"{name}: {r['stream']}" for name, r in results.items() if r.get("stream")]
     return "\n".join(lines)
 

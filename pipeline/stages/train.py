@@ -1,5 +1,6 @@
 """Train stage: cached features in DIR/features -> DIR/model.keras, history.csv, curves, TensorBoard logs
-(and, for the hybrid model, DIR/frame_encoder.weights.h5: its trained CNN, reusable as preprocess.weights).
+(and, for the hybrid model, DIR/frame_encoder.weights.h5: its trained CNN, reusable as preprocess.weights;
+with train.unimodal_first, DIR/stages/video_rnn and DIR/stages/audio_rnn: the single-modality runs trained first).
 
     features/*.tfrecord --parse--> {frame_features [T, D], frame_lengths, mfcc [F, C], mfcc_length, ...}
         --augment (train only: temporal jitter, SpecAugment)--> batches --model--> probabilities
@@ -315,6 +316,30 @@ def train_hash(cfg: Config) -> str:
     return section_hash(model, cfg.train) + "-" + features_hash(cfg)
 
 
+UNIMODAL_STAGES = {"video": "video_rnn", "audio": "audio_rnn"}  # train.unimodal_first: modality -> the model trained first
+
+
+def train_unimodal_stages(cfg: Config, run: RunDir, overwrite: bool, progress: bool) -> dict[str, RunDir]:
+    """train.unimodal_first: RUN/stages/video_rnn and RUN/stages/audio_rnn, ordinary run dirs on RUN's features (a
+    relative link), each trained as a run of this config with that model would be; returns {modality: its run dir}.
+    Each is resumable and reused as any run is (a finished one with the same config is not retrained)."""
+    if not isinstance(run.path, Path):
+        raise UserError(f"{run}: train.unimodal_first needs a local run dir (its stages link to the run's features)")
+    stages = {}
+    for modality, name in UNIMODAL_STAGES.items():
+        stage = RunDir(run.path / "stages" / name)
+        stage.path.mkdir(parents=True, exist_ok=True)
+        if not stage.features.exists():  # (a link that no longer resolves is made again)
+            stage.features.unlink(missing_ok=True)
+            os.symlink(os.path.join("..", "..", "features"), stage.features)
+        stage_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name),
+                                        train=dataclasses.replace(cfg.train, unimodal_first=False))
+        print(f"train: stage {name} ({modality} alone) -> {stage}")
+        train(stage_cfg, stage, overwrite=overwrite, progress=progress)
+        stages[modality] = stage
+    return stages
+
+
 # ----------------------------------------------------------------------------- tf.distribute
 
 
@@ -429,6 +454,7 @@ def train(
 
     from pipeline.callbacks import AtomicBackupAndRestore, BestWeights, StopOnNaN
     from pipeline.models import build_model
+    from pipeline.models.fusion import adopt_unimodal
     from pipeline.models.modality_losses import ModalityLossTrainer, can_train_alone
 
     run = RunDir(run_dir)
@@ -453,6 +479,7 @@ def train(
     out = RunDir(worker_output_dir(run_dir, strategy))  # the run dir itself, but for non-chief workers
     with out.lock("train"):
         atomic_write_text(out.config_file, to_yaml(cfg))
+        unimodal = train_unimodal_stages(cfg, run, overwrite, progress) if cfg.train.unimodal_first and cfg.model.name == "av_fusion" else {}
         keras.utils.set_random_seed(cfg.seed)
 
         # batches per epoch: fit reads that many from the endless stream. The raw-audio stream reads every cached
@@ -461,6 +488,8 @@ def train(
         steps = max(1, math.ceil(per_epoch / cfg.train.batch_size))
         with strategy.scope():  # model, optimizer and metric variables are mirrored on every replica and worker
             model = build_model(model_spec(cfg, index), cfg.model)
+            for modality, stage in unimodal.items():  # frozen: only the fused classifier is left to train
+                adopt_unimodal(model, modality, load_trained_model(stage.model))
             trainer = model  # what fit() trains: the model, or a trainer sharing its layers with more losses
             if cfg.train.modality_loss > 0 and can_train_alone(model):
                 trainer = ModalityLossTrainer(model, cfg.train.modality_loss)
@@ -527,6 +556,9 @@ def train(
             "best_epoch": best.best_epoch + 1,
             "params": int(model.count_params()),
         }
+        if unimodal:  # what each modality alone scored: the fusion model with the other absent answers the same
+            result["stages"] = {stage.name: {k: read_json(stage.train_done)[k] for k in ("val_accuracy", "epochs", "best_epoch")}
+                                for stage in unimodal.values()}
         atomic_write_json(out.train_done, result)
         shutil.rmtree(state_dir, ignore_errors=True)
         if out.path != run.path:  # a non-chief worker: its copy of the model is the chief's
