@@ -32,26 +32,32 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class BestWeights(keras.callbacks.Callback):
-    """Early stopping on val loss that survives a restart: best weights and counters live on disk.
+    """Early stopping that survives a restart: best weights and counters live on disk.
 
-    (keras.callbacks.EarlyStopping keeps them in memory only, so a resumed run would forget them.)
+    select_on `loss`: the epoch of the lowest validation loss; `accuracy`: of the highest validation accuracy, ties
+    going to the lower loss. (keras.callbacks.EarlyStopping keeps its state in memory only, so a resumed run would
+    forget it.)
     """
 
-    def __init__(self, state_dir: Path, patience: int):
+    def __init__(self, state_dir: Path, patience: int, select_on: str = "loss"):
         super().__init__()
         self.state_dir = Path(state_dir)
         self.patience = patience
+        self.select_on = select_on
         self.state_file = self.state_dir / "best.json"
         self.weights_file = self.state_dir / "best.weights.h5"
         state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
-        self.best = state.get("best", math.inf)
+        best = state.get("best", [math.inf, math.inf])
+        self.best = best if isinstance(best, list) else [best, math.inf]  # a float: a state file of before select_on
         self.best_epoch = state.get("best_epoch", -1)
         self.wait = state.get("wait", 0)
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("val_loss", math.inf)
-        if math.isfinite(loss) and loss < self.best:
-            self.best, self.best_epoch, self.wait = float(loss), epoch, 0
+        logs = logs or {}
+        loss = logs.get("val_loss", math.inf)
+        key = [float(loss), 0.0] if self.select_on == "loss" else [-float(logs.get("val_accuracy", 0.0)), float(loss)]
+        if math.isfinite(loss) and key < self.best:
+            self.best, self.best_epoch, self.wait = key, epoch, 0
             self.state_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_weights(self.weights_file, self.model)
         else:

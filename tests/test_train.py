@@ -302,3 +302,26 @@ def test_waveform_augmentations_shift_stretch_and_mix_as_asked():
     assert np.array_equal(mix_background(tf.constant(tone), noise, 0.0, (0.0, 20.0), (1, 0)).numpy(), tone)
     # stateless: the same seed draws the same, whatever ran before; other seeds draw otherwise
     assert np.array_equal(time_shift(tf.constant(impulse), 50, (1, 3)).numpy(), time_shift(tf.constant(impulse), 50, (1, 3)).numpy())
+
+
+@pytest.mark.parametrize("select_on, best_epoch, stopped_at", [("loss", 0, 2), ("accuracy", 3, None)])
+def test_best_epoch_goes_by_the_selected_validation_metric(tmp_path, select_on, best_epoch, stopped_at):
+    """A validation loss that rises while the accuracy rises too: `loss` keeps the first epoch and stops after the
+    patience; `accuracy` keeps the epoch of the highest accuracy (ties: the lower loss), and the state survives a restart."""
+    import keras
+
+    from pipeline.callbacks import BestWeights
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.stop_training = False  # as fit() sets it
+    epochs = [{"val_loss": 1.0, "val_accuracy": 0.33}, {"val_loss": 1.2, "val_accuracy": 0.40},
+              {"val_loss": 1.3, "val_accuracy": 0.53}, {"val_loss": 1.1, "val_accuracy": 0.53}]
+    stopped = None
+    for epoch, logs in enumerate(epochs):
+        best = BestWeights(tmp_path / select_on, patience=2, select_on=select_on)  # as a resumed run: read from disk
+        best.set_model(model)
+        best.on_epoch_end(epoch, logs)
+        if model.stop_training and stopped is None:
+            stopped = epoch
+    assert best.best_epoch == best_epoch and stopped == stopped_at
+    assert (tmp_path / select_on / "best.weights.h5").is_file()

@@ -8,7 +8,7 @@ with train.unimodal_first, DIR/stages/video_rnn and DIR/stages/audio_rnn: the si
 The habits that make RNNs train are on by default: gradient clipping (clipnorm 1.0), dropout,
 L2 on kernels, Keras' initialisers (Glorot kernels, orthogonal recurrent kernels, unit forget
 bias), masking of padded steps, a cosine learning-rate decay, early stopping on validation loss
-that restores the best weights. Training checkpoints every epoch (BackupAndRestore): a killed
+(or accuracy: train.select_on) that restores the best weights. Training checkpoints every epoch (BackupAndRestore): a killed
 run resumes from its last finished epoch when the same command is run again.
 """
 
@@ -524,7 +524,7 @@ def train(
             nan_guard,
             keras.callbacks.CSVLogger(str(out.history), append=True),
             keras.callbacks.TensorBoard(str(out.tensorboard), write_graph=False),
-            BestWeights(state_dir, cfg.train.early_stopping),
+            BestWeights(state_dir, cfg.train.early_stopping, cfg.train.select_on),
         ]
         if cfg.train.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(2, cfg.train.early_stopping // 3)))
