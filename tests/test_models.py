@@ -131,3 +131,17 @@ def test_max_pooling_takes_each_units_peak_over_the_valid_steps_only():
     mask = np.array([[True, True, False], [True, False, False]])
     np.testing.assert_allclose(np.asarray(MaskedMax()(states, mask)), [[4.0, -2.0], [-1.0, -5.0]])  # not 9 (padding), not 0
     np.testing.assert_allclose(np.asarray(MaskedMax()(states, np.zeros((2, 3), bool))), np.zeros((2, 2)))  # nothing valid: zeros
+
+
+def test_layers_with_sublayers_load_frozen_when_saved_frozen(tmp_path):
+    """A frozen model (train.unimodal_first freezes its stages) comes back frozen: the freq-conv and attention layers'
+    own Conv2D / Dense sublayers too, so a loaded model does not train, or build optimizer state for, them."""
+    import keras
+
+    cfg = model_cfg("model.name=audio_rnn", "model.units=8", "model.freq_conv=8", "model.pooling=attention")
+    model = build_model(ModelSpec(num_classes=3, mfcc=(20, 13)), cfg)
+    for layer in model.layers:
+        layer.trainable = False
+    assert model.trainable_weights == []
+    model.save(tmp_path / "m.keras")
+    assert keras.saving.load_model(tmp_path / "m.keras").trainable_weights == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from pipeline.models.heads import MaskConsumer, SequenceMask, StackSteps, rnn_head
+from pipeline.models.heads import MaskConsumer, SequenceMask, StackSteps, inherit_trainable, rnn_head
 from pipeline.models.spec import ModelSpec
 
 
@@ -121,6 +121,7 @@ class FrequencyConv(MaskConsumer):
         return cls(PreprocessConfig().n_mels, spec.mfcc[1], filters, **kwargs)
 
     def build(self, mfcc_shape, valid_shape=None):
+        inherit_trainable(self, self.convs)
         for conv, (bands, channels) in zip(self.convs, self._conv_inputs):
             conv.build((None, None, bands, channels))
 

@@ -19,6 +19,16 @@ from keras import layers, ops
 CELLS = {"lstm": layers.LSTM, "gru": layers.GRU, "simple_rnn": layers.SimpleRNN}
 
 
+def inherit_trainable(layer: layers.Layer, sublayers) -> None:
+    """Give the sublayers a layer made in its __init__ the layer's own `trainable` flag; call it in build().
+
+    A layer loaded frozen (`trainable: false` in its config, e.g. a train.unimodal_first stage) gets its sublayers
+    trainable: Keras passes the flag on only when it changes, not from the config. The loaded model would train them.
+    """
+    for sublayer in sublayers:
+        sublayer.trainable = layer.trainable
+
+
 class MaskConsumer(layers.Layer):
     """A layer that takes the padding mask explicitly (from the lengths) and emits none.
 
@@ -78,7 +88,7 @@ class AttentionPooling(MaskConsumer):
         self.score = layers.Dense(1, use_bias=False, name="score")
 
     def build(self, states_shape, mask_shape=None):
-        self.project.trainable = self.score.trainable = self.trainable  # loaded frozen (train.unimodal_first): they are too
+        inherit_trainable(self, [self.project, self.score])
         self.project.build(states_shape)
         self.score.build((*states_shape[:-1], self.units))
 

@@ -557,8 +557,8 @@ def train(
             "params": int(model.count_params()),
         }
         if unimodal:  # what each modality alone scored: the fusion model with the other absent answers the same
-            result["stages"] = {stage.name: {k: read_json(stage.train_done)[k] for k in ("val_accuracy", "epochs", "best_epoch")}
-                                for stage in unimodal.values()}
+            summaries = {stage.name: read_json(stage.train_done) for stage in unimodal.values()}
+            result["stages"] = {name: {k: done[k] for k in ("val_accuracy", "epochs", "best_epoch")} for name, done in summaries.items()}
         atomic_write_json(out.train_done, result)
         shutil.rmtree(state_dir, ignore_errors=True)
         if out.path != run.path:  # a non-chief worker: its copy of the model is the chief's
